@@ -1,0 +1,240 @@
+//! The metadata store: one schema, two engines. Embedded SQLite (WAL) keeps a
+//! single machine self-contained; PostgreSQL — or a PostgreSQL-compatible
+//! distributed SQL engine — lets several control-plane processes share state.
+//! We write no replication of our own: the database is the distributed engine.
+//!
+//! Every query is written once in portable SQL (`$n` placeholders work on both
+//! engines) and runs through sqlx's `Any` driver. On SQLite all writes go
+//! through a single connection, so writers queue in-process instead of failing
+//! with `SQLITE_BUSY`; reads use a pool of their own.
+//!
+//! Methods are named noun first (`project_get`, `token_create`) and return the
+//! API's error type so a conflict or a missing row reaches the client with a
+//! precise code.
+
+mod audit;
+mod groups;
+mod idempotency;
+pub use idempotency::StoredResponse;
+mod orgs;
+mod policies;
+mod principals;
+mod projects;
+mod role_bindings;
+mod tokens;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use nuage_core::ApiError;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::migrate::{MigrateError, Migrator};
+use sqlx::{AnyPool, Executor};
+
+pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
+pub use principals::{kind_label, Credentials};
+pub use role_bindings::EffectiveBinding;
+pub use tokens::{NewToken, TokenAuth};
+
+static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// SQLite `synchronous=FULL` (fsync at every commit; survives power loss)
+    /// rather than `NORMAL` (survives a process crash, may lose the last
+    /// commits on power loss).
+    pub sqlite_sync_full: bool,
+    pub max_connections: u32,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            sqlite_sync_full: true,
+            max_connections: 16,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot open the database: {0}")]
+    Open(String),
+    #[error(
+        "the database schema is at version {found}, newer than this nuage binary knows \
+         (up to {known}); run the nuage release that wrote it or a newer one"
+    )]
+    SchemaTooNew { found: i64, known: i64 },
+    #[error("database migration failed: {0}")]
+    Migrate(String),
+}
+
+#[derive(Clone)]
+pub struct Store {
+    read: AnyPool,
+    write: AnyPool,
+    backend: Backend,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `url`: `sqlite://path` or
+    /// `postgres://…`, then applies pending migrations.
+    pub async fn open(url: &str, opts: &StoreOptions) -> Result<Store, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::Open(
+                "database URL must start with sqlite:// or postgres://".into(),
+            ));
+        };
+        let connect =
+            AnyConnectOptions::from_str(url).map_err(|e| StoreError::Open(e.to_string()))?;
+        let store = match backend {
+            Backend::Sqlite => {
+                let sync = if opts.sqlite_sync_full {
+                    "FULL"
+                } else {
+                    "NORMAL"
+                };
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                );
+                let pool = |max: u32| {
+                    let pragmas = pragmas.clone();
+                    AnyPoolOptions::new()
+                        .max_connections(max)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(move |conn, _| {
+                            let pragmas = pragmas.clone();
+                            Box::pin(async move {
+                                conn.execute(pragmas.as_str()).await?;
+                                Ok(())
+                            })
+                        })
+                };
+                let write = pool(1)
+                    .connect_with(connect.clone())
+                    .await
+                    .map_err(|e| StoreError::Open(e.to_string()))?;
+                let read = pool(opts.max_connections.max(2))
+                    .connect_with(connect)
+                    .await
+                    .map_err(|e| StoreError::Open(e.to_string()))?;
+                Store {
+                    read,
+                    write,
+                    backend,
+                }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(opts.max_connections)
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(connect)
+                    .await
+                    .map_err(|e| StoreError::Open(e.to_string()))?;
+                Store {
+                    read: pool.clone(),
+                    write: pool,
+                    backend,
+                }
+            }
+        };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
+        match MIGRATOR.run(&self.write).await {
+            Ok(()) => Ok(()),
+            Err(MigrateError::VersionMissing(found)) => Err(StoreError::SchemaTooNew {
+                found,
+                known: Self::schema_version(),
+            }),
+            Err(e) => Err(StoreError::Migrate(e.to_string())),
+        }
+    }
+
+    /// Newest schema version this binary knows.
+    pub fn schema_version() -> i64 {
+        MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Cheap liveness query for `/readyz`.
+    pub async fn ping(&self) -> Result<(), ApiError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.read)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+}
+
+/// Maps a database failure to an API error without leaking SQL or values.
+pub(crate) fn db_err(e: sqlx::Error) -> ApiError {
+    match e {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::unavailable("the metadata store is unavailable; retry later")
+                .with_retry_after(1)
+        }
+        other => {
+            tracing::error!(error = %other, "database error");
+            ApiError::internal("internal database error")
+        }
+    }
+}
+
+pub(crate) fn is_unique_violation(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(d) => {
+            d.is_unique_violation()
+                || d.code()
+                    .is_some_and(|c| c == "23505" || c == "2067" || c == "1555")
+                || d.message().contains("UNIQUE constraint failed")
+        }
+        _ => false,
+    }
+}
+
+/// Maps an insert failure: a unique violation means the name is taken.
+pub(crate) fn insert_err<'a>(
+    kind: &str,
+    name: &'a str,
+) -> impl FnOnce(sqlx::Error) -> ApiError + 'a {
+    let kind = kind.to_string();
+    move |e| {
+        if is_unique_violation(&e) {
+            ApiError::already_exists(&kind, name)
+        } else {
+            db_err(e)
+        }
+    }
+}
+
+pub(crate) fn json_text<T: serde::Serialize>(v: &T) -> Result<String, ApiError> {
+    serde_json::to_string(v).map_err(|e| ApiError::internal(format!("cannot encode: {e}")))
+}
+
+pub(crate) fn from_json_text<T: serde::de::DeserializeOwned>(s: &str) -> Result<T, sqlx::Error> {
+    serde_json::from_str(s).map_err(|e| sqlx::Error::Decode(Box::new(e)))
+}

@@ -1,0 +1,166 @@
+//! Projects: every infrastructure resource lives in one.
+
+use nuage_core::model::Project;
+use nuage_core::page::{Page, PageRequest};
+use nuage_core::{ApiError, ApiResult};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::orgs::check_generation;
+use crate::{db_err, from_json_text, insert_err, json_text, Store};
+
+const COLS: &str = "id, org_id, name, description, labels, generation, created_at, updated_at";
+
+fn row_to_project(r: &AnyRow) -> Result<Project, sqlx::Error> {
+    Ok(Project {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        labels: from_json_text(&r.try_get::<String, _>("labels")?)?,
+        generation: r.try_get("generation")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Inserts a project unless the organization's quota is reached; the
+    /// count and the insert share one transaction.
+    pub async fn project_create(&self, p: &Project, max_projects: i64) -> ApiResult<()> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE org_id = $1")
+            .bind(&p.org_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if count >= max_projects {
+            return Err(ApiError::conflict(
+                "quota_exceeded",
+                format!("the organization may hold at most {max_projects} projects"),
+            ));
+        }
+        sqlx::query(&format!(
+            "INSERT INTO projects ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+        ))
+        .bind(&p.id)
+        .bind(&p.org_id)
+        .bind(&p.name)
+        .bind(&p.description)
+        .bind(json_text(&p.labels)?)
+        .bind(p.generation)
+        .bind(p.created_at)
+        .bind(p.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(insert_err("project", &p.name))?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+
+    pub async fn project_get(&self, org_id: &str, name_or_id: &str) -> ApiResult<Option<Project>> {
+        let row = sqlx::query(&format!(
+            "SELECT {COLS} FROM projects WHERE org_id = $1 AND (name = $2 OR id = $2)"
+        ))
+        .bind(org_id)
+        .bind(name_or_id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_project(&r)).transpose().map_err(db_err)
+    }
+
+    pub async fn project_list(&self, org_id: &str, page: &PageRequest) -> ApiResult<Page<Project>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLS} FROM projects WHERE org_id = $1 AND name > $2 ORDER BY name LIMIT $3"
+        ))
+        .bind(org_id)
+        .bind(page.after.clone().unwrap_or_default())
+        .bind(i64::from(page.limit) + 1)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        let items = rows
+            .iter()
+            .map(row_to_project)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(db_err)?;
+        Ok(Page::from_rows(items, page.limit, |p| p.name.clone()))
+    }
+
+    pub async fn project_update(
+        &self,
+        org_id: &str,
+        id: &str,
+        expected: Option<i64>,
+        apply: impl FnOnce(&mut Project) -> ApiResult<()>,
+    ) -> ApiResult<Project> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {COLS} FROM projects WHERE org_id = $1 AND id = $2"
+        ))
+        .bind(org_id)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("project", id))?;
+        let mut p = row_to_project(&row).map_err(db_err)?;
+        check_generation(expected, p.generation)?;
+        let seen = p.generation;
+        apply(&mut p)?;
+        p.generation = seen + 1;
+        p.updated_at = nuage_core::time::now_ms();
+        let done = sqlx::query(
+            "UPDATE projects SET description = $1, labels = $2, generation = $3, updated_at = $4 \
+             WHERE id = $5 AND generation = $6",
+        )
+        .bind(&p.description)
+        .bind(json_text(&p.labels)?)
+        .bind(p.generation)
+        .bind(p.updated_at)
+        .bind(&p.id)
+        .bind(seen)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() != 1 {
+            return Err(ApiError::precondition_failed(
+                "the project changed concurrently; read it again",
+            ));
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(p)
+    }
+
+    pub async fn project_delete(
+        &self,
+        org_id: &str,
+        id: &str,
+        expected: Option<i64>,
+    ) -> ApiResult<()> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM projects WHERE org_id = $1 AND id = $2")
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        let generation = generation.ok_or_else(|| ApiError::not_found("project", id))?;
+        check_generation(expected, generation)?;
+        sqlx::query("DELETE FROM role_bindings WHERE org_id = $1 AND project_id = $2")
+            .bind(org_id)
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("DELETE FROM projects WHERE id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(())
+    }
+}
