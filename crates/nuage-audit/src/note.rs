@@ -541,6 +541,26 @@ mod tests {
     }
 
     #[test]
+    fn interoperates_with_published_reference_vector() {
+        // The example key pair and note published with the Go reference
+        // implementation of signed notes (golang.org/x/mod/sumdb/note).
+        let vkey = "PeterNeumann+c74f20a3+ARpc2QcUPDhMQegwxbzhKqiBfsVkmqq/LDE4izWy10TW";
+        let skey = "PRIVATE+KEY+PeterNeumann+c74f20a3+AYEKFALVFGyNhPJEMzD1QIDr+Y7hfZx09iUvxdXHKDFz";
+        let text = "If you think cryptography is the answer to your problem,\n\
+                    then you don't know what your problem is.\n";
+        let note = format!(
+            "{text}\n\u{2014} PeterNeumann x08go/ZJkuBS9UG/SffcvIAQxVBtiFupLLr8pAcElZInNIuGUgYN1FFYC2pZSNXgKvqfqdngotpRZb6KE6RyyBwJnAM=\n"
+        );
+        let verifier: NoteVerifier = vkey.parse().unwrap();
+        assert_eq!(verifier.to_string(), vkey);
+        assert_eq!(verifier.verify(&note).unwrap(), text);
+        let signer = NoteSigner::from_secret_string(skey).unwrap();
+        assert_eq!(signer.to_secret_string(), skey);
+        assert_eq!(signer.verifier_string(), vkey);
+        assert_eq!(signer.sign(text).unwrap(), note);
+    }
+
+    #[test]
     fn key_strings_round_trip() {
         let signer = NoteSigner::generate("example.com/log").unwrap();
         let secret = signer.to_secret_string();
@@ -553,7 +573,7 @@ mod tests {
         assert!(!dbg.contains(&secret[secret.len() - 20..]));
 
         let vs = signer.verifier_string();
-        let parts: Vec<&str> = vs.split('+').collect();
+        let parts: Vec<&str> = vs.splitn(3, '+').collect();
         assert_eq!(parts.len(), 3);
         assert_eq!(parts[1].len(), 8);
         assert_eq!(parts[1], hex::encode(signer.key_id()));

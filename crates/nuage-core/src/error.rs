@@ -27,6 +27,12 @@ impl ApiError {
         }
     }
 
+    /// Same error with a more specific machine code.
+    pub fn with_code(mut self, code: &'static str) -> Self {
+        self.code = code;
+        self
+    }
+
     pub fn with_retry_after(mut self, secs: u64) -> Self {
         self.retry_after = Some(secs);
         self

@@ -189,3 +189,14 @@ impl Store {
             .map_err(db_err)
     }
 }
+
+impl Store {
+    /// Ids of the groups `principal_id` belongs to.
+    pub async fn principal_group_ids(&self, principal_id: &str) -> ApiResult<Vec<String>> {
+        sqlx::query_scalar("SELECT group_id FROM group_members WHERE principal_id = $1")
+            .bind(principal_id)
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_err)
+    }
+}

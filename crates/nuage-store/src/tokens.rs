@@ -8,7 +8,7 @@ use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
 use crate::principals::{row_to_principal, COLS as PCOLS};
-use crate::{db_err, insert_err, Store};
+use crate::{db_err, from_json_text, insert_err, Store};
 
 const COLS: &str = "t.id, t.name, t.principal_id, t.kind, t.mfa, t.expires_at, t.revoked_at, \
     t.last_used_at, t.created_at";
@@ -27,6 +27,10 @@ pub struct TokenAuth {
     pub token: Token,
     pub principal: Principal,
     pub group_ids: Vec<String>,
+    /// Generation of the organization's custom policies (0 for operators).
+    pub org_policy_generation: i64,
+    /// Roles the organization grants only to sessions with a second factor.
+    pub org_mfa_roles: Vec<String>,
 }
 
 fn row_to_token(r: &AnyRow) -> Result<Token, sqlx::Error> {
@@ -77,15 +81,18 @@ impl Store {
         let row = sqlx::query(&format!(
             "SELECT t.id AS t_id, t.name AS t_name, t.kind AS t_kind, t.mfa AS t_mfa, \
              t.expires_at AS t_expires_at, t.revoked_at AS t_revoked_at, \
-             t.last_used_at AS t_last_used_at, t.created_at AS t_created_at, {PCOLS} \
-             FROM tokens t JOIN principals p ON p.id = t.principal_id WHERE t.secret_hash = $1"
+             t.last_used_at AS t_last_used_at, t.created_at AS t_created_at, {PCOLS}, \
+             COALESCE(o.policy_generation, 0) AS o_policy_generation, \
+             COALESCE(o.mfa_required_roles, '[]') AS o_mfa_roles \
+             FROM tokens t JOIN principals p ON p.id = t.principal_id \
+             LEFT JOIN orgs o ON o.id = p.org_id WHERE t.secret_hash = $1"
         ))
         .bind(secret_hash)
         .fetch_optional(&self.read)
         .await
         .map_err(db_err)?;
         let Some(r) = row else { return Ok(None) };
-        let decode = || -> Result<(Token, Principal), sqlx::Error> {
+        let decode = || -> Result<(Token, Principal, i64, Vec<String>), sqlx::Error> {
             let principal = row_to_principal(&r)?;
             let token = Token {
                 id: r.try_get("t_id")?,
@@ -98,9 +105,11 @@ impl Store {
                 last_used_at: r.try_get("t_last_used_at")?,
                 created_at: r.try_get("t_created_at")?,
             };
-            Ok((token, principal))
+            let generation: i64 = r.try_get("o_policy_generation")?;
+            let mfa_roles: Vec<String> = from_json_text(&r.try_get::<String, _>("o_mfa_roles")?)?;
+            Ok((token, principal, generation, mfa_roles))
         };
-        let (token, principal) = decode().map_err(db_err)?;
+        let (token, principal, org_policy_generation, org_mfa_roles) = decode().map_err(db_err)?;
         let group_ids: Vec<String> =
             sqlx::query_scalar("SELECT group_id FROM group_members WHERE principal_id = $1")
                 .bind(&principal.id)
@@ -111,6 +120,8 @@ impl Store {
             token,
             principal,
             group_ids,
+            org_policy_generation,
+            org_mfa_roles,
         }))
     }
 

@@ -1,0 +1,239 @@
+//! Authentication: bearer tokens for every request, passwords (with TOTP
+//! and lockout) to obtain a short-lived session token.
+//!
+//! Two realms: tenants (users and service accounts of organizations) and
+//! operators. A token of one realm is refused on the other realm's listener,
+//! so an operator credential can never reach tenant data through the tenant
+//! API, and tenant credentials never reach the admin API.
+
+use std::time::Duration;
+
+use nuage_core::id::{new_id, Kind};
+use nuage_core::model::{Principal, PrincipalKind, Session, Token, TokenSecret};
+use nuage_core::time::now_ms;
+use nuage_core::{ApiError, ApiResult};
+use nuage_store::{NewToken, Store};
+
+use crate::{password, secret, totp};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Realm {
+    Tenant,
+    Operator,
+}
+
+/// An authenticated caller.
+#[derive(Debug, Clone)]
+pub struct Subject {
+    pub principal: Principal,
+    pub group_ids: Vec<String>,
+    pub token_id: String,
+    /// The credential was obtained with a second factor.
+    pub mfa: bool,
+    pub org_policy_generation: i64,
+    pub org_mfa_roles: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct LoginPolicy {
+    pub session_ttl: Duration,
+    /// Consecutive failures before the first lockout.
+    pub max_failures: i64,
+    pub first_lockout: Duration,
+    pub max_lockout: Duration,
+}
+
+impl Default for LoginPolicy {
+    fn default() -> Self {
+        LoginPolicy {
+            session_ttl: Duration::from_secs(12 * 3600),
+            max_failures: 5,
+            first_lockout: Duration::from_secs(30),
+            max_lockout: Duration::from_secs(15 * 60),
+        }
+    }
+}
+
+/// How often a token's `last_used_at` is written: reads stay reads.
+const TOUCH_EVERY_MS: i64 = 60_000;
+
+pub const DEFAULT_TOKEN_TTL_SECS: i64 = 90 * 24 * 3600;
+pub const MAX_TOKEN_TTL_SECS: i64 = 366 * 24 * 3600;
+
+#[derive(Clone)]
+pub struct Authenticator {
+    store: Store,
+    policy: LoginPolicy,
+    decoy: String,
+}
+
+fn bad_credentials() -> ApiError {
+    ApiError::unauthenticated("invalid name, password or second factor")
+}
+
+impl Authenticator {
+    pub fn new(store: Store, policy: LoginPolicy) -> Self {
+        Authenticator {
+            store,
+            policy,
+            decoy: password::decoy_hash(),
+        }
+    }
+
+    pub fn policy(&self) -> &LoginPolicy {
+        &self.policy
+    }
+
+    /// Resolves a bearer token, refusing unknown, expired and revoked ones
+    /// and tokens of the other realm.
+    pub async fn authenticate(&self, bearer: &str, realm: Realm) -> ApiResult<Subject> {
+        let found = self.store.token_authenticate(&secret::hash_token(bearer)).await?;
+        let Some(auth) = found else {
+            return Err(ApiError::unauthenticated("unknown token"));
+        };
+        let now = now_ms();
+        if auth.token.revoked_at.is_some() {
+            return Err(ApiError::unauthenticated("this token was revoked"));
+        }
+        if auth.token.expires_at.is_some_and(|e| e <= now) {
+            return Err(ApiError::unauthenticated("this token has expired; log in again"));
+        }
+        let is_operator = auth.principal.kind == PrincipalKind::Operator;
+        match (realm, is_operator) {
+            (Realm::Tenant, true) => {
+                return Err(ApiError::unauthenticated(
+                    "operator tokens are accepted only on the admin listener",
+                ))
+            }
+            (Realm::Operator, false) => {
+                return Err(ApiError::unauthenticated("this listener accepts only operator tokens"))
+            }
+            _ => {}
+        }
+        if auth.token.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
+            self.store.token_touch(&auth.token.id, now).await?;
+        }
+        Ok(Subject {
+            principal: auth.principal,
+            group_ids: auth.group_ids,
+            token_id: auth.token.id,
+            mfa: auth.token.mfa,
+            org_policy_generation: auth.org_policy_generation,
+            org_mfa_roles: auth.org_mfa_roles,
+        })
+    }
+
+    /// Issues a token to `principal`; the secret is returned once.
+    pub async fn issue_token(
+        &self,
+        principal: &Principal,
+        name: &str,
+        kind: &str,
+        mfa: bool,
+        ttl_secs: i64,
+    ) -> ApiResult<TokenSecret> {
+        let (token, new) = new_token(principal, name, kind, mfa, ttl_secs);
+        self.store.token_create(&new).await?;
+        Ok(token)
+    }
+
+    /// Password (and TOTP) login in an organization (`org_id`) or, with
+    /// `org_id = ""`, in the operator realm.
+    pub async fn login(
+        &self,
+        org_id: &str,
+        kind: PrincipalKind,
+        name: &str,
+        password_text: &str,
+        totp_code: Option<&str>,
+    ) -> ApiResult<Session> {
+        let creds = self.store.principal_credentials(org_id, kind, name).await?;
+        let Some(creds) = creds else {
+            let decoy = self.decoy.clone();
+            let pw = password_text.to_string();
+            let _ = tokio::task::spawn_blocking(move || password::verify(&pw, &decoy)).await;
+            return Err(bad_credentials());
+        };
+        let now = now_ms();
+        if let Some(until) = creds.principal.locked_until.filter(|u| *u > now) {
+            let secs = ((until - now) / 1000).max(1) as u64;
+            return Err(ApiError::new(
+                http::StatusCode::TOO_MANY_REQUESTS,
+                "account_locked",
+                format!("too many failed logins; try again in {secs} s"),
+            )
+            .with_retry_after(secs));
+        }
+        let Some(hash) = creds.password_hash.clone() else {
+            return Err(bad_credentials());
+        };
+        let pw = password_text.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
+            .await
+            .map_err(|_| ApiError::internal("password check failed"))?;
+        let second = match (&creds.totp_secret, totp_code) {
+            (Some(secret), Some(code)) => totp::check(secret, code, (now / 1000) as u64)?,
+            (Some(_), None) => false,
+            (None, _) => true,
+        };
+        if !ok || !second {
+            let failed = creds.failed_logins + 1;
+            let locked = (failed >= self.policy.max_failures).then(|| {
+                let exp = (failed - self.policy.max_failures).min(20) as u32;
+                let lock = self
+                    .policy
+                    .first_lockout
+                    .saturating_mul(2u32.saturating_pow(exp))
+                    .min(self.policy.max_lockout);
+                now + lock.as_millis() as i64
+            });
+            self.store
+                .principal_login_failed(&creds.principal.id, failed, locked)
+                .await?;
+            if ok && creds.totp_secret.is_some() && totp_code.is_none() {
+                return Err(ApiError::unauthenticated("a TOTP code is required for this account")
+                    .with_code("mfa_required"));
+            }
+            return Err(bad_credentials());
+        }
+        if kind == PrincipalKind::Operator && creds.totp_secret.is_none() {
+            return Err(ApiError::forbidden(
+                "operators must enrol a TOTP second factor before logging in with a password; \
+                 use the bootstrap token to enrol",
+            )
+            .with_code("mfa_enrollment_required"));
+        }
+        self.store.principal_login_succeeded(&creds.principal.id).await?;
+        let ttl = self.policy.session_ttl.as_secs() as i64;
+        let token = self
+            .issue_token(&creds.principal, "session", "session", creds.totp_secret.is_some(), ttl)
+            .await?;
+        Ok(Session {
+            principal: creds.principal,
+            token,
+        })
+    }
+}
+
+/// Builds a token and its stored form without writing it.
+pub fn new_token(principal: &Principal, name: &str, kind: &str, mfa: bool, ttl_secs: i64) -> (TokenSecret, NewToken) {
+    let secret = secret::new_token();
+    let now = now_ms();
+    let token = Token {
+        id: new_id(Kind::Token),
+        name: name.to_string(),
+        principal_id: principal.id.clone(),
+        kind: kind.to_string(),
+        mfa,
+        expires_at: Some(now + ttl_secs * 1000),
+        revoked_at: None,
+        last_used_at: None,
+        created_at: now,
+    };
+    let stored = NewToken {
+        token: token.clone(),
+        org_id: principal.org_id.clone(),
+        secret_hash: secret::hash_token(&secret),
+    };
+    (TokenSecret { token, secret }, stored)
+}

@@ -1,0 +1,339 @@
+//! Authorization: one Cedar evaluation per request, deny by default, an
+//! explicit `forbid` always wins.
+//!
+//! The policy set of an organization is the generated role policies (one per
+//! built-in role: "permit these actions when the principal holds this role
+//! here") plus the self-service policy plus the organization's custom Cedar
+//! policies. Which roles the principal holds *here* is computed from role
+//! bindings before evaluation and passed in `context.roles`, so custom
+//! policies can use it too. Roles an organization marks as requiring MFA are
+//! left out of `context.roles` for sessions without a second factor.
+//!
+//! Entity types: `Nuage::User`, `Nuage::ServiceAccount`, `Nuage::Group`,
+//! `Nuage::Org`, `Nuage::Project` and one type per resource kind; resources
+//! have an attribute `name` and their project and organization as parents.
+//! Context: `roles` (set of strings), `mfa` (bool), `source_ip` (ip),
+//! `now` (Unix seconds), `hour` (0–23 UTC).
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::{Arc, RwLock};
+
+use cedar_policy::{
+    Authorizer as CedarAuthorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
+    EntityTypeName, EntityUid, Policy, PolicyId, PolicySet, Request, RestrictedExpression,
+};
+use nuage_core::model::PrincipalKind;
+use nuage_core::{ApiError, ApiResult};
+use nuage_store::Store;
+
+use crate::actions::{Registry, ROLES, SELF_ACTIONS};
+use crate::authn::Subject;
+
+/// What is being acted on.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Cedar entity type without namespace: `Org`, `Project`, `User` …
+    pub kind: &'static str,
+    pub id: String,
+    pub name: String,
+    pub org_id: String,
+    pub project_id: Option<String>,
+}
+
+impl Target {
+    pub fn org(org_id: &str, name: &str) -> Self {
+        Target {
+            kind: "Org",
+            id: org_id.to_string(),
+            name: name.to_string(),
+            org_id: org_id.to_string(),
+            project_id: None,
+        }
+    }
+
+    pub fn project(org_id: &str, project_id: &str, name: &str) -> Self {
+        Target {
+            kind: "Project",
+            id: project_id.to_string(),
+            name: name.to_string(),
+            org_id: org_id.to_string(),
+            project_id: Some(project_id.to_string()),
+        }
+    }
+
+    pub fn in_org(kind: &'static str, org_id: &str, id: &str, name: &str) -> Self {
+        Target {
+            kind,
+            id: id.to_string(),
+            name: name.to_string(),
+            org_id: org_id.to_string(),
+            project_id: None,
+        }
+    }
+
+    /// A principal as the target (tokens, passwords, MFA of that principal).
+    pub fn principal(org_id: &str, kind: PrincipalKind, id: &str, name: &str) -> Self {
+        Self::in_org(principal_type(kind), org_id, id, name)
+    }
+
+    /// `kind:name` for the audit log.
+    pub fn label(&self) -> String {
+        format!("{}:{}", self.kind.to_lowercase(), self.name)
+    }
+}
+
+/// Request facts the policies may look at.
+#[derive(Debug, Clone)]
+pub struct Env {
+    pub source_ip: String,
+    pub now_secs: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// Ids of the policies that decided (`role:editor`, `self`,
+    /// `policy:<name>`); empty when nothing permitted.
+    pub policies: Vec<String>,
+    pub roles: Vec<String>,
+}
+
+fn principal_type(kind: PrincipalKind) -> &'static str {
+    match kind {
+        PrincipalKind::User => "User",
+        PrincipalKind::ServiceAccount => "ServiceAccount",
+        PrincipalKind::Operator => "Operator",
+    }
+}
+
+fn uid(kind: &str, id: &str) -> ApiResult<EntityUid> {
+    let t = EntityTypeName::from_str(&format!("Nuage::{kind}"))
+        .map_err(|_| ApiError::internal(format!("bad entity type {kind}")))?;
+    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+}
+
+fn action_list(actions: &[&str]) -> String {
+    let items: Vec<String> = actions.iter().map(|a| format!("Nuage::Action::\"{a}\"")).collect();
+    format!("[{}]", items.join(", "))
+}
+
+pub struct Authorizer {
+    store: Store,
+    registry: Arc<Registry>,
+    builtin: Vec<Policy>,
+    cedar: CedarAuthorizer,
+    cache: RwLock<HashMap<String, (i64, Arc<PolicySet>)>>,
+}
+
+impl Authorizer {
+    pub fn new(store: Store, registry: Arc<Registry>) -> ApiResult<Self> {
+        let mut builtin = Vec::new();
+        for (role, _) in ROLES {
+            let actions = registry.role_actions(role);
+            if actions.is_empty() {
+                continue;
+            }
+            let text = format!(
+                "permit(principal, action in {}, resource) when {{ context.roles.contains(\"{role}\") }};",
+                action_list(&actions)
+            );
+            builtin.push(
+                Policy::parse(Some(PolicyId::new(format!("role:{role}"))), text)
+                    .map_err(|e| ApiError::internal(format!("built-in policy: {e}")))?,
+            );
+        }
+        let own = format!(
+            "permit(principal, action in {}, resource) when {{ resource == principal }};",
+            action_list(SELF_ACTIONS)
+        );
+        builtin.push(
+            Policy::parse(Some(PolicyId::new("self")), own)
+                .map_err(|e| ApiError::internal(format!("built-in policy: {e}")))?,
+        );
+        Ok(Authorizer {
+            store,
+            registry,
+            builtin,
+            cedar: CedarAuthorizer::new(),
+            cache: RwLock::new(HashMap::new()),
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    /// Parses a custom policy text; the error names the problem so the
+    /// author can fix it. Returns the policies with their final ids.
+    pub fn parse_custom(name: &str, body: &str) -> ApiResult<Vec<Policy>> {
+        let set = PolicySet::from_str(body)
+            .map_err(|e| ApiError::bad_request("invalid_policy", format!("policy does not parse: {e}")))?;
+        if set.templates().next().is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_policy",
+                "policy templates (with ?principal or ?resource) are not supported",
+            ));
+        }
+        let policies: Vec<&Policy> = set.policies().collect();
+        if policies.is_empty() {
+            return Err(ApiError::bad_request("invalid_policy", "the policy text holds no policy"));
+        }
+        let single = policies.len() == 1;
+        Ok(policies
+            .into_iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let id = if single {
+                    format!("policy:{name}")
+                } else {
+                    format!("policy:{name}#{}", i + 1)
+                };
+                p.new_id(PolicyId::new(id))
+            })
+            .collect())
+    }
+
+    async fn policy_set(&self, org_id: &str, generation: i64) -> ApiResult<Arc<PolicySet>> {
+        if let Ok(cache) = self.cache.read() {
+            if let Some((g, set)) = cache.get(org_id) {
+                if *g == generation {
+                    return Ok(set.clone());
+                }
+            }
+        }
+        let (generation, policies) = self.store.policy_all(org_id).await?;
+        let mut set = PolicySet::new();
+        for p in &self.builtin {
+            set.add(p.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+        }
+        for p in policies {
+            // A stored policy was valid when written; skip rather than lock
+            // the organization out if a Cedar upgrade changed the grammar.
+            match Self::parse_custom(&p.name, &p.body) {
+                Ok(list) => {
+                    for cp in list {
+                        if let Err(e) = set.add(cp) {
+                            tracing::warn!(policy = %p.name, error = %e, "custom policy skipped");
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(policy = %p.name, error = %e.detail, "custom policy skipped"),
+            }
+        }
+        let set = Arc::new(set);
+        if let Ok(mut cache) = self.cache.write() {
+            cache.insert(org_id.to_string(), (generation, set.clone()));
+        }
+        Ok(set)
+    }
+
+    /// Roles `subject` holds on `target`, after the MFA rule.
+    pub async fn roles(&self, subject: &Subject, target: &Target) -> ApiResult<Vec<String>> {
+        let mut ids = Vec::with_capacity(1 + subject.group_ids.len());
+        ids.push(subject.principal.id.clone());
+        ids.extend(subject.group_ids.iter().cloned());
+        let bindings = self
+            .store
+            .role_binding_effective(&target.org_id, target.project_id.as_deref(), &ids)
+            .await?;
+        let roles: BTreeSet<String> = bindings
+            .into_iter()
+            .map(|b| b.role)
+            .filter(|r| subject.mfa || !subject.org_mfa_roles.contains(r))
+            .collect();
+        Ok(roles.into_iter().collect())
+    }
+
+    /// Decides whether `subject` may take `action` on `target`.
+    pub async fn decide(&self, subject: &Subject, action: &str, target: &Target, env: &Env) -> ApiResult<Decision> {
+        if !self.registry.contains(action) {
+            return Err(ApiError::internal(format!("unregistered action {action}")));
+        }
+        if subject.principal.org_id != target.org_id || subject.principal.kind == PrincipalKind::Operator {
+            return Ok(Decision {
+                allowed: false,
+                policies: Vec::new(),
+                roles: Vec::new(),
+            });
+        }
+        let roles = self.roles(subject, target).await?;
+        let set = self.policy_set(&target.org_id, subject.org_policy_generation).await?;
+        self.evaluate(subject, action, target, env, roles, &set)
+    }
+
+    fn evaluate(
+        &self,
+        subject: &Subject,
+        action: &str,
+        target: &Target,
+        env: &Env,
+        roles: Vec<String>,
+        set: &PolicySet,
+    ) -> ApiResult<Decision> {
+        let org = uid("Org", &target.org_id)?;
+        let mut entities = vec![Entity::new_no_attrs(org.clone(), HashSet::new())];
+        let mut groups = HashSet::new();
+        for g in &subject.group_ids {
+            let g = uid("Group", g)?;
+            entities.push(Entity::new_no_attrs(g.clone(), HashSet::from([org.clone()])));
+            groups.insert(g);
+        }
+        groups.insert(org.clone());
+        let principal = uid(principal_type(subject.principal.kind), &subject.principal.id)?;
+        let pattrs = HashMap::from([(
+            "name".to_string(),
+            RestrictedExpression::new_string(subject.principal.name.clone()),
+        )]);
+        entities.push(
+            Entity::new(principal.clone(), pattrs, groups).map_err(|e| ApiError::internal(e.to_string()))?,
+        );
+        let resource = uid(target.kind, &target.id)?;
+        if resource != principal && resource != org {
+            let mut parents = HashSet::from([org.clone()]);
+            if let Some(p) = &target.project_id {
+                let p = uid("Project", p)?;
+                if p != resource {
+                    entities.push(Entity::new_no_attrs(p.clone(), HashSet::from([org.clone()])));
+                    parents.insert(p);
+                }
+            }
+            let rattrs = HashMap::from([(
+                "name".to_string(),
+                RestrictedExpression::new_string(target.name.clone()),
+            )]);
+            entities.push(
+                Entity::new(resource.clone(), rattrs, parents).map_err(|e| ApiError::internal(e.to_string()))?,
+            );
+        }
+        let entities = Entities::from_entities(entities, None).map_err(|e| ApiError::internal(e.to_string()))?;
+        let ip = if env.source_ip.parse::<std::net::IpAddr>().is_ok() {
+            env.source_ip.clone()
+        } else {
+            "0.0.0.0".to_string()
+        };
+        let context = Context::from_pairs([
+            (
+                "roles".to_string(),
+                RestrictedExpression::new_set(roles.iter().cloned().map(RestrictedExpression::new_string)),
+            ),
+            ("mfa".to_string(), RestrictedExpression::new_bool(subject.mfa)),
+            ("source_ip".to_string(), RestrictedExpression::new_ip(ip)),
+            ("now".to_string(), RestrictedExpression::new_long(env.now_secs)),
+            ("hour".to_string(), RestrictedExpression::new_long((env.now_secs / 3600) % 24)),
+        ])
+        .map_err(|e| ApiError::internal(e.to_string()))?;
+        let request = Request::new(principal, uid("Action", action)?, resource, context, None)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let response = self.cedar.is_authorized(&request, set, &entities);
+        for e in response.diagnostics().errors() {
+            tracing::warn!(error = %e, "policy evaluation error (the policy is skipped)");
+        }
+        let policies = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        Ok(Decision {
+            allowed: response.decision() == CedarDecision::Allow,
+            policies,
+            roles,
+        })
+    }
+}
