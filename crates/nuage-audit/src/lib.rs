@@ -3,8 +3,10 @@
 //! Audit entries are leaves of an RFC 9162 Merkle tree ([`merkle`]); the
 //! tree head is published as a C2SP signed checkpoint ([`note`]); exports
 //! carry inclusion proofs so they can be checked offline ([`verify`]).
-//! Everything here is pure computation; storage lives elsewhere.
+//! [`log`] keeps the trees in the metadata store, records entries with group
+//! commit and signs checkpoints in the background.
 
 pub mod merkle;
 pub mod note;
 pub mod verify;
+pub mod log;

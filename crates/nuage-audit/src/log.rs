@@ -1,0 +1,414 @@
+//! The audit log service: records every API decision before the response
+//! leaves, keeps one Merkle tree per organization in the metadata store and
+//! signs checkpoints in the background.
+//!
+//! Recording uses group commit: requests hand their entry to one writer task
+//! and wait; the writer appends everything queued in one transaction. Each
+//! request still waits for its own entry to be durable, but a burst of
+//! requests costs one commit instead of one each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use nuage_core::model::{AuditCheckpoint, AuditRecord};
+use nuage_core::time::now_ms;
+use nuage_core::{ApiError, ApiResult};
+use nuage_store::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint, Store};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::merkle::{self, CompactRange, Hash};
+use crate::note::{Checkpoint, NoteSigner};
+
+/// Log of the operator realm; organizations' logs use their id.
+pub const PLATFORM_LOG: &str = "platform";
+
+const MAX_BATCH: usize = 2048;
+
+struct Pending {
+    log_id: String,
+    record: AuditRecord,
+    reply: oneshot::Sender<ApiResult<i64>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// Prefix of every log's origin line, e.g. `nuage.example.eu`.
+    pub origin_prefix: String,
+    pub checkpoint_every: Duration,
+    pub retention: Duration,
+}
+
+#[derive(Clone)]
+pub struct AuditLog {
+    store: Store,
+    signer: Arc<NoteSigner>,
+    queue: mpsc::Sender<Pending>,
+    origin_prefix: String,
+}
+
+/// Background tasks of the log; stop them with [`AuditTasks::shutdown`].
+pub struct AuditTasks {
+    writer: JoinHandle<()>,
+    signer: JoinHandle<()>,
+    stop: watch::Sender<bool>,
+}
+
+impl AuditTasks {
+    /// Waits until every queued entry is written (all [`AuditLog`] clones
+    /// must be dropped first), then signs a last checkpoint.
+    pub async fn shutdown(self) {
+        let _ = self.writer.await;
+        let _ = self.stop.send(true);
+        let _ = self.signer.await;
+    }
+}
+
+/// The canonical bytes of a record: what is hashed, stored and exported.
+pub fn canonical_bytes(record: &AuditRecord) -> ApiResult<Vec<u8>> {
+    let value = serde_json::to_value(record).map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(crate::verify::canonical_entry_bytes(&value))
+}
+
+fn bad_frontier(e: impl std::fmt::Display) -> ApiError {
+    ApiError::internal(format!("audit log head is corrupt: {e}"))
+}
+
+impl AuditLog {
+    pub fn start(store: Store, signer: NoteSigner, cfg: AuditConfig) -> (AuditLog, AuditTasks) {
+        let (queue, rx) = mpsc::channel(65_536);
+        let signer = Arc::new(signer);
+        let log = AuditLog {
+            store: store.clone(),
+            signer: signer.clone(),
+            queue,
+            origin_prefix: cfg.origin_prefix.clone(),
+        };
+        let writer = tokio::spawn(write_loop(store, rx));
+        let (stop, stop_rx) = watch::channel(false);
+        let signer_task = tokio::spawn(sign_loop(log.without_queue(), cfg, stop_rx));
+        (
+            log,
+            AuditTasks {
+                writer,
+                signer: signer_task,
+                stop,
+            },
+        )
+    }
+
+    /// A handle for the signer task that does not keep the writer alive.
+    fn without_queue(&self) -> SignerHandle {
+        SignerHandle {
+            store: self.store.clone(),
+            signer: self.signer.clone(),
+            origin_prefix: self.origin_prefix.clone(),
+        }
+    }
+
+    pub fn origin(&self, log_id: &str) -> String {
+        origin(&self.origin_prefix, log_id)
+    }
+
+    /// The signed-note verifier key tenants keep to check checkpoints.
+    pub fn verifier_key(&self) -> String {
+        self.signer.verifier_string()
+    }
+
+    /// Appends `record` to `log_id` and returns its index once durable.
+    pub async fn record(&self, log_id: &str, record: AuditRecord) -> ApiResult<i64> {
+        let (reply, rx) = oneshot::channel();
+        self.queue
+            .send(Pending {
+                log_id: log_id.to_string(),
+                record,
+                reply,
+            })
+            .await
+            .map_err(|_| ApiError::unavailable("the audit log is shutting down"))?;
+        rx.await
+            .map_err(|_| ApiError::unavailable("the audit log writer stopped"))?
+    }
+
+    /// Signs the log's current head now (or returns the checkpoint that
+    /// already covers it).
+    pub async fn checkpoint_now(&self, log_id: &str) -> ApiResult<Option<AuditCheckpoint>> {
+        self.without_queue().checkpoint(log_id).await
+    }
+
+    pub async fn latest_checkpoint(&self, log_id: &str) -> ApiResult<Option<AuditCheckpoint>> {
+        Ok(self.store.audit_checkpoint_latest(log_id).await?.map(to_api))
+    }
+
+    pub async fn checkpoint_at(&self, log_id: &str, size: i64) -> ApiResult<Option<AuditCheckpoint>> {
+        Ok(self.store.audit_checkpoint_get(log_id, size).await?.map(to_api))
+    }
+
+    async fn head_size(&self, log_id: &str) -> ApiResult<u64> {
+        Ok(self.store.audit_head(log_id).await?.map(|(s, _)| s as u64).unwrap_or(0))
+    }
+
+    async fn fetch(&self, log_id: &str, coords: Vec<(u32, u64)>) -> ApiResult<HashMap<(u32, u64), Hash>> {
+        let raw = self.store.audit_nodes(log_id, &coords).await?;
+        let mut out = HashMap::with_capacity(raw.len());
+        for (k, v) in raw {
+            out.insert(k, merkle::parse_hex_hash(&v).map_err(bad_frontier)?);
+        }
+        if let Some(missing) = coords.iter().find(|c| !out.contains_key(c)) {
+            return Err(ApiError::internal(format!(
+                "audit tree node {missing:?} is missing from the store"
+            )));
+        }
+        Ok(out)
+    }
+
+    /// Inclusion proof of entry `index` in the tree of `size` entries.
+    pub async fn inclusion_proof(&self, log_id: &str, index: u64, size: u64) -> ApiResult<Vec<Hash>> {
+        let head = self.head_size(log_id).await?;
+        if size > head || index >= size {
+            return Err(ApiError::bad_request(
+                "invalid_proof_request",
+                format!("need index < size <= {head} (the log's size)"),
+            ));
+        }
+        let nodes = self.fetch(log_id, merkle::nodes_needed_for_inclusion(index, size)).await?;
+        merkle::inclusion_proof(index, size, &mut |l, i| nodes.get(&(l, i)).copied().unwrap_or([0; 32]))
+            .map_err(|e| ApiError::bad_request("invalid_proof_request", e.to_string()))
+    }
+
+    /// Proof that the tree of `new` entries extends the tree of `old`.
+    pub async fn consistency_proof(&self, log_id: &str, old: u64, new: u64) -> ApiResult<Vec<Hash>> {
+        let head = self.head_size(log_id).await?;
+        if new > head || old > new {
+            return Err(ApiError::bad_request(
+                "invalid_proof_request",
+                format!("need from <= to <= {head} (the log's size)"),
+            ));
+        }
+        let nodes = self.fetch(log_id, merkle::nodes_needed_for_consistency(old, new)).await?;
+        merkle::consistency_proof(old, new, &mut |l, i| nodes.get(&(l, i)).copied().unwrap_or([0; 32]))
+            .map_err(|e| ApiError::bad_request("invalid_proof_request", e.to_string()))
+    }
+
+    pub async fn list(&self, log_id: &str, f: &AuditFilter, after: Option<i64>, limit: u32) -> ApiResult<Vec<AuditRow>> {
+        self.store.audit_list(log_id, f, after, limit).await
+    }
+
+    /// Writes a JSON Lines export of the entries matching `f` that the
+    /// newest checkpoint covers, each with its inclusion proof (a checkpoint
+    /// is signed first if entries are not covered yet).
+    pub async fn export(&self, log_id: &str, f: &AuditFilter) -> ApiResult<String> {
+        let Some(cp) = self.checkpoint_now(log_id).await? else {
+            return Err(ApiError::not_found("audit log", log_id));
+        };
+        let size = cp.size as u64;
+        let complete = f.since.is_none()
+            && f.until.is_none()
+            && f.principal.is_none()
+            && f.action.is_none()
+            && f.decision.is_none()
+            && f.from_index.is_none();
+        let mut out = crate::verify::export_header(&cp.origin, &cp.note, complete);
+        out.push('\n');
+        let mut after = None;
+        loop {
+            let rows = self.store.audit_list(log_id, f, after, 1000).await?;
+            let more = rows.len() > 1000;
+            for row in rows.iter().take(1000) {
+                if row.index as u64 >= size {
+                    return Ok(out);
+                }
+                let Some(body) = &row.body else { continue };
+                let value: serde_json::Value =
+                    serde_json::from_str(body).map_err(|e| ApiError::internal(e.to_string()))?;
+                let proof = self.inclusion_proof(log_id, row.index as u64, size).await?;
+                out.push_str(&crate::verify::export_line(row.index as u64, &value, &proof));
+                out.push('\n');
+                after = Some(row.index);
+            }
+            if !more {
+                return Ok(out);
+            }
+        }
+    }
+}
+
+fn origin(prefix: &str, log_id: &str) -> String {
+    format!("{prefix}/audit/{log_id}")
+}
+
+fn to_api(c: StoredCheckpoint) -> AuditCheckpoint {
+    AuditCheckpoint {
+        origin: c.note.lines().next().unwrap_or_default().to_string(),
+        size: c.size,
+        root_hash: c.root,
+        note: c.note,
+        created_at: c.created_at,
+    }
+}
+
+#[derive(Clone)]
+struct SignerHandle {
+    store: Store,
+    signer: Arc<NoteSigner>,
+    origin_prefix: String,
+}
+
+impl SignerHandle {
+    async fn checkpoint(&self, log_id: &str) -> ApiResult<Option<AuditCheckpoint>> {
+        let Some((size, frontier)) = self.store.audit_head(log_id).await? else {
+            return Ok(None);
+        };
+        if let Some(latest) = self.store.audit_checkpoint_latest(log_id).await? {
+            if latest.size == size {
+                return Ok(Some(to_api(latest)));
+            }
+        }
+        self.sign(log_id, size, &frontier).await.map(|c| Some(to_api(c)))
+    }
+
+    async fn sign(&self, log_id: &str, size: i64, frontier: &str) -> ApiResult<StoredCheckpoint> {
+        let range: CompactRange = serde_json::from_str(frontier).map_err(bad_frontier)?;
+        if range.size != size as u64 {
+            return Err(bad_frontier("size mismatch"));
+        }
+        let cp = Checkpoint {
+            origin: origin(&self.origin_prefix, log_id),
+            size: range.size,
+            root: range.root(),
+        };
+        let note = cp
+            .sign(&self.signer)
+            .map_err(|e| ApiError::internal(format!("cannot sign checkpoint: {e}")))?;
+        let stored = StoredCheckpoint {
+            log_id: log_id.to_string(),
+            size,
+            root: base64_std(&cp.root),
+            note,
+            created_at: now_ms(),
+        };
+        self.store.audit_checkpoint_put(&stored).await?;
+        // Another server may have signed the same size first; return theirs.
+        Ok(self
+            .store
+            .audit_checkpoint_get(log_id, size)
+            .await?
+            .unwrap_or(stored))
+    }
+
+    async fn sign_all(&self) -> ApiResult<usize> {
+        let heads = self.store.audit_heads_unsigned().await?;
+        for (log_id, size, frontier) in &heads {
+            self.sign(log_id, *size, frontier).await?;
+        }
+        Ok(heads.len())
+    }
+}
+
+fn base64_std(h: &Hash) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(h)
+}
+
+async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
+    let empty = match serde_json::to_string(&CompactRange::new()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot encode an empty audit range");
+            return;
+        }
+    };
+    while let Some(first) = rx.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(p) => batch.push(p),
+                Err(_) => break,
+            }
+        }
+        let mut appends = Vec::with_capacity(batch.len());
+        let mut prepared = Vec::with_capacity(batch.len());
+        for p in batch {
+            match canonical_bytes(&p.record).and_then(|b| {
+                String::from_utf8(b).map_err(|e| ApiError::internal(e.to_string()))
+            }) {
+                Ok(body) => {
+                    appends.push(AuditAppend {
+                        log_id: p.log_id.clone(),
+                        leaf_hash: hex::encode(merkle::leaf_hash(body.as_bytes())),
+                        body,
+                        time: p.record.time,
+                        principal: p.record.principal.clone(),
+                        action: p.record.action.clone(),
+                        decision: p.record.decision.clone(),
+                    });
+                    prepared.push(p);
+                }
+                Err(e) => {
+                    let _ = p.reply.send(Err(e));
+                }
+            }
+        }
+        if appends.is_empty() {
+            continue;
+        }
+        let mut advance = |_: &str, size: i64, frontier: &str, leaves: &[&str]| {
+            let mut range: CompactRange = serde_json::from_str(frontier).map_err(bad_frontier)?;
+            if range.size != size as u64 {
+                return Err(bad_frontier("size mismatch"));
+            }
+            let mut nodes = Vec::new();
+            for leaf in leaves {
+                let h = merkle::parse_hex_hash(leaf).map_err(bad_frontier)?;
+                for (level, idx, hash) in range.append(h) {
+                    nodes.push((level, idx, hex::encode(hash)));
+                }
+            }
+            let text = serde_json::to_string(&range).map_err(bad_frontier)?;
+            Ok((text, nodes))
+        };
+        let result = store.audit_append(&appends, &empty, &mut advance).await;
+        match result {
+            Ok(indices) => {
+                for (p, idx) in prepared.into_iter().zip(indices) {
+                    let _ = p.reply.send(Ok(idx));
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed");
+                for p in prepared {
+                    let _ = p.reply.send(Err(ApiError::unavailable(
+                        "the audit log could not record this request",
+                    )));
+                }
+            }
+        }
+    }
+}
+
+async fn sign_loop(handle: SignerHandle, cfg: AuditConfig, mut stop: watch::Receiver<bool>) {
+    let mut last_prune = 0i64;
+    loop {
+        let stopping = tokio::select! {
+            _ = tokio::time::sleep(cfg.checkpoint_every) => false,
+            _ = stop.changed() => true,
+        };
+        if let Err(e) = handle.sign_all().await {
+            tracing::warn!(error = %e, "checkpoint signing failed; will retry");
+        }
+        let now = now_ms();
+        if now - last_prune > 3_600_000 {
+            last_prune = now;
+            let before = now - cfg.retention.as_millis() as i64;
+            match handle.store.audit_prune(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(entries = n, "audit bodies past retention removed (hashes kept)"),
+                Err(e) => tracing::warn!(error = %e, "audit retention pass failed"),
+            }
+        }
+        if stopping {
+            return;
+        }
+    }
+}
