@@ -6,7 +6,7 @@
 //! [`log`] keeps the trees in the metadata store, records entries with group
 //! commit and signs checkpoints in the background.
 
+pub mod log;
 pub mod merkle;
 pub mod note;
 pub mod verify;
-pub mod log;

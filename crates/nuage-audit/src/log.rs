@@ -14,7 +14,7 @@ use std::time::Duration;
 use nuage_core::model::{AuditCheckpoint, AuditRecord};
 use nuage_core::time::now_ms;
 use nuage_core::{ApiError, ApiResult};
-use nuage_store::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint, Store};
+use nuage_store::{AuditAppend, AuditFilter, AuditRow, Store, StoredCheckpoint};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
@@ -138,18 +138,39 @@ impl AuditLog {
     }
 
     pub async fn latest_checkpoint(&self, log_id: &str) -> ApiResult<Option<AuditCheckpoint>> {
-        Ok(self.store.audit_checkpoint_latest(log_id).await?.map(to_api))
+        Ok(self
+            .store
+            .audit_checkpoint_latest(log_id)
+            .await?
+            .map(to_api))
     }
 
-    pub async fn checkpoint_at(&self, log_id: &str, size: i64) -> ApiResult<Option<AuditCheckpoint>> {
-        Ok(self.store.audit_checkpoint_get(log_id, size).await?.map(to_api))
+    pub async fn checkpoint_at(
+        &self,
+        log_id: &str,
+        size: i64,
+    ) -> ApiResult<Option<AuditCheckpoint>> {
+        Ok(self
+            .store
+            .audit_checkpoint_get(log_id, size)
+            .await?
+            .map(to_api))
     }
 
     async fn head_size(&self, log_id: &str) -> ApiResult<u64> {
-        Ok(self.store.audit_head(log_id).await?.map(|(s, _)| s as u64).unwrap_or(0))
+        Ok(self
+            .store
+            .audit_head(log_id)
+            .await?
+            .map(|(s, _)| s as u64)
+            .unwrap_or(0))
     }
 
-    async fn fetch(&self, log_id: &str, coords: Vec<(u32, u64)>) -> ApiResult<HashMap<(u32, u64), Hash>> {
+    async fn fetch(
+        &self,
+        log_id: &str,
+        coords: Vec<(u32, u64)>,
+    ) -> ApiResult<HashMap<(u32, u64), Hash>> {
         let raw = self.store.audit_nodes(log_id, &coords).await?;
         let mut out = HashMap::with_capacity(raw.len());
         for (k, v) in raw {
@@ -164,7 +185,12 @@ impl AuditLog {
     }
 
     /// Inclusion proof of entry `index` in the tree of `size` entries.
-    pub async fn inclusion_proof(&self, log_id: &str, index: u64, size: u64) -> ApiResult<Vec<Hash>> {
+    pub async fn inclusion_proof(
+        &self,
+        log_id: &str,
+        index: u64,
+        size: u64,
+    ) -> ApiResult<Vec<Hash>> {
         let head = self.head_size(log_id).await?;
         if size > head || index >= size {
             return Err(ApiError::bad_request(
@@ -172,13 +198,22 @@ impl AuditLog {
                 format!("need index < size <= {head} (the log's size)"),
             ));
         }
-        let nodes = self.fetch(log_id, merkle::nodes_needed_for_inclusion(index, size)).await?;
-        merkle::inclusion_proof(index, size, &mut |l, i| nodes.get(&(l, i)).copied().unwrap_or([0; 32]))
-            .map_err(|e| ApiError::bad_request("invalid_proof_request", e.to_string()))
+        let nodes = self
+            .fetch(log_id, merkle::nodes_needed_for_inclusion(index, size))
+            .await?;
+        merkle::inclusion_proof(index, size, &mut |l, i| {
+            nodes.get(&(l, i)).copied().unwrap_or([0; 32])
+        })
+        .map_err(|e| ApiError::bad_request("invalid_proof_request", e.to_string()))
     }
 
     /// Proof that the tree of `new` entries extends the tree of `old`.
-    pub async fn consistency_proof(&self, log_id: &str, old: u64, new: u64) -> ApiResult<Vec<Hash>> {
+    pub async fn consistency_proof(
+        &self,
+        log_id: &str,
+        old: u64,
+        new: u64,
+    ) -> ApiResult<Vec<Hash>> {
         let head = self.head_size(log_id).await?;
         if new > head || old > new {
             return Err(ApiError::bad_request(
@@ -186,12 +221,22 @@ impl AuditLog {
                 format!("need from <= to <= {head} (the log's size)"),
             ));
         }
-        let nodes = self.fetch(log_id, merkle::nodes_needed_for_consistency(old, new)).await?;
-        merkle::consistency_proof(old, new, &mut |l, i| nodes.get(&(l, i)).copied().unwrap_or([0; 32]))
-            .map_err(|e| ApiError::bad_request("invalid_proof_request", e.to_string()))
+        let nodes = self
+            .fetch(log_id, merkle::nodes_needed_for_consistency(old, new))
+            .await?;
+        merkle::consistency_proof(old, new, &mut |l, i| {
+            nodes.get(&(l, i)).copied().unwrap_or([0; 32])
+        })
+        .map_err(|e| ApiError::bad_request("invalid_proof_request", e.to_string()))
     }
 
-    pub async fn list(&self, log_id: &str, f: &AuditFilter, after: Option<i64>, limit: u32) -> ApiResult<Vec<AuditRow>> {
+    pub async fn list(
+        &self,
+        log_id: &str,
+        f: &AuditFilter,
+        after: Option<i64>,
+        limit: u32,
+    ) -> ApiResult<Vec<AuditRow>> {
         self.store.audit_list(log_id, f, after, limit).await
     }
 
@@ -223,7 +268,11 @@ impl AuditLog {
                 let value: serde_json::Value =
                     serde_json::from_str(body).map_err(|e| ApiError::internal(e.to_string()))?;
                 let proof = self.inclusion_proof(log_id, row.index as u64, size).await?;
-                out.push_str(&crate::verify::export_line(row.index as u64, &value, &proof));
+                out.push_str(&crate::verify::export_line(
+                    row.index as u64,
+                    &value,
+                    &proof,
+                ));
                 out.push('\n');
                 after = Some(row.index);
             }
@@ -265,7 +314,9 @@ impl SignerHandle {
                 return Ok(Some(to_api(latest)));
             }
         }
-        self.sign(log_id, size, &frontier).await.map(|c| Some(to_api(c)))
+        self.sign(log_id, size, &frontier)
+            .await
+            .map(|c| Some(to_api(c)))
     }
 
     async fn sign(&self, log_id: &str, size: i64, frontier: &str) -> ApiResult<StoredCheckpoint> {
@@ -330,9 +381,9 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
         let mut appends = Vec::with_capacity(batch.len());
         let mut prepared = Vec::with_capacity(batch.len());
         for p in batch {
-            match canonical_bytes(&p.record).and_then(|b| {
-                String::from_utf8(b).map_err(|e| ApiError::internal(e.to_string()))
-            }) {
+            match canonical_bytes(&p.record)
+                .and_then(|b| String::from_utf8(b).map_err(|e| ApiError::internal(e.to_string())))
+            {
                 Ok(body) => {
                     appends.push(AuditAppend {
                         log_id: p.log_id.clone(),
@@ -403,7 +454,10 @@ async fn sign_loop(handle: SignerHandle, cfg: AuditConfig, mut stop: watch::Rece
             let before = now - cfg.retention.as_millis() as i64;
             match handle.store.audit_prune(before).await {
                 Ok(0) => {}
-                Ok(n) => tracing::info!(entries = n, "audit bodies past retention removed (hashes kept)"),
+                Ok(n) => tracing::info!(
+                    entries = n,
+                    "audit bodies past retention removed (hashes kept)"
+                ),
                 Err(e) => tracing::warn!(error = %e, "audit retention pass failed"),
             }
         }

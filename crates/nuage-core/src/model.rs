@@ -291,6 +291,13 @@ pub struct SetPassword {
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+pub struct ChangePassword {
+    pub current_password: String,
+    pub password: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct CreateServiceAccount {
     pub name: String,
     #[serde(default)]
@@ -398,6 +405,15 @@ pub struct Login {
     /// Current TOTP code, when the user has a second factor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub totp: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateOperator {
+    pub name: String,
+    #[serde(default)]
+    pub email: String,
+    pub password: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

@@ -30,15 +30,25 @@ pub struct ActionDef {
 
 /// Built-in roles with their descriptions.
 pub const ROLES: &[(&str, &str)] = &[
-    ("owner", "Everything in the organization, including its deletion and owners"),
+    (
+        "owner",
+        "Everything in the organization, including its deletion and owners",
+    ),
     ("admin", "Manage identities, access and every resource"),
-    ("editor", "Create, change and delete resources; read everything"),
+    (
+        "editor",
+        "Create, change and delete resources; read everything",
+    ),
     ("viewer", "Read every resource"),
     ("audit-reader", "Read the audit log and its proofs"),
 ];
 
 const fn a(name: &'static str, level: Level) -> ActionDef {
-    ActionDef { name, level, also: &[] }
+    ActionDef {
+        name,
+        level,
+        also: &[],
+    }
 }
 
 /// Actions of the control plane core.
@@ -85,8 +95,16 @@ pub const CORE_ACTIONS: &[ActionDef] = &[
     a("policy.update", Level::Admin),
     a("policy.delete", Level::Admin),
     a("policy.test", Level::Admin),
-    ActionDef { name: "audit.read", level: Level::Admin, also: &["audit-reader"] },
-    ActionDef { name: "audit.checkpoint", level: Level::Admin, also: &["audit-reader"] },
+    ActionDef {
+        name: "audit.read",
+        level: Level::Admin,
+        also: &["audit-reader"],
+    },
+    ActionDef {
+        name: "audit.checkpoint",
+        level: Level::Admin,
+        also: &["audit-reader"],
+    },
 ];
 
 /// Actions every principal may take on itself (its own tokens, password and
@@ -167,7 +185,10 @@ mod tests {
         assert!(viewer.contains(&"project.get") && !viewer.contains(&"project.create"));
         assert!(editor.contains(&"project.create") && !editor.contains(&"user.create"));
         assert!(!admin.contains(&"role_binding.grant_owner"));
-        assert_eq!(r.role_actions("audit-reader"), vec!["audit.checkpoint", "audit.read"]);
+        assert_eq!(
+            r.role_actions("audit-reader"),
+            vec!["audit.checkpoint", "audit.read"]
+        );
         assert!(r.role_actions("nobody").is_empty());
     }
 }

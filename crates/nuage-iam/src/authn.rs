@@ -87,7 +87,10 @@ impl Authenticator {
     /// Resolves a bearer token, refusing unknown, expired and revoked ones
     /// and tokens of the other realm.
     pub async fn authenticate(&self, bearer: &str, realm: Realm) -> ApiResult<Subject> {
-        let found = self.store.token_authenticate(&secret::hash_token(bearer)).await?;
+        let found = self
+            .store
+            .token_authenticate(&secret::hash_token(bearer))
+            .await?;
         let Some(auth) = found else {
             return Err(ApiError::unauthenticated("unknown token"));
         };
@@ -96,7 +99,9 @@ impl Authenticator {
             return Err(ApiError::unauthenticated("this token was revoked"));
         }
         if auth.token.expires_at.is_some_and(|e| e <= now) {
-            return Err(ApiError::unauthenticated("this token has expired; log in again"));
+            return Err(ApiError::unauthenticated(
+                "this token has expired; log in again",
+            ));
         }
         let is_operator = auth.principal.kind == PrincipalKind::Operator;
         match (realm, is_operator) {
@@ -106,11 +111,17 @@ impl Authenticator {
                 ))
             }
             (Realm::Operator, false) => {
-                return Err(ApiError::unauthenticated("this listener accepts only operator tokens"))
+                return Err(ApiError::unauthenticated(
+                    "this listener accepts only operator tokens",
+                ))
             }
             _ => {}
         }
-        if auth.token.last_used_at.is_none_or(|t| now - t > TOUCH_EVERY_MS) {
+        if auth
+            .token
+            .last_used_at
+            .is_none_or(|t| now - t > TOUCH_EVERY_MS)
+        {
             self.store.token_touch(&auth.token.id, now).await?;
         }
         Ok(Subject {
@@ -191,8 +202,10 @@ impl Authenticator {
                 .principal_login_failed(&creds.principal.id, failed, locked)
                 .await?;
             if ok && creds.totp_secret.is_some() && totp_code.is_none() {
-                return Err(ApiError::unauthenticated("a TOTP code is required for this account")
-                    .with_code("mfa_required"));
+                return Err(
+                    ApiError::unauthenticated("a TOTP code is required for this account")
+                        .with_code("mfa_required"),
+                );
             }
             return Err(bad_credentials());
         }
@@ -203,10 +216,18 @@ impl Authenticator {
             )
             .with_code("mfa_enrollment_required"));
         }
-        self.store.principal_login_succeeded(&creds.principal.id).await?;
+        self.store
+            .principal_login_succeeded(&creds.principal.id)
+            .await?;
         let ttl = self.policy.session_ttl.as_secs() as i64;
         let token = self
-            .issue_token(&creds.principal, "session", "session", creds.totp_secret.is_some(), ttl)
+            .issue_token(
+                &creds.principal,
+                "session",
+                "session",
+                creds.totp_secret.is_some(),
+                ttl,
+            )
             .await?;
         Ok(Session {
             principal: creds.principal,
@@ -216,7 +237,13 @@ impl Authenticator {
 }
 
 /// Builds a token and its stored form without writing it.
-pub fn new_token(principal: &Principal, name: &str, kind: &str, mfa: bool, ttl_secs: i64) -> (TokenSecret, NewToken) {
+pub fn new_token(
+    principal: &Principal,
+    name: &str,
+    kind: &str,
+    mfa: bool,
+    ttl_secs: i64,
+) -> (TokenSecret, NewToken) {
     let secret = secret::new_token();
     let now = now_ms();
     let token = Token {
@@ -236,4 +263,38 @@ pub fn new_token(principal: &Principal, name: &str, kind: &str, mfa: bool, ttl_s
         secret_hash: secret::hash_token(&secret),
     };
     (TokenSecret { token, secret }, stored)
+}
+
+impl Authenticator {
+    /// Checks a principal's current password (for self-service changes),
+    /// counting failures like a login does.
+    pub async fn check_password(
+        &self,
+        principal: &Principal,
+        password_text: &str,
+    ) -> ApiResult<()> {
+        let creds = self
+            .store
+            .principal_credentials(&principal.org_id, principal.kind, &principal.name)
+            .await?
+            .ok_or_else(bad_credentials)?;
+        let Some(hash) = creds.password_hash else {
+            return Err(ApiError::bad_request(
+                "no_password",
+                "this principal has no password",
+            ));
+        };
+        let pw = password_text.to_string();
+        let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))
+            .await
+            .map_err(|_| ApiError::internal("password check failed"))?;
+        if ok {
+            Ok(())
+        } else {
+            self.store
+                .principal_login_failed(&principal.id, creds.failed_logins + 1, None)
+                .await?;
+            Err(ApiError::forbidden("the current password is wrong").with_code("wrong_password"))
+        }
+    }
 }

@@ -114,7 +114,10 @@ fn uid(kind: &str, id: &str) -> ApiResult<EntityUid> {
 }
 
 fn action_list(actions: &[&str]) -> String {
-    let items: Vec<String> = actions.iter().map(|a| format!("Nuage::Action::\"{a}\"")).collect();
+    let items: Vec<String> = actions
+        .iter()
+        .map(|a| format!("Nuage::Action::\"{a}\""))
+        .collect();
     format!("[{}]", items.join(", "))
 }
 
@@ -167,8 +170,9 @@ impl Authorizer {
     /// Parses a custom policy text; the error names the problem so the
     /// author can fix it. Returns the policies with their final ids.
     pub fn parse_custom(name: &str, body: &str) -> ApiResult<Vec<Policy>> {
-        let set = PolicySet::from_str(body)
-            .map_err(|e| ApiError::bad_request("invalid_policy", format!("policy does not parse: {e}")))?;
+        let set = PolicySet::from_str(body).map_err(|e| {
+            ApiError::bad_request("invalid_policy", format!("policy does not parse: {e}"))
+        })?;
         if set.templates().next().is_some() {
             return Err(ApiError::bad_request(
                 "invalid_policy",
@@ -177,7 +181,10 @@ impl Authorizer {
         }
         let policies: Vec<&Policy> = set.policies().collect();
         if policies.is_empty() {
-            return Err(ApiError::bad_request("invalid_policy", "the policy text holds no policy"));
+            return Err(ApiError::bad_request(
+                "invalid_policy",
+                "the policy text holds no policy",
+            ));
         }
         let single = policies.len() == 1;
         Ok(policies
@@ -205,7 +212,8 @@ impl Authorizer {
         let (generation, policies) = self.store.policy_all(org_id).await?;
         let mut set = PolicySet::new();
         for p in &self.builtin {
-            set.add(p.clone()).map_err(|e| ApiError::internal(e.to_string()))?;
+            set.add(p.clone())
+                .map_err(|e| ApiError::internal(e.to_string()))?;
         }
         for p in policies {
             // A stored policy was valid when written; skip rather than lock
@@ -218,7 +226,9 @@ impl Authorizer {
                         }
                     }
                 }
-                Err(e) => tracing::warn!(policy = %p.name, error = %e.detail, "custom policy skipped"),
+                Err(e) => {
+                    tracing::warn!(policy = %p.name, error = %e.detail, "custom policy skipped")
+                }
             }
         }
         let set = Arc::new(set);
@@ -246,11 +256,19 @@ impl Authorizer {
     }
 
     /// Decides whether `subject` may take `action` on `target`.
-    pub async fn decide(&self, subject: &Subject, action: &str, target: &Target, env: &Env) -> ApiResult<Decision> {
+    pub async fn decide(
+        &self,
+        subject: &Subject,
+        action: &str,
+        target: &Target,
+        env: &Env,
+    ) -> ApiResult<Decision> {
         if !self.registry.contains(action) {
             return Err(ApiError::internal(format!("unregistered action {action}")));
         }
-        if subject.principal.org_id != target.org_id || subject.principal.kind == PrincipalKind::Operator {
+        if subject.principal.org_id != target.org_id
+            || subject.principal.kind == PrincipalKind::Operator
+        {
             return Ok(Decision {
                 allowed: false,
                 policies: Vec::new(),
@@ -258,7 +276,9 @@ impl Authorizer {
             });
         }
         let roles = self.roles(subject, target).await?;
-        let set = self.policy_set(&target.org_id, subject.org_policy_generation).await?;
+        let set = self
+            .policy_set(&target.org_id, subject.org_policy_generation)
+            .await?;
         self.evaluate(subject, action, target, env, roles, &set)
     }
 
@@ -276,17 +296,24 @@ impl Authorizer {
         let mut groups = HashSet::new();
         for g in &subject.group_ids {
             let g = uid("Group", g)?;
-            entities.push(Entity::new_no_attrs(g.clone(), HashSet::from([org.clone()])));
+            entities.push(Entity::new_no_attrs(
+                g.clone(),
+                HashSet::from([org.clone()]),
+            ));
             groups.insert(g);
         }
         groups.insert(org.clone());
-        let principal = uid(principal_type(subject.principal.kind), &subject.principal.id)?;
+        let principal = uid(
+            principal_type(subject.principal.kind),
+            &subject.principal.id,
+        )?;
         let pattrs = HashMap::from([(
             "name".to_string(),
             RestrictedExpression::new_string(subject.principal.name.clone()),
         )]);
         entities.push(
-            Entity::new(principal.clone(), pattrs, groups).map_err(|e| ApiError::internal(e.to_string()))?,
+            Entity::new(principal.clone(), pattrs, groups)
+                .map_err(|e| ApiError::internal(e.to_string()))?,
         );
         let resource = uid(target.kind, &target.id)?;
         if resource != principal && resource != org {
@@ -294,7 +321,10 @@ impl Authorizer {
             if let Some(p) = &target.project_id {
                 let p = uid("Project", p)?;
                 if p != resource {
-                    entities.push(Entity::new_no_attrs(p.clone(), HashSet::from([org.clone()])));
+                    entities.push(Entity::new_no_attrs(
+                        p.clone(),
+                        HashSet::from([org.clone()]),
+                    ));
                     parents.insert(p);
                 }
             }
@@ -303,10 +333,12 @@ impl Authorizer {
                 RestrictedExpression::new_string(target.name.clone()),
             )]);
             entities.push(
-                Entity::new(resource.clone(), rattrs, parents).map_err(|e| ApiError::internal(e.to_string()))?,
+                Entity::new(resource.clone(), rattrs, parents)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
             );
         }
-        let entities = Entities::from_entities(entities, None).map_err(|e| ApiError::internal(e.to_string()))?;
+        let entities = Entities::from_entities(entities, None)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
         let ip = if env.source_ip.parse::<std::net::IpAddr>().is_ok() {
             env.source_ip.clone()
         } else {
@@ -315,12 +347,23 @@ impl Authorizer {
         let context = Context::from_pairs([
             (
                 "roles".to_string(),
-                RestrictedExpression::new_set(roles.iter().cloned().map(RestrictedExpression::new_string)),
+                RestrictedExpression::new_set(
+                    roles.iter().cloned().map(RestrictedExpression::new_string),
+                ),
             ),
-            ("mfa".to_string(), RestrictedExpression::new_bool(subject.mfa)),
+            (
+                "mfa".to_string(),
+                RestrictedExpression::new_bool(subject.mfa),
+            ),
             ("source_ip".to_string(), RestrictedExpression::new_ip(ip)),
-            ("now".to_string(), RestrictedExpression::new_long(env.now_secs)),
-            ("hour".to_string(), RestrictedExpression::new_long((env.now_secs / 3600) % 24)),
+            (
+                "now".to_string(),
+                RestrictedExpression::new_long(env.now_secs),
+            ),
+            (
+                "hour".to_string(),
+                RestrictedExpression::new_long((env.now_secs / 3600) % 24),
+            ),
         ])
         .map_err(|e| ApiError::internal(e.to_string()))?;
         let request = Request::new(principal, uid("Action", action)?, resource, context, None)
@@ -329,7 +372,11 @@ impl Authorizer {
         for e in response.diagnostics().errors() {
             tracing::warn!(error = %e, "policy evaluation error (the policy is skipped)");
         }
-        let policies = response.diagnostics().reason().map(|p| p.to_string()).collect();
+        let policies = response
+            .diagnostics()
+            .reason()
+            .map(|p| p.to_string())
+            .collect();
         Ok(Decision {
             allowed: response.decision() == CedarDecision::Allow,
             policies,

@@ -7,7 +7,8 @@ fn totp(secret_b32: &str) -> ApiResult<TOTP> {
     let bytes = Secret::Encoded(secret_b32.to_string())
         .to_bytes()
         .map_err(|_| ApiError::internal("stored TOTP secret is not valid base32"))?;
-    TOTP::new(Algorithm::SHA1, 6, 1, 30, bytes).map_err(|_| ApiError::internal("invalid TOTP secret"))
+    TOTP::new(Algorithm::SHA1, 6, 1, 30, bytes)
+        .map_err(|_| ApiError::internal("invalid TOTP secret"))
 }
 
 /// A new random base32 secret (160 bits).

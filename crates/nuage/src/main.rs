@@ -1,1 +1,185 @@
-fn main() {}
+//! `nuage`: one binary for the control plane (`nuage server`) and the CLI.
+
+mod bench;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use nuage_api::ServerConfig;
+
+#[derive(Debug, Parser)]
+#[command(name = "nuage", version, about = "nuage — a sovereign cloud platform")]
+struct Cli {
+    /// Print machine-readable JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane (API, IAM, audit) on this machine.
+    Server(ServerArgs),
+    /// Print the OpenAPI document generated from the code.
+    Openapi {
+        /// The operator API instead of the tenant API.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Measure API throughput and latency against a bare handler baseline.
+    Bench(bench::BenchArgs),
+    #[command(flatten)]
+    Client(nuage_cli::Command),
+}
+
+#[derive(Debug, Args)]
+struct ServerArgs {
+    /// Where the embedded database, keys and bootstrap token live.
+    #[arg(long, env = "NUAGE_DATA_DIR", default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Use PostgreSQL (postgres://…) instead of the embedded SQLite.
+    #[arg(long, env = "NUAGE_DATABASE_URL")]
+    database_url: Option<String>,
+    /// Tenant API address.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// Operator API address (keep it on loopback or a management network).
+    #[arg(long, default_value = "127.0.0.1:8444")]
+    admin_listen: SocketAddr,
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (behind a TLS proxy).
+    #[arg(long)]
+    insecure_http: bool,
+    /// Largest accepted request body, in bytes.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    max_body_bytes: usize,
+    /// Seconds between signed audit checkpoints.
+    #[arg(long, default_value_t = 5)]
+    checkpoint_seconds: u64,
+    /// Days audit entries are kept (at least 183).
+    #[arg(long, default_value_t = 365)]
+    audit_retention_days: u32,
+    /// SQLite durability: `full` survives power loss, `normal` a process crash.
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    sqlite_sync: String,
+    /// Installation name used in audit checkpoints.
+    #[arg(long, default_value = "nuage.local")]
+    public_name: String,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    log_json: bool,
+}
+
+fn default_data_dir() -> PathBuf {
+    dirs::data_local_dir()
+        .map(|d| d.join("nuage"))
+        .unwrap_or_else(|| PathBuf::from(".nuage"))
+}
+
+fn init_logs(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn serve(a: ServerArgs) -> ExitCode {
+    init_logs(a.log_json);
+    let mut cfg = ServerConfig::new(a.data_dir.clone());
+    cfg.database_url = a.database_url;
+    cfg.listen = a.listen;
+    cfg.admin_listen = a.admin_listen;
+    cfg.tls_cert = a.tls_cert;
+    cfg.tls_key = a.tls_key;
+    cfg.allow_insecure_http = a.insecure_http;
+    cfg.max_body_bytes = a.max_body_bytes;
+    cfg.checkpoint_every = Duration::from_secs(a.checkpoint_seconds.max(1));
+    cfg.audit_retention_days = a.audit_retention_days;
+    cfg.sqlite_sync_full = a.sqlite_sync == "full";
+    cfg.public_name = a.public_name;
+    let server = match nuage_api::start(cfg).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("nuage server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let scheme = if server.tls { "https" } else { "http" };
+    println!("nuage API          {scheme}://{}", server.tenant_addr);
+    println!("nuage operator API {scheme}://{}", server.admin_addr);
+    println!("data directory     {}", a.data_dir.display());
+    if let Some(token) = &server.bootstrap_token {
+        println!();
+        println!("First start: created the platform operator 'admin'. Its bootstrap token,");
+        println!(
+            "shown only this once (also in {}):",
+            a.data_dir.join("bootstrap-token").display()
+        );
+        println!();
+        println!("    {token}");
+        println!();
+        println!(
+            "Log in with: nuage login --admin --url {scheme}://{} --token <token>",
+            server.admin_addr
+        );
+    }
+    tracing::info!(tenant = %server.tenant_addr, admin = %server.admin_addr, "nuage server ready");
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing in-flight requests");
+    server.shutdown().await;
+    tracing::info!("stopped");
+    ExitCode::SUCCESS
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Server(a) => serve(a).await,
+        Command::Openapi { admin } => {
+            let api = if admin {
+                nuage_api::routes::admin_spec()
+            } else {
+                nuage_api::routes::tenant_spec()
+            };
+            print!("{}", nuage_api::openapi::to_json(&api));
+            ExitCode::SUCCESS
+        }
+        Command::Bench(a) => bench::run(a).await,
+        Command::Client(c) => nuage_cli::run(c, cli.json).await,
+    }
+}

@@ -1,0 +1,57 @@
+//! OpenAPI 3.1 documents, generated from the handlers' annotations. The
+//! committed copies under `openapi/` are checked against these by a test,
+//! so the published contract cannot drift from the code.
+
+use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+use crate::problem::Problem;
+
+struct Bearer;
+
+impl Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let components = api.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(Http::new(HttpAuthScheme::Bearer)),
+        );
+        api.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+            "bearer",
+            Vec::<String>::new(),
+        )]);
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "nuage API",
+        version = "1",
+        description = "The tenant API of nuage, a sovereign cloud platform. Errors are RFC 9457 \
+            problems with a stable `code`; lists use cursor pagination (`limit`, `page_token`); \
+            mutations honour `Idempotency-Key`; updates honour `If-Match` with the resource ETag."
+    ),
+    components(schemas(Problem)),
+    modifiers(&Bearer)
+)]
+pub struct TenantDoc;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "nuage operator API",
+        version = "1",
+        description = "The operator realm of nuage, served on the admin listener only."
+    ),
+    components(schemas(Problem)),
+    modifiers(&Bearer)
+)]
+pub struct AdminDoc;
+
+/// Pretty JSON of a document, as committed in the repository.
+pub fn to_json(api: &utoipa::openapi::OpenApi) -> String {
+    let mut s = api.to_pretty_json().unwrap_or_default();
+    s.push('\n');
+    s
+}

@@ -1,0 +1,193 @@
+//! Route tables of the two listeners. Each module holds one family of
+//! resources; `tenant` and `admin` assemble them with the pipeline layers.
+
+pub mod access;
+pub mod admin;
+pub mod audit;
+pub mod auth;
+pub mod groups;
+pub mod health;
+pub mod orgs;
+pub mod principals;
+pub mod projects;
+pub mod tokens;
+
+use axum::extract::DefaultBodyLimit;
+use axum::middleware::from_fn_with_state;
+use axum::routing::get;
+use axum::Router;
+use nuage_core::ApiError;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::ctx::{authenticate, org_guard};
+use crate::idempotency::idempotency;
+use crate::observe::observe;
+use crate::openapi::{AdminDoc, TenantDoc};
+use crate::problem::Failure;
+use crate::state::AppState;
+
+fn tenant_org_scoped() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(orgs::get_org, orgs::update_org))
+        .routes(routes!(projects::list, projects::create))
+        .routes(routes!(projects::get, projects::update, projects::delete))
+        .routes(routes!(principals::list_users, principals::create_user))
+        .routes(routes!(
+            principals::get_user,
+            principals::update_user,
+            principals::delete_user
+        ))
+        .routes(routes!(principals::set_user_password))
+        .routes(routes!(principals::reset_user_mfa))
+        .routes(routes!(
+            principals::list_service_accounts,
+            principals::create_service_account
+        ))
+        .routes(routes!(
+            principals::get_service_account,
+            principals::update_service_account,
+            principals::delete_service_account
+        ))
+        .routes(routes!(groups::list, groups::create))
+        .routes(routes!(groups::get, groups::update, groups::delete))
+        .routes(routes!(groups::list_members, groups::add_member))
+        .routes(routes!(groups::remove_member))
+        .routes(routes!(tokens::list, tokens::create))
+        .routes(routes!(tokens::get, tokens::revoke))
+        .routes(routes!(access::list_roles))
+        .routes(routes!(
+            access::list_org_bindings,
+            access::create_org_binding
+        ))
+        .routes(routes!(
+            access::list_project_bindings,
+            access::create_project_binding
+        ))
+        .routes(routes!(access::get_binding, access::delete_binding))
+        .routes(routes!(access::list_policies, access::create_policy))
+        .routes(routes!(
+            access::get_policy,
+            access::update_policy,
+            access::delete_policy
+        ))
+        .routes(routes!(access::test_policy))
+        .routes(routes!(audit::list_entries))
+        .routes(routes!(audit::get_checkpoint, audit::create_checkpoint))
+        .routes(routes!(audit::inclusion_proof))
+        .routes(routes!(audit::consistency_proof))
+        .routes(routes!(audit::export))
+        .routes(routes!(audit::public_key))
+}
+
+fn tenant_authenticated() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(auth::me))
+        .routes(routes!(auth::change_password))
+        .routes(routes!(auth::enroll_mfa))
+        .routes(routes!(auth::confirm_mfa))
+        .routes(routes!(orgs::list_orgs))
+}
+
+fn tenant_public() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(TenantDoc::openapi()).routes(routes!(auth::login))
+}
+
+/// The tenant OpenAPI document, without starting anything.
+pub fn tenant_spec() -> utoipa::openapi::OpenApi {
+    tenant_public()
+        .merge(tenant_authenticated().merge(tenant_org_scoped()))
+        .split_for_parts()
+        .1
+}
+
+/// The tenant API and its OpenAPI document.
+pub fn tenant(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let org_scoped = tenant_org_scoped().route_layer(from_fn_with_state(state.clone(), org_guard));
+    let authenticated = tenant_authenticated()
+        .merge(org_scoped)
+        .route_layer(from_fn_with_state(state.clone(), authenticate));
+    let (router, api) = tenant_public().merge(authenticated).split_for_parts();
+    let spec = api.clone();
+    let router = router
+        .route(
+            "/v1/openapi.json",
+            get(move || async move { axum::Json(spec) }),
+        )
+        .merge(health::router());
+    (finish(router, state), api)
+}
+
+fn admin_authenticated() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(admin::me))
+        .routes(routes!(admin::change_password))
+        .routes(routes!(admin::enroll_mfa))
+        .routes(routes!(admin::confirm_mfa))
+        .routes(routes!(admin::list_orgs, admin::create_org))
+        .routes(routes!(
+            admin::get_org,
+            admin::update_org,
+            admin::delete_org
+        ))
+        .routes(routes!(admin::list_operators, admin::create_operator))
+        .routes(routes!(admin::delete_operator))
+        .routes(routes!(admin::list_tokens, admin::create_token))
+        .routes(routes!(admin::revoke_token))
+        .routes(routes!(admin::list_audit))
+        .routes(routes!(admin::get_checkpoint, admin::create_checkpoint))
+        .routes(routes!(admin::inclusion_proof))
+        .routes(routes!(admin::consistency_proof))
+        .routes(routes!(admin::export_audit))
+        .routes(routes!(admin::public_key))
+}
+
+fn admin_public() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(AdminDoc::openapi()).routes(routes!(admin::login))
+}
+
+/// The operator OpenAPI document, without starting anything.
+pub fn admin_spec() -> utoipa::openapi::OpenApi {
+    admin_public()
+        .merge(admin_authenticated())
+        .split_for_parts()
+        .1
+}
+
+/// The operator API and its OpenAPI document.
+pub fn admin(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
+    let authenticated =
+        admin_authenticated().route_layer(from_fn_with_state(state.clone(), authenticate));
+    let (router, api) = admin_public().merge(authenticated).split_for_parts();
+    let spec = api.clone();
+    let metrics = state.metrics.clone();
+    let router = router
+        .route(
+            "/admin/v1/openapi.json",
+            get(move || async move { axum::Json(spec) }),
+        )
+        .route(
+            "/metrics",
+            get(move || async move {
+                (
+                    [(
+                        http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    metrics.render(),
+                )
+            }),
+        )
+        .merge(health::router());
+    (finish(router, state), api)
+}
+
+fn finish(router: Router<AppState>, state: AppState) -> Router {
+    router
+        .fallback(|| async { Failure(ApiError::not_found("route", "this path")) })
+        .layer(DefaultBodyLimit::max(state.max_body_bytes))
+        .layer(from_fn_with_state(state.clone(), idempotency))
+        .layer(from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}

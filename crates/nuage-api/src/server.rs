@@ -1,0 +1,332 @@
+//! Starting and stopping a control plane: the store, the IAM and audit
+//! services, the first-start bootstrap and the two listeners.
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use axum_server::Handle;
+use nuage_audit::log::{AuditConfig, AuditLog, AuditTasks};
+use nuage_audit::note::NoteSigner;
+use nuage_core::id::{new_id, Kind};
+use nuage_core::model::{Principal, PrincipalKind};
+use nuage_core::time::now_ms;
+use nuage_iam::{Authenticator, Authorizer, LoginPolicy, Realm, Registry};
+use nuage_store::{Store, StoreOptions};
+use tokio::task::JoinHandle;
+
+use crate::metrics::Metrics;
+use crate::state::AppState;
+
+/// Audit entries are kept at least this long, whatever the configuration.
+pub const MIN_RETENTION_DAYS: u32 = 183;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    /// `postgres://…` for the scale-out store; SQLite under `data_dir` if absent.
+    pub database_url: Option<String>,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Serve plain HTTP on a non-loopback address anyway.
+    pub allow_insecure_http: bool,
+    pub max_body_bytes: usize,
+    pub checkpoint_every: Duration,
+    pub audit_retention_days: u32,
+    pub sqlite_sync_full: bool,
+    /// Name of this installation in audit checkpoints (`<name>/audit/<org>`).
+    pub public_name: String,
+    pub login: LoginPolicy,
+}
+
+impl ServerConfig {
+    pub fn new(data_dir: PathBuf) -> Self {
+        ServerConfig {
+            data_dir,
+            database_url: None,
+            listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            tls_cert: None,
+            tls_key: None,
+            allow_insecure_http: false,
+            max_body_bytes: 1024 * 1024,
+            checkpoint_every: Duration::from_secs(5),
+            audit_retention_days: 365,
+            sqlite_sync_full: true,
+            public_name: "nuage.local".to_string(),
+            login: LoginPolicy::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Config(String),
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] nuage_store::StoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("TLS: {0}")]
+    Tls(String),
+    #[error("bootstrap: {0}")]
+    Bootstrap(String),
+}
+
+pub struct RunningServer {
+    pub tenant_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    /// The operator bootstrap token, only on the very first start.
+    pub bootstrap_token: Option<String>,
+    pub tls: bool,
+    handles: Vec<Handle>,
+    servers: Vec<JoinHandle<std::io::Result<()>>>,
+    audit: AuditTasks,
+    maintenance: JoinHandle<()>,
+    store: Store,
+}
+
+impl RunningServer {
+    /// Stops accepting connections, lets in-flight requests finish (up to
+    /// 30 s), flushes the audit log and signs a last checkpoint.
+    pub async fn shutdown(self) {
+        for h in &self.handles {
+            h.graceful_shutdown(Some(Duration::from_secs(30)));
+        }
+        for s in self.servers {
+            if let Ok(Err(e)) = s.await {
+                tracing::warn!(error = %e, "listener ended with an error");
+            }
+        }
+        self.maintenance.abort();
+        self.audit.shutdown().await;
+        self.store.close().await;
+    }
+}
+
+fn write_private(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+fn audit_signer(cfg: &ServerConfig) -> Result<NoteSigner, StartError> {
+    let path = cfg.data_dir.join("audit-signing.key");
+    let bad = |e: String| StartError::Config(format!("{}: {e}", path.display()));
+    match std::fs::read_to_string(&path) {
+        Ok(s) => NoteSigner::from_secret_string(s.trim()).map_err(|e| bad(e.to_string())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let signer = NoteSigner::generate(&cfg.public_name).map_err(|e| bad(e.to_string()))?;
+            write_private(&path, &format!("{}\n", signer.to_secret_string()))
+                .map_err(|e| bad(e.to_string()))?;
+            Ok(signer)
+        }
+        Err(e) => Err(bad(e.to_string())),
+    }
+}
+
+/// First start: an operator named `admin` and a one-time bootstrap token,
+/// also written (mode 0600) to `<data-dir>/bootstrap-token`.
+async fn bootstrap(
+    store: &Store,
+    authn: &Authenticator,
+    data_dir: &Path,
+) -> Result<Option<String>, StartError> {
+    let err = |e: nuage_core::ApiError| StartError::Bootstrap(e.detail);
+    if store.operator_count().await.map_err(err)? > 0 {
+        return Ok(None);
+    }
+    let now = now_ms();
+    let admin = Principal {
+        id: new_id(Kind::Operator),
+        org_id: String::new(),
+        kind: PrincipalKind::Operator,
+        name: "admin".to_string(),
+        display_name: "Platform operator".to_string(),
+        email: String::new(),
+        description: "created at first start".to_string(),
+        mfa_enabled: false,
+        has_password: false,
+        locked_until: None,
+        generation: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    if let Err(e) = store.principal_create(&admin, None).await {
+        // Another server sharing the database bootstrapped first.
+        if e.code == "already_exists" {
+            return Ok(None);
+        }
+        return Err(err(e));
+    }
+    let token = authn
+        .issue_token(&admin, "bootstrap", "api", false, 30 * 24 * 3600)
+        .await
+        .map_err(err)?;
+    let path = data_dir.join("bootstrap-token");
+    let _ = std::fs::remove_file(&path);
+    write_private(&path, &format!("{}\n", token.secret))
+        .map_err(|e| StartError::Bootstrap(format!("{}: {e}", path.display())))?;
+    Ok(Some(token.secret))
+}
+
+fn check_plain_http(addr: SocketAddr, cfg: &ServerConfig) -> Result<(), StartError> {
+    if !addr.ip().is_loopback() && cfg.tls_cert.is_none() && !cfg.allow_insecure_http {
+        return Err(StartError::Config(format!(
+            "refusing plain HTTP on {addr}, which is not a loopback address: give --tls-cert and \
+             --tls-key, or --insecure-http if a TLS proxy sits in front"
+        )));
+    }
+    Ok(())
+}
+
+pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
+    if cfg.audit_retention_days < MIN_RETENTION_DAYS {
+        return Err(StartError::Config(format!(
+            "audit retention must be at least {MIN_RETENTION_DAYS} days (6 months)"
+        )));
+    }
+    check_plain_http(cfg.listen, &cfg)?;
+    check_plain_http(cfg.admin_listen, &cfg)?;
+    let tls = match (&cfg.tls_cert, &cfg.tls_key) {
+        (Some(c), Some(k)) => {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            Some(
+                RustlsConfig::from_pem_file(c, k)
+                    .await
+                    .map_err(|e| StartError::Tls(e.to_string()))?,
+            )
+        }
+        (None, None) => None,
+        _ => {
+            return Err(StartError::Config(
+                "--tls-cert and --tls-key go together".into(),
+            ))
+        }
+    };
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.clone(),
+        source,
+    })?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&cfg.data_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let url = cfg.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            cfg.data_dir.join("nuage.db").display()
+        )
+    });
+    let store = Store::open(
+        &url,
+        &StoreOptions {
+            sqlite_sync_full: cfg.sqlite_sync_full,
+            ..StoreOptions::default()
+        },
+    )
+    .await?;
+
+    let registry = Arc::new(Registry::core());
+    let authz = Arc::new(
+        Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
+    );
+    let authn = Authenticator::new(store.clone(), cfg.login.clone());
+    let (audit, audit_tasks) = AuditLog::start(
+        store.clone(),
+        audit_signer(&cfg)?,
+        AuditConfig {
+            origin_prefix: cfg.public_name.clone(),
+            checkpoint_every: cfg.checkpoint_every,
+            retention: Duration::from_secs(u64::from(cfg.audit_retention_days) * 86_400),
+        },
+    );
+    let bootstrap_token = bootstrap(&store, &authn, &cfg.data_dir).await?;
+
+    let metrics = Arc::new(Metrics::default());
+    let state = |realm| AppState {
+        store: store.clone(),
+        authn: authn.clone(),
+        authz: authz.clone(),
+        audit: audit.clone(),
+        metrics: metrics.clone(),
+        realm,
+        max_body_bytes: cfg.max_body_bytes,
+    };
+    let (tenant_app, _) = crate::routes::tenant(state(Realm::Tenant));
+    let (admin_app, _) = crate::routes::admin(state(Realm::Operator));
+    drop(audit);
+
+    let mut handles = Vec::new();
+    let mut servers = Vec::new();
+    let mut addrs = Vec::new();
+    for (addr, app) in [(cfg.listen, tenant_app), (cfg.admin_listen, admin_app)] {
+        let listener =
+            TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|source| StartError::Listen { addr, source })?;
+        let local = listener
+            .local_addr()
+            .map_err(|source| StartError::Listen { addr, source })?;
+        addrs.push(local);
+        let handle = Handle::new();
+        let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        let task = match &tls {
+            Some(t) => {
+                let server =
+                    axum_server::from_tcp_rustls(listener, t.clone()).handle(handle.clone());
+                tokio::spawn(async move { server.serve(svc).await })
+            }
+            None => {
+                let server = axum_server::from_tcp(listener).handle(handle.clone());
+                tokio::spawn(async move { server.serve(svc).await })
+            }
+        };
+        handles.push(handle);
+        servers.push(task);
+    }
+
+    let maintenance_store = store.clone();
+    let maintenance = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+            if let Err(e) = maintenance_store
+                .idempotency_expire(now_ms() - crate::idempotency::KEEP_MS)
+                .await
+            {
+                tracing::warn!(error = %e, "idempotency key expiry failed");
+            }
+        }
+    });
+
+    Ok(RunningServer {
+        tenant_addr: addrs[0],
+        admin_addr: addrs[1],
+        bootstrap_token,
+        tls: tls.is_some(),
+        handles,
+        servers,
+        audit: audit_tasks,
+        maintenance,
+        store,
+    })
+}
