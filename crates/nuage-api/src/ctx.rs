@@ -232,9 +232,11 @@ impl Ctx {
             let kind = match kind {
                 "user" => PrincipalKind::User,
                 "service-account" | "service_account" | "sa" => PrincipalKind::ServiceAccount,
-                other => return Err(ApiError::invalid(format!(
+                other => {
+                    return Err(ApiError::invalid(format!(
                     "unknown principal kind {other:?}: use user:<name> or service-account:<name>"
-                ))),
+                )))
+                }
             };
             return self.principal(kind, name).await;
         }

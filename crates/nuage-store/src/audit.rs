@@ -7,8 +7,10 @@
 use std::collections::HashMap;
 
 use nuage_core::ApiResult;
+use sqlx::any::AnyArguments;
 use sqlx::any::AnyRow;
-use sqlx::{QueryBuilder, Row};
+use sqlx::query::Query;
+use sqlx::{Any, Row};
 
 use crate::{db_err, Store};
 
@@ -121,36 +123,43 @@ impl Store {
                 .collect();
             let (new_frontier, nodes) = advance(log_id, size, &frontier, &leaves)?;
 
-            for chunk in members.chunks(CHUNK).enumerate() {
-                let (c, idxs) = chunk;
-                let mut qb = QueryBuilder::new(
-                    "INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) ",
+            for (c, idxs) in members.chunks(CHUNK).enumerate() {
+                let sql = format!(
+                    "INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) \
+                     VALUES {}",
+                    placeholders(idxs.len(), 8)
                 );
-                qb.push_values(idxs.iter().enumerate(), |mut b, (k, &i)| {
+                let mut q = sqlx::query(&sql);
+                for (k, &i) in idxs.iter().enumerate() {
                     let e = &entries[i];
                     let idx = size + (c * CHUNK + k) as i64;
                     indices[i] = idx;
-                    b.push_bind(log_id)
-                        .push_bind(idx)
-                        .push_bind(e.leaf_hash.clone())
-                        .push_bind(e.body.clone())
-                        .push_bind(e.time)
-                        .push_bind(e.principal.clone())
-                        .push_bind(e.action.clone())
-                        .push_bind(e.decision.clone());
-                });
-                qb.build().execute(&mut *tx).await.map_err(db_err)?;
+                    q = q
+                        .bind(log_id)
+                        .bind(idx)
+                        .bind(&e.leaf_hash)
+                        .bind(&e.body)
+                        .bind(e.time)
+                        .bind(&e.principal)
+                        .bind(&e.action)
+                        .bind(&e.decision);
+                }
+                q.execute(&mut *tx).await.map_err(db_err)?;
             }
             for chunk in nodes.chunks(CHUNK) {
-                let mut qb =
-                    QueryBuilder::new("INSERT INTO audit_nodes (log_id, level, idx, hash) ");
-                qb.push_values(chunk, |mut b, (level, idx, hash)| {
-                    b.push_bind(log_id)
-                        .push_bind(i64::from(*level))
-                        .push_bind(*idx as i64)
-                        .push_bind(hash.clone());
-                });
-                qb.build().execute(&mut *tx).await.map_err(db_err)?;
+                let sql = format!(
+                    "INSERT INTO audit_nodes (log_id, level, idx, hash) VALUES {}",
+                    placeholders(chunk.len(), 4)
+                );
+                let mut q = sqlx::query(&sql);
+                for (level, idx, hash) in chunk {
+                    q = q
+                        .bind(log_id)
+                        .bind(i64::from(*level))
+                        .bind(*idx as i64)
+                        .bind(hash);
+                }
+                q.execute(&mut *tx).await.map_err(db_err)?;
             }
             sqlx::query("UPDATE audit_heads SET size = $1, frontier = $2 WHERE log_id = $3")
                 .bind(size + members.len() as i64)
@@ -214,27 +223,24 @@ impl Store {
                 .map(|c| c.1 as i64)
                 .collect();
             for chunk in idxs.chunks(CHUNK) {
-                let mut qb = if level == 0 {
-                    let mut qb = QueryBuilder::new(
-                        "SELECT idx, leaf_hash AS hash FROM audit_entries WHERE log_id = ",
-                    );
-                    qb.push_bind(log_id);
-                    qb
+                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 3)).collect();
+                let sql = if level == 0 {
+                    format!(
+                        "SELECT idx, leaf_hash AS hash FROM audit_entries \
+                         WHERE log_id = $1 AND $2 = 0 AND idx IN ({})",
+                        list.join(", ")
+                    )
                 } else {
-                    let mut qb =
-                        QueryBuilder::new("SELECT idx, hash FROM audit_nodes WHERE log_id = ");
-                    qb.push_bind(log_id)
-                        .push(" AND level = ")
-                        .push_bind(i64::from(level));
-                    qb
+                    format!(
+                        "SELECT idx, hash FROM audit_nodes WHERE log_id = $1 AND level = $2 AND idx IN ({})",
+                        list.join(", ")
+                    )
                 };
-                qb.push(" AND idx IN (");
-                let mut sep = qb.separated(", ");
+                let mut q = sqlx::query(&sql).bind(log_id).bind(i64::from(level));
                 for i in chunk {
-                    sep.push_bind(*i);
+                    q = q.bind(*i);
                 }
-                qb.push(")");
-                let rows = qb.build().fetch_all(&self.read).await.map_err(db_err)?;
+                let rows = q.fetch_all(&self.read).await.map_err(db_err)?;
                 for r in rows {
                     let idx: i64 = r.try_get("idx").map_err(db_err)?;
                     let hash: String = r.try_get("hash").map_err(db_err)?;
@@ -254,33 +260,40 @@ impl Store {
         after: Option<i64>,
         limit: u32,
     ) -> ApiResult<Vec<AuditRow>> {
-        let mut qb =
-            QueryBuilder::new("SELECT idx, leaf_hash, body FROM audit_entries WHERE log_id = ");
-        qb.push_bind(log_id);
+        let mut sql =
+            String::from("SELECT idx, leaf_hash, body FROM audit_entries WHERE log_id = $1");
+        let mut args: Vec<Arg> = vec![Arg::Text(log_id.to_string())];
+        let mut cond = |clause: &str, arg: Arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {clause} ${}", args.len()));
+        };
         if let Some(a) = after {
-            qb.push(" AND idx > ").push_bind(a);
+            cond("idx >", Arg::Int(a));
         }
         if let Some(v) = f.from_index {
-            qb.push(" AND idx >= ").push_bind(v);
+            cond("idx >=", Arg::Int(v));
         }
         if let Some(v) = f.since {
-            qb.push(" AND time >= ").push_bind(v);
+            cond("time >=", Arg::Int(v));
         }
         if let Some(v) = f.until {
-            qb.push(" AND time < ").push_bind(v);
+            cond("time <", Arg::Int(v));
         }
         if let Some(v) = &f.principal {
-            qb.push(" AND principal = ").push_bind(v.clone());
+            cond("principal =", Arg::Text(v.clone()));
         }
         if let Some(v) = &f.action {
-            qb.push(" AND action = ").push_bind(v.clone());
+            cond("action =", Arg::Text(v.clone()));
         }
         if let Some(v) = &f.decision {
-            qb.push(" AND decision = ").push_bind(v.clone());
+            cond("decision =", Arg::Text(v.clone()));
         }
-        qb.push(" ORDER BY idx LIMIT ")
-            .push_bind(i64::from(limit) + 1);
-        let rows = qb.build().fetch_all(&self.read).await.map_err(db_err)?;
+        args.push(Arg::Int(i64::from(limit) + 1));
+        sql.push_str(&format!(" ORDER BY idx LIMIT ${}", args.len()));
+        let rows = bind_all(sqlx::query(&sql), &args)
+            .fetch_all(&self.read)
+            .await
+            .map_err(db_err)?;
         rows.iter()
             .map(|r| {
                 Ok(AuditRow {
@@ -356,4 +369,38 @@ impl Store {
         .map_err(db_err)?;
         Ok(done.rows_affected())
     }
+}
+
+/// `($1, $2, …), (…)` for a multi-row insert of `rows` rows of `cols` values.
+/// (sqlx's `QueryBuilder` writes `?` placeholders for the Any driver, which
+/// PostgreSQL does not accept.)
+fn placeholders(rows: usize, cols: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let vals: Vec<String> = (0..cols)
+                .map(|c| format!("${}", r * cols + c + 1))
+                .collect();
+            format!("({})", vals.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A bind value of a query whose shape is decided at run time.
+enum Arg {
+    Text(String),
+    Int(i64),
+}
+
+fn bind_all<'q>(
+    mut q: Query<'q, Any, AnyArguments<'q>>,
+    args: &'q [Arg],
+) -> Query<'q, Any, AnyArguments<'q>> {
+    for a in args {
+        q = match a {
+            Arg::Text(s) => q.bind(s.as_str()),
+            Arg::Int(i) => q.bind(*i),
+        };
+    }
+    q
 }

@@ -1,0 +1,363 @@
+//! The store suite, run against every engine: embedded SQLite always, and
+//! the PostgreSQL named by `NUAGE_TEST_DATABASE_URL` (the test command
+//! starts one; with `NUAGE_TEST_REQUIRE_PG=1` a missing one is a failure,
+//! not a skip).
+
+use std::collections::{BTreeMap, HashSet};
+
+use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, RoleBinding};
+use nuage_core::page::PageRequest;
+use nuage_store::{AuditAppend, Store, StoreError, StoreOptions};
+use sqlx::Connection;
+
+struct Engine {
+    name: &'static str,
+    url: String,
+    _dir: Option<tempfile::TempDir>,
+}
+
+async fn fresh_pg_database() -> Option<String> {
+    let base = match std::env::var("NUAGE_TEST_DATABASE_URL") {
+        Ok(u) => u,
+        Err(_) => {
+            assert!(
+                std::env::var("NUAGE_TEST_REQUIRE_PG").is_err(),
+                "NUAGE_TEST_REQUIRE_PG is set but NUAGE_TEST_DATABASE_URL is not"
+            );
+            eprintln!("PostgreSQL not configured: only SQLite is tested (run scripts/test)");
+            return None;
+        }
+    };
+    sqlx::any::install_default_drivers();
+    let name = format!("t_{}", uuid_like());
+    let mut conn = sqlx::AnyConnection::connect(&base)
+        .await
+        .expect("connect to test PostgreSQL");
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut conn)
+        .await
+        .expect("create test database");
+    let (prefix, _) = base.rsplit_once('/').expect("database URL has a path");
+    Some(format!("{prefix}/{name}"))
+}
+
+fn uuid_like() -> String {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    let n = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!("{:x}{:x}", n, std::process::id())
+}
+
+async fn engines() -> Vec<Engine> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut v = vec![Engine {
+        name: "sqlite",
+        url: format!("sqlite://{}?mode=rwc", dir.path().join("t.db").display()),
+        _dir: Some(dir),
+    }];
+    if let Some(url) = fresh_pg_database().await {
+        v.push(Engine {
+            name: "postgres",
+            url,
+            _dir: None,
+        });
+    }
+    v
+}
+
+fn org(name: &str) -> Org {
+    Org {
+        id: nuage_core::id::new_id(nuage_core::id::Kind::Org),
+        name: name.to_string(),
+        display_name: name.to_string(),
+        mfa_required_roles: vec![],
+        max_projects: 3,
+        generation: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn user(org: &Org, name: &str) -> Principal {
+    Principal {
+        id: nuage_core::id::new_id(nuage_core::id::Kind::User),
+        org_id: org.id.clone(),
+        kind: PrincipalKind::User,
+        name: name.to_string(),
+        display_name: String::new(),
+        email: String::new(),
+        description: String::new(),
+        mfa_enabled: false,
+        has_password: false,
+        locked_until: None,
+        generation: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+fn owner_binding(org: &Org, p: &Principal) -> RoleBinding {
+    RoleBinding {
+        id: nuage_core::id::new_id(nuage_core::id::Kind::RoleBinding),
+        org_id: org.id.clone(),
+        project_id: None,
+        subject: PrincipalRef {
+            id: p.id.clone(),
+            kind: "user".into(),
+            name: p.name.clone(),
+        },
+        role: "owner".into(),
+        created_at: 1,
+    }
+}
+
+fn project(org: &Org, name: &str) -> Project {
+    Project {
+        id: nuage_core::id::new_id(nuage_core::id::Kind::Project),
+        org_id: org.id.clone(),
+        name: name.to_string(),
+        description: String::new(),
+        labels: BTreeMap::new(),
+        generation: 1,
+        created_at: 1,
+        updated_at: 1,
+    }
+}
+
+async fn seeded(url: &str) -> (Store, Org, Principal) {
+    let store = Store::open(url, &StoreOptions::default())
+        .await
+        .expect("open store");
+    let o = org("acme");
+    let u = user(&o, "alice");
+    store
+        .org_create(&o, &u, None, &owner_binding(&o, &u), None)
+        .await
+        .expect("create org");
+    (store, o, u)
+}
+
+#[tokio::test]
+async fn names_are_unique_per_parent_and_conflicts_change_nothing() {
+    for e in engines().await {
+        let (store, o, u) = seeded(&e.url).await;
+        store
+            .project_create(&project(&o, "web"), 3)
+            .await
+            .expect("first");
+        let err = store
+            .project_create(&project(&o, "web"), 3)
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, "already_exists", "{}", e.name);
+        let dup = store
+            .org_create(
+                &org("acme"),
+                &user(&o, "bob"),
+                None,
+                &owner_binding(&o, &u),
+                None,
+            )
+            .await;
+        assert_eq!(dup.unwrap_err().code, "already_exists", "{}", e.name);
+        // the failed org creation left no half-written user behind
+        let users = store
+            .principal_list(
+                &o.id,
+                PrincipalKind::User,
+                &PageRequest {
+                    limit: 10,
+                    after: None,
+                },
+            )
+            .await
+            .expect("list");
+        assert_eq!(users.items.len(), 1, "{}", e.name);
+        // quota
+        store
+            .project_create(&project(&o, "api"), 3)
+            .await
+            .expect("2");
+        store
+            .project_create(&project(&o, "db"), 3)
+            .await
+            .expect("3");
+        assert_eq!(
+            store
+                .project_create(&project(&o, "four"), 3)
+                .await
+                .unwrap_err()
+                .code,
+            "quota_exceeded",
+            "{}",
+            e.name
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn updates_use_optimistic_concurrency() {
+    for e in engines().await {
+        let (store, o, _) = seeded(&e.url).await;
+        let p = project(&o, "web");
+        store.project_create(&p, 3).await.expect("create");
+        let p2 = store
+            .project_update(&o.id, &p.id, Some(1), |p| {
+                p.description = "one".into();
+                Ok(())
+            })
+            .await
+            .expect("update at generation 1");
+        assert_eq!(p2.generation, 2);
+        let stale = store
+            .project_update(&o.id, &p.id, Some(1), |p| {
+                p.description = "two".into();
+                Ok(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(stale.code, "precondition_failed", "{}", e.name);
+        let now = store
+            .project_get(&o.id, "web")
+            .await
+            .expect("get")
+            .expect("exists");
+        assert_eq!(
+            now.description, "one",
+            "{}: a refused update changed nothing",
+            e.name
+        );
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn pagination_is_stable_and_complete() {
+    for e in engines().await {
+        let (store, mut o, _) = seeded(&e.url).await;
+        o.max_projects = 1000;
+        let mut want = Vec::new();
+        for i in 0..57 {
+            let name = format!("p{i:03}");
+            store
+                .project_create(&project(&o, &name), 1000)
+                .await
+                .expect("create");
+            want.push(name);
+        }
+        let mut got = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store
+                .project_list(
+                    &o.id,
+                    &PageRequest {
+                        limit: 10,
+                        after: after.clone(),
+                    },
+                )
+                .await
+                .expect("page");
+            got.extend(page.items.iter().map(|p| p.name.clone()));
+            match page.next_page_token {
+                Some(t) => after = Some(nuage_core::page::decode_token(&t).expect("token")),
+                None => break,
+            }
+        }
+        assert_eq!(got, want, "{}", e.name);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn audit_appends_are_gap_free_under_concurrency() {
+    for e in engines().await {
+        let (store, o, _) = seeded(&e.url).await;
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let store = store.clone();
+            let log = o.id.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut got = Vec::new();
+                for i in 0..10 {
+                    let entries: Vec<AuditAppend> = (0..3)
+                        .map(|k| AuditAppend {
+                            log_id: log.clone(),
+                            leaf_hash: format!("{t:02}{i:02}{k:02}"),
+                            body: "{}".into(),
+                            time: 1,
+                            principal: "p".into(),
+                            action: "a".into(),
+                            decision: "allow".into(),
+                        })
+                        .collect();
+                    let mut advance = |_: &str, size: i64, _: &str, leaves: &[&str]| {
+                        Ok((format!("{}", size + leaves.len() as i64), Vec::new()))
+                    };
+                    got.extend(
+                        store
+                            .audit_append(&entries, "0", &mut advance)
+                            .await
+                            .expect("append"),
+                    );
+                }
+                got
+            }));
+        }
+        let mut all = HashSet::new();
+        for t in tasks {
+            for idx in t.await.expect("task") {
+                assert!(all.insert(idx), "{}: index {idx} given twice", e.name);
+            }
+        }
+        assert_eq!(all.len(), 240);
+        assert_eq!(
+            all.iter().max(),
+            Some(&239),
+            "{}: indices are not contiguous",
+            e.name
+        );
+        let (size, frontier) = store
+            .audit_head(&o.id)
+            .await
+            .expect("head")
+            .expect("exists");
+        assert_eq!((size, frontier.as_str()), (240, "240"), "{}", e.name);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn a_newer_schema_is_refused_with_a_clear_message() {
+    for e in engines().await {
+        let store = Store::open(&e.url, &StoreOptions::default())
+            .await
+            .expect("open");
+        store.close().await;
+        // Simulate a database migrated by a newer nuage.
+        sqlx::any::install_default_drivers();
+        let mut conn = sqlx::AnyConnection::connect(&e.url).await.expect("connect");
+        sqlx::query(
+            "INSERT INTO _sqlx_migrations (version, description, installed_on, success, checksum, execution_time) \
+             VALUES (99990101000000, 'from the future', CURRENT_TIMESTAMP, TRUE, 'x', 0)",
+        )
+        .execute(&mut conn)
+        .await
+        .expect("insert future migration");
+        drop(conn);
+        // Reopening twice also proves migrations are idempotent up to that point.
+        match Store::open(&e.url, &StoreOptions::default()).await {
+            Err(StoreError::SchemaTooNew { found, known }) => {
+                assert_eq!(found, 99990101000000, "{}", e.name);
+                assert!(known < found);
+                let msg = StoreError::SchemaTooNew { found, known }.to_string();
+                assert!(msg.contains("newer than this nuage binary"), "{msg}");
+            }
+            Err(other) => panic!("{}: wrong error {other}", e.name),
+            Ok(_) => panic!("{}: a newer schema was accepted", e.name),
+        }
+    }
+}
