@@ -158,11 +158,18 @@ pub fn export_header(origin: &str, checkpoint_note: &str, complete: bool) -> Str
 /// One export entry line (without trailing newline). `proof` is the
 /// inclusion proof of `index` in the header checkpoint's tree.
 pub fn export_line(index: u64, entry: &Value, proof: &[Hash]) -> String {
+    export_line_with_leaf(index, entry, &entry_leaf_hash(entry), proof)
+}
+
+/// Same as [`export_line`] with the leaf hash the log holds, which differs
+/// from the entry's own hash if the stored entry was altered: the verifier
+/// then reports the entry as edited rather than inserted.
+pub fn export_line_with_leaf(index: u64, entry: &Value, leaf: &Hash, proof: &[Hash]) -> String {
     json!({
         "type": "entry",
         "index": index,
         "entry": entry,
-        "leaf_hash": hex::encode(entry_leaf_hash(entry)),
+        "leaf_hash": hex::encode(leaf),
         "proof": proof.iter().map(hex::encode).collect::<Vec<_>>(),
     })
     .to_string()
