@@ -268,9 +268,11 @@ impl AuditLog {
                 let value: serde_json::Value =
                     serde_json::from_str(body).map_err(|e| ApiError::internal(e.to_string()))?;
                 let proof = self.inclusion_proof(log_id, row.index as u64, size).await?;
-                out.push_str(&crate::verify::export_line(
+                let leaf = merkle::parse_hex_hash(&row.leaf_hash).map_err(bad_frontier)?;
+                out.push_str(&crate::verify::export_line_with_leaf(
                     row.index as u64,
                     &value,
+                    &leaf,
                     &proof,
                 ));
                 out.push('\n');
