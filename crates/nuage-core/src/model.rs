@@ -451,6 +451,69 @@ pub struct WhoAmI {
     pub mfa: bool,
 }
 
+// ---- OIDC federation --------------------------------------------------------
+
+/// An organization's identity provider (the client secret is never shown).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema, PartialEq)]
+pub struct OidcConfig {
+    /// Issuer URL; its `/.well-known/openid-configuration` is used.
+    pub issuer: String,
+    pub client_id: String,
+    pub has_client_secret: bool,
+    /// ID-token claim that names the user (`preferred_username`, `email`, `sub` …).
+    pub username_claim: String,
+    /// ID-token claim holding the user's groups at the provider.
+    pub groups_claim: String,
+    /// Provider group (claim value) → nuage group name.
+    pub group_mappings: BTreeMap<String, String>,
+    pub generation: i64,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SetOidcConfig {
+    pub issuer: String,
+    pub client_id: String,
+    /// Required the first time; keeps the stored one when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_secret: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_claim: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups_claim: Option<String>,
+    #[serde(default)]
+    pub group_mappings: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcStart {
+    pub org: String,
+    /// Where the provider sends the browser back: a loopback URL of the CLI
+    /// (`http://127.0.0.1:<port>/…`) or an `https://` URL.
+    pub redirect_uri: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct OidcAuthorization {
+    /// Open this in a browser.
+    pub authorization_url: String,
+    pub state: String,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct OidcFinish {
+    pub state: String,
+    pub code: String,
+}
+
 // ---- audit ------------------------------------------------------------------
 
 /// One audit entry: one decision of the API, allowed or denied.

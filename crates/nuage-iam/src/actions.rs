@@ -95,6 +95,8 @@ pub const CORE_ACTIONS: &[ActionDef] = &[
     a("policy.update", Level::Admin),
     a("policy.delete", Level::Admin),
     a("policy.test", Level::Admin),
+    a("oidc.get", Level::Admin),
+    a("oidc.configure", Level::Admin),
     ActionDef {
         name: "audit.read",
         level: Level::Admin,

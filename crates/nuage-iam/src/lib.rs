@@ -5,6 +5,7 @@
 pub mod actions;
 pub mod authn;
 pub mod authz;
+pub mod oidc;
 pub mod password;
 pub mod secret;
 pub mod totp;

@@ -15,7 +15,7 @@
 mod audit;
 mod groups;
 mod idempotency;
-pub use idempotency::StoredResponse;
+mod oidc;
 mod orgs;
 mod policies;
 mod principals;
@@ -32,6 +32,8 @@ use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
+pub use idempotency::StoredResponse;
+pub use oidc::PendingLogin;
 pub use principals::{kind_label, Credentials};
 pub use role_bindings::EffectiveBinding;
 pub use tokens::{NewToken, TokenAuth};

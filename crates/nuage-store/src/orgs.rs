@@ -159,6 +159,7 @@ impl Store {
             "DELETE FROM tokens WHERE org_id = $1",
             "DELETE FROM principals WHERE org_id = $1",
             "DELETE FROM policies WHERE org_id = $1",
+            "DELETE FROM oidc_providers WHERE org_id = $1",
             "DELETE FROM orgs WHERE id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(db_err)?;

@@ -7,6 +7,7 @@ pub mod audit;
 pub mod auth;
 pub mod groups;
 pub mod health;
+pub mod oidc;
 pub mod orgs;
 pub mod principals;
 pub mod projects;
@@ -79,6 +80,11 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(audit::consistency_proof))
         .routes(routes!(audit::export))
         .routes(routes!(audit::public_key))
+        .routes(routes!(
+            oidc::get_config,
+            oidc::set_config,
+            oidc::delete_config
+        ))
 }
 
 fn tenant_authenticated() -> OpenApiRouter<AppState> {
@@ -91,7 +97,10 @@ fn tenant_authenticated() -> OpenApiRouter<AppState> {
 }
 
 fn tenant_public() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(TenantDoc::openapi()).routes(routes!(auth::login))
+    OpenApiRouter::with_openapi(TenantDoc::openapi())
+        .routes(routes!(auth::login))
+        .routes(routes!(oidc::start))
+        .routes(routes!(oidc::finish))
 }
 
 /// The tenant OpenAPI document, without starting anything.

@@ -5,6 +5,7 @@ mod authz;
 mod common;
 mod flow;
 mod isolation;
+mod oidc;
 mod openapi;
 mod process;
 mod scale_out;
