@@ -254,34 +254,43 @@ impl AuditLog {
             && f.action.is_none()
             && f.decision.is_none()
             && f.from_index.is_none();
-        let mut out = crate::verify::export_header(&cp.origin, &cp.note, complete);
-        out.push('\n');
+        let mut body = String::new();
+        let mut pruned = false;
         let mut after = None;
-        loop {
+        'pages: loop {
             let rows = self.store.audit_list(log_id, f, after, 1000).await?;
             let more = rows.len() > 1000;
             for row in rows.iter().take(1000) {
                 if row.index as u64 >= size {
-                    return Ok(out);
+                    break 'pages;
                 }
-                let Some(body) = &row.body else { continue };
+                after = Some(row.index);
+                // Retention removed the body: the entry cannot be shown, so
+                // the export no longer claims to be complete.
+                let Some(text) = &row.body else {
+                    pruned = true;
+                    continue;
+                };
                 let value: serde_json::Value =
-                    serde_json::from_str(body).map_err(|e| ApiError::internal(e.to_string()))?;
+                    serde_json::from_str(text).map_err(|e| ApiError::internal(e.to_string()))?;
                 let proof = self.inclusion_proof(log_id, row.index as u64, size).await?;
                 let leaf = merkle::parse_hex_hash(&row.leaf_hash).map_err(bad_frontier)?;
-                out.push_str(&crate::verify::export_line_with_leaf(
+                body.push_str(&crate::verify::export_line_with_leaf(
                     row.index as u64,
                     &value,
                     &leaf,
                     &proof,
                 ));
-                out.push('\n');
-                after = Some(row.index);
+                body.push('\n');
             }
             if !more {
-                return Ok(out);
+                break;
             }
         }
+        let mut out = crate::verify::export_header(&cp.origin, &cp.note, complete && !pruned);
+        out.push('\n');
+        out.push_str(&body);
+        Ok(out)
     }
 }
 

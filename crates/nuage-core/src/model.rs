@@ -416,6 +416,13 @@ pub struct CreateOperator {
     pub password: String,
 }
 
+/// A new operator, with the token it enrols its second factor with (shown once).
+#[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
+pub struct OperatorCreated {
+    pub operator: Principal,
+    pub enrollment_token: TokenSecret,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OperatorLogin {

@@ -187,6 +187,14 @@ impl Authenticator {
             (Some(_), None) => false,
             (None, _) => true,
         };
+        // A right password without the code it needs is not a failed guess:
+        // the client is told to ask for the code (wrong passwords still count).
+        if ok && creds.totp_secret.is_some() && totp_code.is_none() {
+            return Err(
+                ApiError::unauthenticated("a TOTP code is required for this account")
+                    .with_code("mfa_required"),
+            );
+        }
         if !ok || !second {
             let failed = creds.failed_logins + 1;
             let locked = (failed >= self.policy.max_failures).then(|| {
@@ -201,18 +209,12 @@ impl Authenticator {
             self.store
                 .principal_login_failed(&creds.principal.id, failed, locked)
                 .await?;
-            if ok && creds.totp_secret.is_some() && totp_code.is_none() {
-                return Err(
-                    ApiError::unauthenticated("a TOTP code is required for this account")
-                        .with_code("mfa_required"),
-                );
-            }
             return Err(bad_credentials());
         }
         if kind == PrincipalKind::Operator && creds.totp_secret.is_none() {
             return Err(ApiError::forbidden(
                 "operators must enrol a TOTP second factor before logging in with a password; \
-                 use the bootstrap token to enrol",
+                 enrol with the bootstrap or enrolment token (POST /admin/v1/me/mfa)",
             )
             .with_code("mfa_enrollment_required"));
         }
@@ -278,11 +280,10 @@ impl Authenticator {
             .principal_credentials(&principal.org_id, principal.kind, &principal.name)
             .await?
             .ok_or_else(bad_credentials)?;
+        // A principal without a password yet (the bootstrap operator, a user
+        // created without one) sets its first one with its token alone.
         let Some(hash) = creds.password_hash else {
-            return Err(ApiError::bad_request(
-                "no_password",
-                "this principal has no password",
-            ));
+            return Ok(());
         };
         let pw = password_text.to_string();
         let ok = tokio::task::spawn_blocking(move || password::verify(&pw, &hash))

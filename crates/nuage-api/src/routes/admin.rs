@@ -11,8 +11,9 @@ use nuage_audit::log::PLATFORM_LOG;
 use nuage_core::id::{new_id, Kind};
 use nuage_core::model::{
     AuditCheckpoint, AuditEntry, AuditProof, AuditPublicKey, ChangePassword, CreateOperator,
-    CreateOrg, CreateToken, OperatorLogin, Org, OrgCreated, Principal, PrincipalKind, PrincipalRef,
-    RoleBinding, Session, Token, TokenSecret, TotpCode, TotpEnrollment, UpdateOrgQuota, WhoAmI,
+    CreateOrg, CreateToken, OperatorCreated, OperatorLogin, Org, OrgCreated, Principal,
+    PrincipalKind, PrincipalRef, RoleBinding, Session, Token, TokenSecret, TotpCode,
+    TotpEnrollment, UpdateOrgQuota, WhoAmI,
 };
 use nuage_core::page::{Page, PageParams};
 use nuage_core::time::now_ms;
@@ -23,7 +24,9 @@ use nuage_iam::password;
 use crate::ctx::{Body, Ctx, IfMatch, Tagged, Q};
 use crate::observe::AuditSlot;
 use crate::problem::{HandlerResult, Problem};
-use crate::routes::audit::{self, AuditQuery, CheckpointQuery, ConsistencyQuery, InclusionQuery};
+use crate::routes::audit::{
+    self, AuditQuery, CheckpointQuery, ConsistencyQuery, ExportQuery, InclusionQuery,
+};
 use crate::routes::auth::{self, record_login, sensitive};
 use crate::state::AppState;
 
@@ -254,12 +257,11 @@ pub async fn list_operators(
     ))
 }
 
+/// Create an operator; the answer holds a one-day token it enrols its
+/// second factor with (operators log in with password and TOTP).
 #[utoipa::path(post, path = "/admin/v1/operators", tag = "operator", request_body = CreateOperator,
-    responses((status = 201, body = Principal), (status = 400, body = Problem), (status = 409, body = Problem)))]
-pub async fn create_operator(
-    ctx: Ctx,
-    Body(b): Body<CreateOperator>,
-) -> HandlerResult<Tagged<Principal>> {
+    responses((status = 201, body = OperatorCreated), (status = 400, body = Problem), (status = 409, body = Problem)))]
+pub async fn create_operator(ctx: Ctx, Body(b): Body<CreateOperator>) -> HandlerResult<Response> {
     ctx.allow_operator("operator.create", &format!("operator:{}", b.name));
     name::validate("operator", &b.name)?;
     password::check_strength(&b.password)?;
@@ -281,7 +283,18 @@ pub async fn create_operator(
         updated_at: now,
     };
     ctx.state.store.principal_create(&p, Some(&hash)).await?;
-    Ok(Tagged(StatusCode::CREATED, p, 1))
+    let token = ctx
+        .state
+        .authn
+        .issue_token(&p, "enrollment", "api", false, 24 * 3600)
+        .await?;
+    Ok(sensitive(
+        StatusCode::CREATED,
+        OperatorCreated {
+            operator: p,
+            enrollment_token: token,
+        },
+    ))
 }
 
 #[utoipa::path(delete, path = "/admin/v1/operators/{operator}", tag = "operator",
@@ -396,9 +409,9 @@ pub async fn consistency_proof(
     Ok(Json(audit::consistency(&ctx, PLATFORM_LOG, q).await?))
 }
 
-#[utoipa::path(get, path = "/admin/v1/audit/export", tag = "operator", params(AuditQuery),
+#[utoipa::path(get, path = "/admin/v1/audit/export", tag = "operator", params(ExportQuery),
     responses((status = 200, content_type = "application/x-ndjson", body = String)))]
-pub async fn export_audit(ctx: Ctx, Q(q): Q<AuditQuery>) -> HandlerResult<Response> {
+pub async fn export_audit(ctx: Ctx, Q(q): Q<ExportQuery>) -> HandlerResult<Response> {
     ctx.allow_operator("audit.read", "platform");
     Ok(audit::export_log(&ctx, PLATFORM_LOG, q).await?)
 }

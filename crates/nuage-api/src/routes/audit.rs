@@ -115,6 +115,32 @@ pub(crate) async fn entries(
     })
 }
 
+/// Filters of an export (no paging: an export is one document).
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ExportQuery {
+    pub since: Option<String>,
+    pub until: Option<String>,
+    pub principal: Option<String>,
+    pub action: Option<String>,
+    pub decision: Option<String>,
+}
+
+impl From<ExportQuery> for AuditQuery {
+    fn from(q: ExportQuery) -> Self {
+        AuditQuery {
+            since: q.since,
+            until: q.until,
+            principal: q.principal,
+            action: q.action,
+            decision: q.decision,
+            limit: None,
+            page_token: None,
+        }
+    }
+}
+
 #[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
@@ -202,9 +228,9 @@ pub(crate) async fn consistency(
 pub(crate) async fn export_log(
     ctx: &Ctx,
     log_id: &str,
-    q: AuditQuery,
+    q: ExportQuery,
 ) -> Result<Response, ApiError> {
-    let f = filter(&q)?;
+    let f = filter(&q.into())?;
     let body = ctx.state.audit.export(log_id, &f).await?;
     Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
@@ -264,9 +290,9 @@ pub async fn consistency_proof(
 
 /// JSON Lines: a header with the signed checkpoint, then each entry with its inclusion proof.
 #[utoipa::path(get, path = "/v1/orgs/{org}/audit/export", tag = "audit",
-    params(("org" = String, Path, description = "Organization name or id"), AuditQuery),
+    params(("org" = String, Path, description = "Organization name or id"), ExportQuery),
     responses((status = 200, content_type = "application/x-ndjson", body = String)))]
-pub async fn export(ctx: Ctx, Q(q): Q<AuditQuery>) -> HandlerResult<Response> {
+pub async fn export(ctx: Ctx, Q(q): Q<ExportQuery>) -> HandlerResult<Response> {
     ctx.authorize("audit.read", &ctx.org_target()?).await?;
     Ok(export_log(&ctx, &log_id(&ctx)?, q).await?)
 }

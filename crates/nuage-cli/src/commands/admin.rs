@@ -222,12 +222,17 @@ async fn operators(ctx: &mut Ctx, cmd: OperatorCmd) -> Result<u8> {
                 password,
             };
             let created = api.post(&base, &body).await?;
-            output::show(ctx.json, &created, principal::FIELDS);
-            if !ctx.json {
-                eprintln!(
-                    "note: operators must enrol a TOTP second factor before they can log in with a password"
-                );
+            if ctx.json {
+                output::json(&created);
+                return Ok(exit::OK);
             }
+            output::show(false, &created["operator"], principal::FIELDS);
+            println!();
+            println!(
+                "Enrolment token (valid one day; the new operator runs `nuage login --admin --token <SECRET>` \
+                 then `nuage admin mfa enroll`):"
+            );
+            token::show_secret(false, &created["enrollment_token"])?;
         }
         OperatorCmd::Delete { name } => {
             api.delete(&[&base[..], &[name.as_str()]].concat(), None)

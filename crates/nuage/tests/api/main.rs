@@ -2,6 +2,7 @@
 
 mod audit;
 mod authz;
+mod cli;
 mod common;
 mod flow;
 mod isolation;

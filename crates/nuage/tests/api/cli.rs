@@ -1,0 +1,240 @@
+//! The CLI as a user runs it: the real `nuage` binary against a real
+//! server, with its own config directory.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Stdio;
+
+use tokio::io::AsyncWriteExt;
+
+use crate::common::Srv;
+
+struct Out {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn nuage(config: &Path, args: &[&str], stdin: Option<&str>) -> Out {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args(args)
+        .env("NUAGE_CONFIG_DIR", config)
+        .env_remove("NUAGE_URL")
+        .env_remove("NUAGE_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    if let Some(s) = stdin {
+        input.write_all(s.as_bytes()).await.unwrap();
+    }
+    drop(input);
+    let out = child.wait_with_output().await.unwrap();
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+#[tokio::test]
+async fn a_new_user_drives_the_cloud_from_the_cli() {
+    let s = Srv::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let run = |args: Vec<&str>, stdin: Option<&'static str>| {
+        let cfg = cfg.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nuage(&cfg, &refs, stdin).await
+        }
+    };
+
+    let o = run(vec!["project", "list"], None).await;
+    assert_eq!(o.code, 4, "not logged in: {}", o.stderr);
+    assert!(o.stderr.contains("nuage login"), "{}", o.stderr);
+
+    let o = run(
+        vec![
+            "login",
+            "--admin",
+            "--url",
+            &s.admin,
+            "--token",
+            &s.bootstrap,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let creds = std::fs::metadata(cfg.join("credentials.json")).unwrap();
+    assert_eq!(creds.permissions().mode() & 0o777, 0o600);
+    assert!(!std::fs::read_to_string(cfg.join("config.json"))
+        .unwrap()
+        .contains(&s.bootstrap));
+
+    let o = run(
+        vec![
+            "admin",
+            "org",
+            "create",
+            "acme",
+            "--owner",
+            "alice",
+            "--owner-password-stdin",
+        ],
+        Some("alice's long passphrase\n"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        vec![
+            "login",
+            "--url",
+            &s.tenant,
+            "--org",
+            "acme",
+            "--user",
+            "alice",
+            "--password-stdin",
+        ],
+        Some("alice's long passphrase\n"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let o = run(
+        vec!["project", "create", "web", "--label", "env=prod"],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["project", "create", "api"], None).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["project", "list"], None).await;
+    assert_eq!(o.code, 0);
+    assert!(
+        o.stdout.contains("web") && o.stdout.contains("api"),
+        "{}",
+        o.stdout
+    );
+    let o = run(vec!["project", "list", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).expect("--json prints JSON");
+    let names: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["api", "web"]);
+
+    let o = run(vec!["project", "show", "nope"], None).await;
+    assert_eq!(o.code, 1);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
+    assert!(
+        o.stderr.contains("not_found") && o.stderr.contains("req_"),
+        "{}",
+        o.stderr
+    );
+    let o = run(vec!["project", "create", "Bad_Name"], None).await;
+    assert_eq!(o.code, 1);
+
+    let o = run(
+        vec![
+            "policy",
+            "test",
+            "--principal",
+            "user:alice",
+            "--action",
+            "project.delete",
+            "--resource",
+            "project:web",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+    assert!(
+        o.stdout.contains("allow") && o.stdout.contains("role:owner"),
+        "{}",
+        o.stdout
+    );
+    let o = run(vec!["user", "create", "bob"], None).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        vec![
+            "policy",
+            "test",
+            "--principal",
+            "user:bob",
+            "--action",
+            "project.get",
+            "--resource",
+            "project:web",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 3, "deny exits 3: {}", o.stdout);
+
+    let export = dir.path().join("audit.jsonl");
+    let key = dir.path().join("audit.pub");
+    let o = run(
+        vec!["audit", "export", "--out", export.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        vec!["audit", "public-key", "--save", key.to_str().unwrap()],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        vec![
+            "audit",
+            "verify",
+            "--file",
+            export.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+    // tamper with one entry: verify names it and fails
+    let text = std::fs::read_to_string(&export).unwrap();
+    let tampered = text.replacen("\"decision\":\"allow\"", "\"decision\":\"deny\"", 1);
+    assert_ne!(text, tampered);
+    std::fs::write(&export, tampered).unwrap();
+    let o = run(
+        vec![
+            "audit",
+            "verify",
+            "--file",
+            export.to_str().unwrap(),
+            "--public-key",
+            key.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(
+        format!("{}{}", o.stdout, o.stderr).contains("entry 0 was altered"),
+        "{} {}",
+        o.stdout,
+        o.stderr
+    );
+
+    let o = run(vec!["logout"], None).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["project", "list"], None).await;
+    assert_eq!(o.code, 4);
+    s.shutdown().await;
+}
