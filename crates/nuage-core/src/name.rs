@@ -16,15 +16,10 @@ pub fn validate(kind: &str, name: &str) -> Result<(), ApiError> {
         Some("must start with a lowercase letter".to_string())
     } else if name.ends_with('-') {
         Some("must not end with '-'".to_string())
-    } else if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
-    {
-        Some(format!(
-            "may hold only lowercase letters, digits and '-', found {c:?}"
-        ))
     } else {
-        None
+        name.chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+            .map(|c| format!("may hold only lowercase letters, digits and '-', found {c:?}"))
     };
     match reason {
         None => Ok(()),

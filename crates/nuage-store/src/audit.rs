@@ -31,6 +31,10 @@ pub struct AuditAppend {
 /// interior nodes the new leaves completed, as `(level, index, hex hash)`.
 pub type Advance = (String, Vec<(u32, u64, String)>);
 
+/// `advance(log_id, size, frontier, new_leaf_hashes)`: the tree code that
+/// grows a log's compact range.
+pub type AdvanceFn<'a> = dyn FnMut(&str, i64, &str, &[&str]) -> ApiResult<Advance> + Send + 'a;
+
 #[derive(Debug, Clone)]
 pub struct AuditRow {
     pub index: i64,
@@ -77,7 +81,7 @@ impl Store {
         &self,
         entries: &[AuditAppend],
         empty_frontier: &str,
-        advance: &mut (dyn FnMut(&str, i64, &str, &[&str]) -> ApiResult<Advance> + Send),
+        advance: &mut AdvanceFn<'_>,
     ) -> ApiResult<Vec<i64>> {
         let mut by_log: Vec<(&str, Vec<usize>)> = Vec::new();
         for (i, e) in entries.iter().enumerate() {

@@ -5,7 +5,6 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use http::Method;
 use serde_json::json;
 
 use crate::common::{contains_bytes, files_under, Srv, PW};
