@@ -1,18 +1,25 @@
 //! Authentication: bearer tokens for every request, passwords (with TOTP
 //! and lockout) to obtain a short-lived session token.
 //!
+//! Token lookups are cached in-process for at most [`CACHE_TTL`]; any change
+//! made through this process (the store's epoch) empties the cache at once,
+//! so a revocation is immediate here and takes effect within `CACHE_TTL` on
+//! the other servers of a scale-out installation.
+//!
 //! Two realms: tenants (users and service accounts of organizations) and
 //! operators. A token of one realm is refused on the other realm's listener,
 //! so an operator credential can never reach tenant data through the tenant
 //! API, and tenant credentials never reach the admin API.
 
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use nuage_core::id::{new_id, Kind};
-use nuage_core::model::{Principal, PrincipalKind, Session, Token, TokenSecret};
+use nuage_core::model::{Org, Principal, PrincipalKind, Session, Token, TokenSecret};
 use nuage_core::time::now_ms;
 use nuage_core::{ApiError, ApiResult};
-use nuage_store::{NewToken, Store};
+use nuage_store::{NewToken, Store, TokenAuth};
 
 use crate::{password, secret, totp};
 
@@ -32,6 +39,49 @@ pub struct Subject {
     pub mfa: bool,
     pub org_policy_generation: i64,
     pub org_mfa_roles: Vec<String>,
+    /// The principal's organization (`None` for operators).
+    pub org: Option<Org>,
+}
+
+/// How long a cached identity or access decision input may be reused.
+pub const CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_MAX: usize = 50_000;
+
+/// Entries stamped with when and at which store epoch they were read.
+pub(crate) struct Cache<K, V> {
+    map: Mutex<HashMap<K, (Instant, u64, V)>>,
+}
+
+impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
+    pub(crate) fn new() -> Self {
+        Cache {
+            map: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub(crate) fn get(&self, k: &K, epoch: u64) -> Option<V> {
+        let map = self.map.lock().ok()?;
+        map.get(k)
+            .filter(|(at, e, _)| *e == epoch && at.elapsed() < CACHE_TTL)
+            .map(|(_, _, v)| v.clone())
+    }
+
+    pub(crate) fn put(&self, k: K, epoch: u64, v: V) {
+        if let Ok(mut map) = self.map.lock() {
+            if map.len() >= CACHE_MAX {
+                map.clear();
+            }
+            map.insert(k, (Instant::now(), epoch, v));
+        }
+    }
+
+    pub(crate) fn update(&self, k: &K, f: impl FnOnce(&mut V)) {
+        if let Ok(mut map) = self.map.lock() {
+            if let Some((_, _, v)) = map.get_mut(k) {
+                f(v);
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +115,7 @@ pub struct Authenticator {
     store: Store,
     policy: LoginPolicy,
     decoy: String,
+    cache: Arc<Cache<String, TokenAuth>>,
 }
 
 fn bad_credentials() -> ApiError {
@@ -77,6 +128,7 @@ impl Authenticator {
             store,
             policy,
             decoy: password::decoy_hash(),
+            cache: Arc::new(Cache::new()),
         }
     }
 
@@ -87,12 +139,18 @@ impl Authenticator {
     /// Resolves a bearer token, refusing unknown, expired and revoked ones
     /// and tokens of the other realm.
     pub async fn authenticate(&self, bearer: &str, realm: Realm) -> ApiResult<Subject> {
-        let found = self
-            .store
-            .token_authenticate(&secret::hash_token(bearer))
-            .await?;
-        let Some(auth) = found else {
-            return Err(ApiError::unauthenticated("unknown token"));
+        let hash = secret::hash_token(bearer);
+        let epoch = self.store.epoch();
+        let auth = match self.cache.get(&hash, epoch) {
+            Some(a) => a,
+            None => {
+                let found = self.store.token_authenticate(&hash).await?;
+                let Some(a) = found else {
+                    return Err(ApiError::unauthenticated("unknown token"));
+                };
+                self.cache.put(hash.clone(), epoch, a.clone());
+                a
+            }
         };
         let now = now_ms();
         if auth.token.revoked_at.is_some() {
@@ -123,6 +181,8 @@ impl Authenticator {
             .is_none_or(|t| now - t > TOUCH_EVERY_MS)
         {
             self.store.token_touch(&auth.token.id, now).await?;
+            self.cache
+                .update(&hash, |a| a.token.last_used_at = Some(now));
         }
         Ok(Subject {
             principal: auth.principal,
@@ -131,6 +191,7 @@ impl Authenticator {
             mfa: auth.token.mfa,
             org_policy_generation: auth.org_policy_generation,
             org_mfa_roles: auth.org_mfa_roles,
+            org: auth.org,
         })
     }
 

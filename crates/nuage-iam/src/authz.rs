@@ -28,7 +28,7 @@ use nuage_core::{ApiError, ApiResult};
 use nuage_store::Store;
 
 use crate::actions::{Registry, ROLES, SELF_ACTIONS};
-use crate::authn::Subject;
+use crate::authn::{Cache, Subject};
 
 /// What is being acted on.
 #[derive(Debug, Clone)]
@@ -127,6 +127,8 @@ pub struct Authorizer {
     builtin: Vec<Policy>,
     cedar: CedarAuthorizer,
     cache: RwLock<HashMap<String, (i64, Arc<PolicySet>)>>,
+    /// Roles by (principal, organization, project), before the MFA rule.
+    roles: Cache<(String, String, String), Vec<String>>,
 }
 
 impl Authorizer {
@@ -160,6 +162,7 @@ impl Authorizer {
             builtin,
             cedar: CedarAuthorizer::new(),
             cache: RwLock::new(HashMap::new()),
+            roles: Cache::new(),
         })
     }
 
@@ -240,19 +243,32 @@ impl Authorizer {
 
     /// Roles `subject` holds on `target`, after the MFA rule.
     pub async fn roles(&self, subject: &Subject, target: &Target) -> ApiResult<Vec<String>> {
-        let mut ids = Vec::with_capacity(1 + subject.group_ids.len());
-        ids.push(subject.principal.id.clone());
-        ids.extend(subject.group_ids.iter().cloned());
-        let bindings = self
-            .store
-            .role_binding_effective(&target.org_id, target.project_id.as_deref(), &ids)
-            .await?;
-        let roles: BTreeSet<String> = bindings
+        let key = (
+            subject.principal.id.clone(),
+            target.org_id.clone(),
+            target.project_id.clone().unwrap_or_default(),
+        );
+        let epoch = self.store.epoch();
+        let held = match self.roles.get(&key, epoch) {
+            Some(r) => r,
+            None => {
+                let mut ids = Vec::with_capacity(1 + subject.group_ids.len());
+                ids.push(subject.principal.id.clone());
+                ids.extend(subject.group_ids.iter().cloned());
+                let bindings = self
+                    .store
+                    .role_binding_effective(&target.org_id, target.project_id.as_deref(), &ids)
+                    .await?;
+                let set: BTreeSet<String> = bindings.into_iter().map(|b| b.role).collect();
+                let held: Vec<String> = set.into_iter().collect();
+                self.roles.put(key, epoch, held.clone());
+                held
+            }
+        };
+        Ok(held
             .into_iter()
-            .map(|b| b.role)
             .filter(|r| subject.mfa || !subject.org_mfa_roles.contains(r))
-            .collect();
-        Ok(roles.into_iter().collect())
+            .collect())
     }
 
     /// Decides whether `subject` may take `action` on `target`.

@@ -24,6 +24,8 @@ mod role_bindings;
 mod tokens;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nuage_core::ApiError;
@@ -53,6 +55,9 @@ pub struct StoreOptions {
     /// commits on power loss).
     pub sqlite_sync_full: bool,
     pub max_connections: u32,
+    /// SQLite reader connections (each is a thread: more than the cores
+    /// only adds context switches).
+    pub sqlite_readers: u32,
 }
 
 impl Default for StoreOptions {
@@ -60,6 +65,9 @@ impl Default for StoreOptions {
         StoreOptions {
             sqlite_sync_full: true,
             max_connections: 16,
+            sqlite_readers: std::thread::available_parallelism()
+                .map(|n| n.get() as u32 * 2)
+                .unwrap_or(4),
         }
     }
 }
@@ -82,6 +90,9 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     backend: Backend,
+    /// Bumped after every change through this process, so in-process caches
+    /// of identities and access (see `nuage-iam`) drop what they hold.
+    epoch: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -128,7 +139,7 @@ impl Store {
                     .connect_with(connect.clone())
                     .await
                     .map_err(|e| StoreError::Open(e.to_string()))?;
-                let read = pool(opts.max_connections.max(2))
+                let read = pool(opts.sqlite_readers.max(1))
                     .connect_with(connect)
                     .await
                     .map_err(|e| StoreError::Open(e.to_string()))?;
@@ -136,6 +147,7 @@ impl Store {
                     read,
                     write,
                     backend,
+                    epoch: Arc::default(),
                 }
             }
             Backend::Postgres => {
@@ -149,6 +161,7 @@ impl Store {
                     read: pool.clone(),
                     write: pool,
                     backend,
+                    epoch: Arc::default(),
                 }
             }
         };
@@ -170,6 +183,16 @@ impl Store {
     /// Newest schema version this binary knows.
     pub fn schema_version() -> i64 {
         MIGRATOR.iter().map(|m| m.version).max().unwrap_or(0)
+    }
+
+    /// The change epoch of this process (see [`Store::bump_epoch`]).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Marks that something changed, after it is committed.
+    pub fn bump_epoch(&self) {
+        self.epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     pub fn backend(&self) -> Backend {

@@ -29,12 +29,15 @@ impl Store {
     /// count and the insert share one transaction.
     pub async fn project_create(&self, p: &Project, max_projects: i64) -> ApiResult<()> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM projects WHERE org_id = $1")
-            .bind(&p.org_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        if count >= max_projects {
+        let counted = sqlx::query(
+            "UPDATE orgs SET project_count = project_count + 1 WHERE id = $1 AND project_count < $2",
+        )
+        .bind(&p.org_id)
+        .bind(max_projects)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if counted.rows_affected() != 1 {
             return Err(ApiError::conflict(
                 "quota_exceeded",
                 format!("the organization may hold at most {max_projects} projects"),
@@ -157,6 +160,11 @@ impl Store {
             .map_err(db_err)?;
         sqlx::query("DELETE FROM projects WHERE id = $1")
             .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        sqlx::query("UPDATE orgs SET project_count = project_count - 1 WHERE id = $1")
+            .bind(org_id)
             .execute(&mut *tx)
             .await
             .map_err(db_err)?;

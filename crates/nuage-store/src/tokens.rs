@@ -1,7 +1,7 @@
 //! API and session tokens. The store sees only a hash of each secret; the
 //! lookup by hash is the whole authentication query.
 
-use nuage_core::model::{Principal, Token};
+use nuage_core::model::{Org, Principal, Token};
 use nuage_core::page::{Page, PageRequest};
 use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
@@ -31,6 +31,8 @@ pub struct TokenAuth {
     pub org_policy_generation: i64,
     /// Roles the organization grants only to sessions with a second factor.
     pub org_mfa_roles: Vec<String>,
+    /// The principal's organization (`None` for operators).
+    pub org: Option<Org>,
 }
 
 fn row_to_token(r: &AnyRow) -> Result<Token, sqlx::Error> {
@@ -83,7 +85,9 @@ impl Store {
              t.expires_at AS t_expires_at, t.revoked_at AS t_revoked_at, \
              t.last_used_at AS t_last_used_at, t.created_at AS t_created_at, {PCOLS}, \
              COALESCE(o.policy_generation, 0) AS o_policy_generation, \
-             COALESCE(o.mfa_required_roles, '[]') AS o_mfa_roles \
+             COALESCE(o.mfa_required_roles, '[]') AS o_mfa_roles, o.id AS o_id, o.name AS o_name, \
+             o.display_name AS o_display_name, o.max_projects AS o_max_projects, \
+             o.generation AS o_generation, o.created_at AS o_created_at, o.updated_at AS o_updated_at \
              FROM tokens t JOIN principals p ON p.id = t.principal_id \
              LEFT JOIN orgs o ON o.id = p.org_id WHERE t.secret_hash = $1"
         ))
@@ -92,7 +96,8 @@ impl Store {
         .await
         .map_err(db_err)?;
         let Some(r) = row else { return Ok(None) };
-        let decode = || -> Result<(Token, Principal, i64, Vec<String>), sqlx::Error> {
+        type Decoded = (Token, Principal, i64, Vec<String>, Option<Org>);
+        let decode = || -> Result<Decoded, sqlx::Error> {
             let principal = row_to_principal(&r)?;
             let token = Token {
                 id: r.try_get("t_id")?,
@@ -107,9 +112,23 @@ impl Store {
             };
             let generation: i64 = r.try_get("o_policy_generation")?;
             let mfa_roles: Vec<String> = from_json_text(&r.try_get::<String, _>("o_mfa_roles")?)?;
-            Ok((token, principal, generation, mfa_roles))
+            let org = match r.try_get::<Option<String>, _>("o_id")? {
+                Some(id) => Some(Org {
+                    id,
+                    name: r.try_get("o_name")?,
+                    display_name: r.try_get("o_display_name")?,
+                    mfa_required_roles: mfa_roles.clone(),
+                    max_projects: r.try_get("o_max_projects")?,
+                    generation: r.try_get("o_generation")?,
+                    created_at: r.try_get("o_created_at")?,
+                    updated_at: r.try_get("o_updated_at")?,
+                }),
+                None => None,
+            };
+            Ok((token, principal, generation, mfa_roles, org))
         };
-        let (token, principal, org_policy_generation, org_mfa_roles) = decode().map_err(db_err)?;
+        let (token, principal, org_policy_generation, org_mfa_roles, org) =
+            decode().map_err(db_err)?;
         let group_ids: Vec<String> =
             sqlx::query_scalar("SELECT group_id FROM group_members WHERE principal_id = $1")
                 .bind(&principal.id)
@@ -122,6 +141,7 @@ impl Store {
             group_ids,
             org_policy_generation,
             org_mfa_roles,
+            org,
         }))
     }
 

@@ -364,6 +364,7 @@ pub async fn test_policy(
         mfa: b.mfa,
         org_policy_generation: ctx.state.store.org_policy_generation(&org.id).await?,
         org_mfa_roles: org.mfa_required_roles.clone(),
+        org: Some(org.clone()),
     };
     let target = match b.resource.split_once(':') {
         None if b.resource == "org" => Target::org(&org.id, &org.name),

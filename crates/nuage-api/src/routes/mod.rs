@@ -14,7 +14,7 @@ pub mod projects;
 pub mod tokens;
 
 use axum::extract::DefaultBodyLimit;
-use axum::middleware::from_fn_with_state;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::get;
 use axum::Router;
 use nuage_core::ApiError;
@@ -113,7 +113,7 @@ pub fn tenant_spec() -> utoipa::openapi::OpenApi {
 
 /// The tenant API and its OpenAPI document.
 pub fn tenant(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
-    let org_scoped = tenant_org_scoped().route_layer(from_fn_with_state(state.clone(), org_guard));
+    let org_scoped = tenant_org_scoped().route_layer(from_fn(org_guard));
     let authenticated = tenant_authenticated()
         .merge(org_scoped)
         .route_layer(from_fn_with_state(state.clone(), authenticate));

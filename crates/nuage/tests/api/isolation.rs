@@ -48,6 +48,15 @@ async fn every_org_route_answers_404_to_another_tenant() {
     .await;
     let token = mk("/v1/orgs/alpha/tokens", json!({"name": "t"})).await;
     let r = s
+        .t(
+            Method::PUT,
+            "/v1/orgs/alpha/oidc",
+            &a,
+            Some(json!({"issuer": "https://idp.alpha.example", "client_id": "nuage", "client_secret": "s3cret"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
         .t(Method::POST, "/v1/orgs/alpha/audit/checkpoint", &a, None)
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
