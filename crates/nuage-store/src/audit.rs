@@ -127,16 +127,18 @@ impl Store {
                 .collect();
             let (new_frontier, nodes) = advance(log_id, size, &frontier, &leaves)?;
 
-            for (c, idxs) in members.chunks(CHUNK).enumerate() {
+            let mut offset = 0;
+            for idxs in pow2_chunks(&members) {
                 let sql = format!(
                     "INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) \
                      VALUES {}",
                     placeholders(idxs.len(), 8)
                 );
                 let mut q = sqlx::query(&sql);
-                for (k, &i) in idxs.iter().enumerate() {
+                for &i in idxs {
                     let e = &entries[i];
-                    let idx = size + (c * CHUNK + k) as i64;
+                    let idx = size + offset;
+                    offset += 1;
                     indices[i] = idx;
                     q = q
                         .bind(log_id)
@@ -150,7 +152,7 @@ impl Store {
                 }
                 q.execute(&mut *tx).await.map_err(db_err)?;
             }
-            for chunk in nodes.chunks(CHUNK) {
+            for chunk in pow2_chunks(&nodes) {
                 let sql = format!(
                     "INSERT INTO audit_nodes (log_id, level, idx, hash) VALUES {}",
                     placeholders(chunk.len(), 4)
@@ -373,6 +375,24 @@ impl Store {
         .map_err(db_err)?;
         Ok(done.rows_affected())
     }
+}
+
+/// Splits `items` into chunks of 64, 32, 16 … 1 rows: a batch of any size
+/// uses at most seven statement shapes, which stay in sqlx's prepared
+/// statement cache instead of being parsed again for every batch size.
+fn pow2_chunks<T>(items: &[T]) -> Vec<&[T]> {
+    let mut out = Vec::new();
+    let mut rest = items;
+    while !rest.is_empty() {
+        let n = [64usize, 32, 16, 8, 4, 2, 1]
+            .into_iter()
+            .find(|n| *n <= rest.len())
+            .unwrap_or(1);
+        let (head, tail) = rest.split_at(n);
+        out.push(head);
+        rest = tail;
+    }
+    out
 }
 
 /// `($1, $2, …), (…)` for a multi-row insert of `rows` rows of `cols` values.

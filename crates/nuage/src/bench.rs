@@ -34,6 +34,9 @@ pub struct BenchArgs {
     /// SQLite durability of the server under test (`full` is the default of `nuage server`).
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sqlite_sync: String,
+    /// Also measure parts of the pipeline (probe, authentication + audit).
+    #[arg(long)]
+    breakdown: bool,
 }
 
 struct Figures {
@@ -277,6 +280,35 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
                     ok_body(h.post(url).bearer_auth(t).json(&body).send().await, 201).await
                 }
             })
+            .await,
+        );
+    }
+    if a.breakdown {
+        // Diagnostics: the same pipeline with fewer parts, to see what costs.
+        let (h, url) = (http.clone(), format!("{tenant}/healthz"));
+        results.push(
+            load(
+                "  /healthz (no auth, no audit)",
+                a.clients,
+                a.seconds,
+                move |_, _| {
+                    let (h, url) = (h.clone(), url.clone());
+                    async move { ok_body(h.get(url).send().await, 200).await }
+                },
+            )
+            .await,
+        );
+        let (h, url, t) = (http.clone(), format!("{tenant}/v1/me"), token.clone());
+        results.push(
+            load(
+                "  /v1/me (auth + audit)",
+                a.clients,
+                a.seconds,
+                move |_, _| {
+                    let (h, url, t) = (h.clone(), url.clone(), t.clone());
+                    async move { ok_body(h.get(url).bearer_auth(t).send().await, 200).await }
+                },
+            )
             .await,
         );
     }
