@@ -6,7 +6,9 @@ use std::path::PathBuf;
 
 use anyhow::{anyhow, Context, Result};
 use clap::{Args, Subcommand};
-use nuage_core::model::{ChangePassword, Login, OperatorLogin, Session, TotpCode, TotpEnrollment};
+use nuage_core::model::{
+    ChangePassword, Login, OidcFinish, OidcStart, OperatorLogin, Session, TotpCode, TotpEnrollment,
+};
 use serde_json::{json, Value};
 
 use crate::client::{display_url, Api, ApiProblem, Query};
@@ -42,6 +44,11 @@ pub struct LoginArgs {
     /// PEM file of a private CA that signed the server's certificate (saved).
     #[arg(long)]
     ca_cert: Option<PathBuf>,
+    /// Log in through the organization's identity provider (OpenID Connect,
+    /// authorization code with PKCE): prints an address to open in a browser
+    /// and waits for the provider to send it back to this machine.
+    #[arg(long, conflicts_with_all = ["admin", "token", "user", "totp", "password_stdin"])]
+    oidc: bool,
 }
 
 #[derive(Debug, Args)]
@@ -152,6 +159,7 @@ pub async fn login(ctx: &mut Ctx, args: LoginArgs) -> Result<u8> {
             let me = api.get(&me_path(realm), &Query::new()).await?;
             (token.clone(), me)
         }
+        None if args.oidc => oidc_login(ctx, &anonymous, &args).await?,
         None => password_login(ctx, &anonymous, realm, &args).await?,
     };
 
@@ -201,6 +209,126 @@ pub async fn login(ctx: &mut Ctx, args: LoginArgs) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// How long `login --oidc` waits for the browser to come back.
+const OIDC_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Turns a login answer (`Session`) into the token and a `WhoAmI`-shaped value.
+fn session_of(value: &Value) -> Result<(String, Value)> {
+    let session: Session = serde_json::from_value(value.clone())
+        .context("the server answered the login with an unexpected body")?;
+    let whoami = json!({
+        "principal": value.get("principal"),
+        "token_id": session.token.token.id,
+        "mfa": session.token.token.mfa,
+    });
+    Ok((session.token.secret, whoami))
+}
+
+/// OpenID Connect login: the server starts an authorization-code flow with
+/// PKCE whose redirect comes back to a one-shot listener on this machine's
+/// loopback (RFC 8252), then exchanges the code itself.
+async fn oidc_login(ctx: &Ctx, api: &Api, args: &LoginArgs) -> Result<(String, Value)> {
+    let org = ctx
+        .org(&args.org)
+        .map_err(|_| anyhow!("which organization? pass --org (or set NUAGE_ORG)"))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("cannot listen on 127.0.0.1 for the login callback")?;
+    let port = listener.local_addr()?.port();
+    let start = OidcStart {
+        org,
+        redirect_uri: format!("http://127.0.0.1:{port}/callback"),
+    };
+    let started = api.post(&["v1", "login", "oidc", "start"], &start).await?;
+    let url = output::text(&started, "authorization_url");
+    let state = output::text(&started, "state");
+    eprintln!("Open this address in a browser to log in:\n\n    {url}\n");
+    eprintln!(
+        "Waiting for the identity provider (up to {} s) …",
+        OIDC_WAIT.as_secs()
+    );
+    let (code, returned_state) = tokio::time::timeout(OIDC_WAIT, oidc_callback(&listener))
+        .await
+        .map_err(|_| {
+            anyhow!("no answer from the identity provider in time; run the login again")
+        })??;
+    if returned_state != state {
+        return Err(anyhow!(
+            "the login answer does not belong to this login (state mismatch)"
+        ));
+    }
+    let answer = api
+        .post(
+            &["v1", "login", "oidc", "finish"],
+            &OidcFinish { state, code },
+        )
+        .await?;
+    session_of(&answer)
+}
+
+/// Serves the loopback redirect: waits for `GET /callback?code=…&state=…`,
+/// answers the browser with a short page, and returns the code and state.
+async fn oidc_callback(listener: &tokio::net::TcpListener) -> Result<(String, String)> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let (mut sock, _) = listener.accept().await?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 2048];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            let n = sock.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let head = String::from_utf8_lossy(&buf);
+        let target = head
+            .lines()
+            .next()
+            .and_then(|l| l.strip_prefix("GET "))
+            .and_then(|l| l.split(' ').next())
+            .unwrap_or_default()
+            .to_string();
+        let reply = |text: &str| {
+            format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: text/html; charset=utf-8\r\nconnection: close\r\n\r\n\
+                 <!doctype html><title>nuage</title><p>{text}</p>"
+            )
+        };
+        if !target.starts_with("/callback") {
+            let _ = sock
+                .write_all(b"HTTP/1.1 404 Not Found\r\nconnection: close\r\n\r\n")
+                .await;
+            continue;
+        }
+        let url = reqwest::Url::parse(&format!("http://127.0.0.1{target}"))?;
+        let param = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_string())
+        };
+        if let Some(err) = param("error") {
+            let _ = sock
+                .write_all(reply("The login failed; see the terminal.").as_bytes())
+                .await;
+            let why = param("error_description").unwrap_or_default();
+            return Err(anyhow!(
+                "the identity provider refused the login: {err} {why}"
+            ));
+        }
+        let (Some(code), Some(state)) = (param("code"), param("state")) else {
+            let _ = sock
+                .write_all(reply("This is not a login answer.").as_bytes())
+                .await;
+            continue;
+        };
+        let _ = sock
+            .write_all(reply("Logged in to nuage. You can close this window.").as_bytes())
+            .await;
+        return Ok((code, state));
+    }
 }
 
 /// Exchanges a password (and a TOTP code) for a session token; returns the
@@ -255,16 +383,7 @@ async fn password_login(
             }
         };
         match answer {
-            Ok(value) => {
-                let session: Session = serde_json::from_value(value.clone())
-                    .context("the server answered the login with an unexpected body")?;
-                let whoami = json!({
-                    "principal": value.get("principal"),
-                    "token_id": session.token.token.id,
-                    "mfa": session.token.token.mfa,
-                });
-                return Ok((session.token.secret, whoami));
-            }
+            Ok(value) => return session_of(&value),
             Err(err) => {
                 let needs_code = err
                     .downcast_ref::<ApiProblem>()

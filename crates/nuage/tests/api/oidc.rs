@@ -292,3 +292,61 @@ async fn directory_users_log_in_through_oidc_and_get_their_groups_roles() {
     assert_eq!((r.status, r.code()), (400, "invalid_redirect_uri"));
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn nuage_login_oidc_completes_through_the_browser_redirect() {
+    use tokio::io::AsyncBufReadExt;
+    let Some(idp) = provider().await else { return };
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let cfg = json!({"issuer": idp.issuer, "client_id": "nuage", "client_secret": SECRET});
+    let r = s
+        .t(Method::PUT, "/v1/orgs/acme/oidc", &owner, Some(cfg))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args(["login", "--oidc", "--url", &s.tenant, "--org", "acme"])
+        .env("NUAGE_CONFIG_DIR", dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(cli.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("the CLI prints the address")
+            .unwrap()
+            .expect("the CLI is still running");
+        if let Some(u) = line.trim().strip_prefix("http") {
+            break format!("http{u}");
+        }
+    };
+    let callback = query_param(&url, "redirect_uri");
+    assert!(callback.starts_with("http://127.0.0.1:"), "{callback}");
+    let back = browser(&url, "alice", &callback).await;
+    // the browser follows the last redirect to the CLI's loopback listener
+    let page = reqwest::get(&back).await.unwrap().text().await.unwrap();
+    assert!(page.contains("Logged in to nuage"), "{page}");
+    let out = tokio::time::timeout(Duration::from_secs(30), cli.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let who = tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args(["whoami", "--json"])
+        .env("NUAGE_CONFIG_DIR", dir.path())
+        .output()
+        .await
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&who.stdout).unwrap();
+    assert_eq!(v["principal"]["name"], "alice", "{v}");
+    s.shutdown().await;
+}
