@@ -55,3 +55,50 @@ pub fn to_json(api: &utoipa::openapi::OpenApi) -> String {
     s.push('\n');
     s
 }
+
+fn header(name: &str, description: &str) -> utoipa::openapi::path::Parameter {
+    use utoipa::openapi::path::{ParameterBuilder, ParameterIn};
+    use utoipa::openapi::schema::{ObjectBuilder, Type};
+    ParameterBuilder::new()
+        .name(name)
+        .parameter_in(ParameterIn::Header)
+        .required(utoipa::openapi::Required::False)
+        .description(Some(description))
+        .schema(Some(ObjectBuilder::new().schema_type(Type::String)))
+        .build()
+}
+
+/// Adds what every operation of a kind shares: `Idempotency-Key` on each
+/// mutation.
+pub fn finish(mut api: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    for item in api.paths.paths.values_mut() {
+        for op in [
+            &mut item.post,
+            &mut item.put,
+            &mut item.patch,
+            &mut item.delete,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            op.parameters.get_or_insert_with(Vec::new).push(header(
+                "Idempotency-Key",
+                "Retries with the same key get the first answer (kept 24 h); reusing a key \
+                 for another request is a 422",
+            ));
+        }
+    }
+    api
+}
+
+/// `If-Match` as a documented parameter of the handlers that honour it.
+impl utoipa::IntoParams for crate::ctx::IfMatch {
+    fn into_params(
+        _: impl Fn() -> Option<utoipa::openapi::path::ParameterIn>,
+    ) -> Vec<utoipa::openapi::path::Parameter> {
+        vec![header(
+            "If-Match",
+            "ETag (generation) the change applies to; 412 precondition_failed if the resource changed",
+        )]
+    }
+}

@@ -296,7 +296,7 @@ pub async fn get_policy(
 }
 
 #[utoipa::path(patch, path = "/v1/orgs/{org}/policies/{policy}", tag = "access", request_body = UpdatePolicy,
-    params(("org" = String, Path, description = "Organization name or id"), ("policy" = String, Path, description = "Policy name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("policy" = String, Path, description = "Policy name or id"), IfMatch),
     responses((status = 200, body = Policy), (status = 400, body = Problem), (status = 412, body = Problem)))]
 pub async fn update_policy(
     ctx: Ctx,

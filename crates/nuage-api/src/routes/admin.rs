@@ -208,7 +208,7 @@ pub async fn get_org(ctx: Ctx, Path(name): Path<String>) -> HandlerResult<Tagged
 
 /// Set an organization's quota.
 #[utoipa::path(patch, path = "/admin/v1/orgs/{org}", tag = "operator", request_body = UpdateOrgQuota,
-    params(("org" = String, Path, description = "Organization name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), IfMatch),
     responses((status = 200, body = Org), (status = 404, body = Problem)))]
 pub async fn update_org(
     ctx: Ctx,

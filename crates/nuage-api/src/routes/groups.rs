@@ -77,7 +77,7 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/v1/orgs/{org}/groups/{group}", tag = "groups", request_body = UpdateGroup,
-    params(("org" = String, Path, description = "Organization name or id"), ("group" = String, Path, description = "Group name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("group" = String, Path, description = "Group name or id"), IfMatch),
     responses((status = 200, body = Group), (status = 404, body = Problem), (status = 412, body = Problem)))]
 pub async fn update(
     ctx: Ctx,

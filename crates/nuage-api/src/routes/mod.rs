@@ -105,10 +105,12 @@ fn tenant_public() -> OpenApiRouter<AppState> {
 
 /// The tenant OpenAPI document, without starting anything.
 pub fn tenant_spec() -> utoipa::openapi::OpenApi {
-    tenant_public()
-        .merge(tenant_authenticated().merge(tenant_org_scoped()))
-        .split_for_parts()
-        .1
+    crate::openapi::finish(
+        tenant_public()
+            .merge(tenant_authenticated().merge(tenant_org_scoped()))
+            .split_for_parts()
+            .1,
+    )
 }
 
 /// The tenant API and its OpenAPI document.
@@ -118,6 +120,7 @@ pub fn tenant(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(org_scoped)
         .route_layer(from_fn_with_state(state.clone(), authenticate));
     let (router, api) = tenant_public().merge(authenticated).split_for_parts();
+    let api = crate::openapi::finish(api);
     let spec = api.clone();
     let router = router
         .route(
@@ -169,6 +172,7 @@ pub fn admin(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let authenticated =
         admin_authenticated().route_layer(from_fn_with_state(state.clone(), authenticate));
     let (router, api) = admin_public().merge(authenticated).split_for_parts();
+    let api = crate::openapi::finish(api);
     let spec = api.clone();
     let metrics = state.metrics.clone();
     let router = router

@@ -38,7 +38,7 @@ pub async fn get_org(ctx: Ctx) -> HandlerResult<Tagged<Org>> {
 
 /// Change the display name or which roles require a second factor.
 #[utoipa::path(patch, path = "/v1/orgs/{org}", tag = "orgs", request_body = UpdateOrg,
-    params(("org" = String, Path, description = "Organization name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), IfMatch),
     responses((status = 200, body = Org), (status = 400, body = Problem), (status = 412, body = Problem)))]
 pub async fn update_org(
     ctx: Ctx,

@@ -209,7 +209,7 @@ pub async fn get_user(
 }
 
 #[utoipa::path(patch, path = "/v1/orgs/{org}/users/{user}", tag = "users", request_body = UpdatePrincipal,
-    params(("org" = String, Path, description = "Organization name or id"), ("user" = String, Path, description = "User name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("user" = String, Path, description = "User name or id"), IfMatch),
     responses((status = 200, body = Principal), (status = 404, body = Problem), (status = 412, body = Problem)))]
 pub async fn update_user(
     ctx: Ctx,
@@ -221,7 +221,7 @@ pub async fn update_user(
 }
 
 #[utoipa::path(delete, path = "/v1/orgs/{org}/users/{user}", tag = "users",
-    params(("org" = String, Path, description = "Organization name or id"), ("user" = String, Path, description = "User name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("user" = String, Path, description = "User name or id"), IfMatch),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_user(
     ctx: Ctx,
@@ -302,7 +302,7 @@ pub async fn get_service_account(
 }
 
 #[utoipa::path(patch, path = "/v1/orgs/{org}/service-accounts/{service_account}", tag = "service-accounts", request_body = UpdatePrincipal,
-    params(("org" = String, Path, description = "Organization name or id"), ("service_account" = String, Path, description = "Service account name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("service_account" = String, Path, description = "Service account name or id"), IfMatch),
     responses((status = 200, body = Principal), (status = 404, body = Problem)))]
 pub async fn update_service_account(
     ctx: Ctx,
@@ -314,7 +314,7 @@ pub async fn update_service_account(
 }
 
 #[utoipa::path(delete, path = "/v1/orgs/{org}/service-accounts/{service_account}", tag = "service-accounts",
-    params(("org" = String, Path, description = "Organization name or id"), ("service_account" = String, Path, description = "Service account name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("service_account" = String, Path, description = "Service account name or id"), IfMatch),
     responses((status = 204), (status = 404, body = Problem)))]
 pub async fn delete_service_account(
     ctx: Ctx,

@@ -93,7 +93,7 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/v1/orgs/{org}/projects/{project}", tag = "projects", request_body = UpdateProject,
-    params(("org" = String, Path, description = "Organization name or id"), ("project" = String, Path, description = "Project name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("project" = String, Path, description = "Project name or id"), IfMatch),
     responses((status = 200, body = Project), (status = 404, body = Problem), (status = 412, body = Problem)))]
 pub async fn update(
     ctx: Ctx,
@@ -131,7 +131,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/v1/orgs/{org}/projects/{project}", tag = "projects",
-    params(("org" = String, Path, description = "Organization name or id"), ("project" = String, Path, description = "Project name or id")),
+    params(("org" = String, Path, description = "Organization name or id"), ("project" = String, Path, description = "Project name or id"), IfMatch),
     responses((status = 204), (status = 404, body = Problem), (status = 412, body = Problem)))]
 pub async fn delete(
     ctx: Ctx,
