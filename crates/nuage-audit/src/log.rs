@@ -26,9 +26,10 @@ pub const PLATFORM_LOG: &str = "platform";
 
 const MAX_BATCH: usize = 2048;
 
+/// An entry ready to append: serialised and hashed by the request's own
+/// task, so the single writer only does the database work.
 struct Pending {
-    log_id: String,
-    record: AuditRecord,
+    append: AuditAppend,
     reply: oneshot::Sender<ApiResult<i64>>,
 }
 
@@ -118,13 +119,20 @@ impl AuditLog {
 
     /// Appends `record` to `log_id` and returns its index once durable.
     pub async fn record(&self, log_id: &str, record: AuditRecord) -> ApiResult<i64> {
+        let body = String::from_utf8(canonical_bytes(&record)?)
+            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let append = AuditAppend {
+            log_id: log_id.to_string(),
+            leaf_hash: hex::encode(merkle::leaf_hash(body.as_bytes())),
+            body,
+            time: record.time,
+            principal: record.principal,
+            action: record.action,
+            decision: record.decision,
+        };
         let (reply, rx) = oneshot::channel();
         self.queue
-            .send(Pending {
-                log_id: log_id.to_string(),
-                record,
-                reply,
-            })
+            .send(Pending { append, reply })
             .await
             .map_err(|_| ApiError::unavailable("the audit log is shutting down"))?;
         rx.await
@@ -389,32 +397,8 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let mut appends = Vec::with_capacity(batch.len());
-        let mut prepared = Vec::with_capacity(batch.len());
-        for p in batch {
-            match canonical_bytes(&p.record)
-                .and_then(|b| String::from_utf8(b).map_err(|e| ApiError::internal(e.to_string())))
-            {
-                Ok(body) => {
-                    appends.push(AuditAppend {
-                        log_id: p.log_id.clone(),
-                        leaf_hash: hex::encode(merkle::leaf_hash(body.as_bytes())),
-                        body,
-                        time: p.record.time,
-                        principal: p.record.principal.clone(),
-                        action: p.record.action.clone(),
-                        decision: p.record.decision.clone(),
-                    });
-                    prepared.push(p);
-                }
-                Err(e) => {
-                    let _ = p.reply.send(Err(e));
-                }
-            }
-        }
-        if appends.is_empty() {
-            continue;
-        }
+        let (appends, replies): (Vec<AuditAppend>, Vec<_>) =
+            batch.into_iter().map(|p| (p.append, p.reply)).unzip();
         let mut advance = |_: &str, size: i64, frontier: &str, leaves: &[&str]| {
             let mut range: CompactRange = serde_json::from_str(frontier).map_err(bad_frontier)?;
             if range.size != size as u64 {
@@ -433,14 +417,14 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
         let result = store.audit_append(&appends, &empty, &mut advance).await;
         match result {
             Ok(indices) => {
-                for (p, idx) in prepared.into_iter().zip(indices) {
-                    let _ = p.reply.send(Ok(idx));
+                for (reply, idx) in replies.into_iter().zip(indices) {
+                    let _ = reply.send(Ok(idx));
                 }
             }
             Err(e) => {
                 tracing::error!(error = %e, "audit append failed");
-                for p in prepared {
-                    let _ = p.reply.send(Err(ApiError::unavailable(
+                for reply in replies {
+                    let _ = reply.send(Err(ApiError::unavailable(
                         "the audit log could not record this request",
                     )));
                 }

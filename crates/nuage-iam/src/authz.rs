@@ -13,7 +13,9 @@
 //! `Nuage::Org`, `Nuage::Project` and one type per resource kind; resources
 //! have an attribute `name` and their project and organization as parents.
 //! Context: `roles` (set of strings), `mfa` (bool), `source_ip` (ip),
-//! `now` (Unix seconds), `hour` (0–23 UTC).
+//! `now` (Unix seconds), `hour` (0–23 UTC), and for the built-in policies
+//! `granted_by` (the roles whose actions include this one, from the
+//! registry) and `self_service` (an action anyone may take on itself).
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
@@ -113,18 +115,11 @@ fn uid(kind: &str, id: &str) -> ApiResult<EntityUid> {
     Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
 }
 
-fn action_list(actions: &[&str]) -> String {
-    let items: Vec<String> = actions
-        .iter()
-        .map(|a| format!("Nuage::Action::\"{a}\""))
-        .collect();
-    format!("[{}]", items.join(", "))
-}
-
 pub struct Authorizer {
     store: Store,
     registry: Arc<Registry>,
     builtin: Vec<Policy>,
+    granted_by: HashMap<&'static str, Vec<&'static str>>,
     cedar: CedarAuthorizer,
     cache: RwLock<HashMap<String, (i64, Arc<PolicySet>)>>,
     /// Roles by (principal, organization, project), before the MFA rule.
@@ -133,6 +128,16 @@ pub struct Authorizer {
 
 impl Authorizer {
     pub fn new(store: Store, registry: Arc<Registry>) -> ApiResult<Self> {
+        // Which roles grant which action comes from the registry and reaches
+        // the policies as `context.granted_by`, so an evaluation does not
+        // rebuild a set of every action of every role: that cost grows with
+        // each service's actions and was the largest part of a request.
+        let mut granted_by: HashMap<&'static str, Vec<&'static str>> = HashMap::new();
+        for (role, _) in ROLES {
+            for action in registry.role_actions(role) {
+                granted_by.entry(action).or_default().push(role);
+            }
+        }
         let mut builtin = Vec::new();
         for (role, _) in ROLES {
             let actions = registry.role_actions(role);
@@ -140,8 +145,7 @@ impl Authorizer {
                 continue;
             }
             let text = format!(
-                "permit(principal, action in {}, resource) when {{ context.roles.contains(\"{role}\") }};",
-                action_list(&actions)
+                "permit(principal, action, resource) when {{ context.roles.contains(\"{role}\") && context.granted_by.contains(\"{role}\") }};"
             );
             builtin.push(
                 Policy::parse(Some(PolicyId::new(format!("role:{role}"))), text)
@@ -149,8 +153,7 @@ impl Authorizer {
             );
         }
         let own = format!(
-            "permit(principal, action in {}, resource) when {{ resource == principal }};",
-            action_list(SELF_ACTIONS)
+            "permit(principal, action, resource) when {{ context.self_service && resource == principal }};"
         );
         builtin.push(
             Policy::parse(Some(PolicyId::new("self")), own)
@@ -160,6 +163,7 @@ impl Authorizer {
             store,
             registry,
             builtin,
+            granted_by,
             cedar: CedarAuthorizer::new(),
             cache: RwLock::new(HashMap::new()),
             roles: Cache::new(),
@@ -372,6 +376,20 @@ impl Authorizer {
                 RestrictedExpression::new_bool(subject.mfa),
             ),
             ("source_ip".to_string(), RestrictedExpression::new_ip(ip)),
+            (
+                "granted_by".to_string(),
+                RestrictedExpression::new_set(
+                    self.granted_by
+                        .get(action)
+                        .into_iter()
+                        .flatten()
+                        .map(|r| RestrictedExpression::new_string(r.to_string())),
+                ),
+            ),
+            (
+                "self_service".to_string(),
+                RestrictedExpression::new_bool(SELF_ACTIONS.contains(&action)),
+            ),
             (
                 "now".to_string(),
                 RestrictedExpression::new_long(env.now_secs),
