@@ -152,9 +152,7 @@ impl Authorizer {
                     .map_err(|e| ApiError::internal(format!("built-in policy: {e}")))?,
             );
         }
-        let own = format!(
-            "permit(principal, action, resource) when {{ context.self_service && resource == principal }};"
-        );
+        let own = "permit(principal, action, resource) when { context.self_service && resource == principal };";
         builtin.push(
             Policy::parse(Some(PolicyId::new("self")), own)
                 .map_err(|e| ApiError::internal(format!("built-in policy: {e}")))?,
