@@ -7,13 +7,11 @@
 //! was logged, and locate any edit, deletion, reordering or insertion.
 //!
 //! Canonical entry bytes: an entry's leaf hash is `leaf_hash` of
-//! `serde_json::to_vec(&value)`. With serde_json's default features, objects
-//! are `BTreeMap`s, so keys are re-serialised in sorted order and a parsed
-//! value re-serialises to the same bytes the writer hashed, whatever the
-//! key order or whitespace in the file. This relies on the `preserve_order`
-//! and `arbitrary_precision` features staying off; entries should also avoid
-//! non-integer numbers, which serde_json does not guarantee to round-trip
-//! exactly without `float_roundtrip`.
+//! [`canonical_entry_bytes`]: compact JSON with object keys sorted at every
+//! level, so a parsed entry re-serialises to the bytes the writer hashed
+//! whatever the key order or whitespace in the file, and whatever serde_json
+//! features the build enables. Entries should avoid non-integer numbers,
+//! which serde_json does not guarantee to round-trip exactly.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -132,13 +130,31 @@ impl VerifyReport {
     }
 }
 
-/// The canonical bytes of an entry, identical to `serde_json::to_vec(entry)`
-/// (a `Value` always serialises, so this cannot fail).
+/// The canonical bytes of an entry: compact JSON with every object's keys
+/// sorted, whatever order they came in. Sorting is done here rather than
+/// left to serde_json, whose `preserve_order` feature (switched on by other
+/// crates of the workspace) keeps keys in input order.
 pub fn canonical_entry_bytes(entry: &Value) -> Vec<u8> {
-    entry.to_string().into_bytes()
+    sorted(entry).to_string().into_bytes()
 }
 
-/// The Merkle leaf hash of an entry: `leaf_hash(serde_json::to_vec(entry))`.
+fn sorted(v: &Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            let mut out = serde_json::Map::new();
+            for k in keys {
+                out.insert(k.clone(), sorted(&map[k]));
+            }
+            Value::Object(out)
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted).collect()),
+        other => other.clone(),
+    }
+}
+
+/// The Merkle leaf hash of an entry: `leaf_hash(canonical_entry_bytes(entry))`.
 pub fn entry_leaf_hash(entry: &Value) -> Hash {
     leaf_hash(&canonical_entry_bytes(entry))
 }
@@ -485,10 +501,11 @@ mod tests {
     }
 
     #[test]
-    fn canonical_bytes_are_sorted_and_match_to_vec() {
+    fn canonical_bytes_are_sorted_whatever_the_input_order() {
         let v: Value =
             serde_json::from_str(r#"{ "b": 1, "a": {"d": [1, 2], "c": null} }"#).unwrap();
-        assert_eq!(canonical_entry_bytes(&v), serde_json::to_vec(&v).unwrap());
+        let w: Value = serde_json::from_str(r#"{"a": {"c": null, "d": [1, 2]}, "b": 1}"#).unwrap();
+        assert_eq!(canonical_entry_bytes(&v), canonical_entry_bytes(&w));
         assert_eq!(
             canonical_entry_bytes(&v),
             br#"{"a":{"c":null,"d":[1,2]},"b":1}"#.to_vec()
