@@ -83,11 +83,6 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     let mut response = next.run(req).instrument(span.clone()).await;
 
     let status = response.status();
-    if status.is_success() && !matches!(method.as_str(), "GET" | "HEAD" | "OPTIONS") {
-        // Something may have changed: in-process caches of identity and
-        // access start afresh.
-        state.store.bump_epoch();
-    }
     if let Some(ErrorMarker(err)) = response.extensions_mut().remove::<ErrorMarker>() {
         response = problem::render(&err, &request_id);
     } else if (status.is_client_error() || status.is_server_error())

@@ -113,6 +113,7 @@ impl Store {
             ));
         }
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(g)
     }
 
@@ -130,6 +131,7 @@ impl Store {
                 .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 
@@ -154,6 +156,7 @@ impl Store {
                 db_err(e)
             }
         })?;
+        self.bump_epoch();
         Ok(())
     }
 
@@ -165,6 +168,7 @@ impl Store {
                 .execute(&self.write)
                 .await
                 .map_err(db_err)?;
+        self.bump_epoch();
         Ok(done.rows_affected() > 0)
     }
 

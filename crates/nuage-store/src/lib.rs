@@ -90,8 +90,8 @@ pub struct Store {
     read: AnyPool,
     write: AnyPool,
     backend: Backend,
-    /// Bumped after every change through this process, so in-process caches
-    /// of identities and access (see `nuage-iam`) drop what they hold.
+    /// Bumped after every identity or access change through this process,
+    /// so in-process caches of them (see `nuage-iam`) drop what they hold.
     epoch: Arc<AtomicU64>,
 }
 
@@ -190,7 +190,8 @@ impl Store {
         self.epoch.load(Ordering::Acquire)
     }
 
-    /// Marks that something changed, after it is committed.
+    /// Marks, after commit, a change to what identity and access caches
+    /// hold (principals, tokens, groups, bindings, policies, organizations).
     pub fn bump_epoch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
     }

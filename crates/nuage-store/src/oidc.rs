@@ -199,6 +199,7 @@ impl Store {
         .execute(&self.write)
         .await
         .map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 }

@@ -135,6 +135,7 @@ impl Store {
             ));
         }
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(org)
     }
 
@@ -165,6 +166,7 @@ impl Store {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 

@@ -54,6 +54,7 @@ impl Store {
         .map_err(insert_err("policy", &p.name))?;
         bump(&mut tx, &p.org_id).await?;
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 
@@ -156,6 +157,7 @@ impl Store {
         }
         bump(&mut tx, org_id).await?;
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(p)
     }
 
@@ -172,6 +174,7 @@ impl Store {
         }
         bump(&mut tx, org_id).await?;
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 }

@@ -195,6 +195,7 @@ impl Store {
             ));
         }
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(p)
     }
 
@@ -224,6 +225,7 @@ impl Store {
                 .map_err(db_err)?;
         }
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 
@@ -317,6 +319,7 @@ impl Store {
         .execute(&self.write)
         .await
         .map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 
@@ -329,6 +332,7 @@ impl Store {
         .execute(&self.write)
         .await
         .map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 

@@ -71,6 +71,7 @@ impl Store {
         let mut tx = self.write.begin().await.map_err(db_err)?;
         insert_binding(&mut tx, b).await?;
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 
@@ -145,6 +146,7 @@ impl Store {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
+        self.bump_epoch();
         Ok(())
     }
 

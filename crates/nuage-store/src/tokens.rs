@@ -212,6 +212,7 @@ impl Store {
         if done.rows_affected() == 0 && token.revoked_at.is_none() {
             return Err(ApiError::not_found("token", id));
         }
+        self.bump_epoch();
         Ok(token)
     }
 }
