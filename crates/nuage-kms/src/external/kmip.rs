@@ -1,0 +1,1 @@
+//! KMIP client (to be written).

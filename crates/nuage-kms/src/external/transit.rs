@@ -1,0 +1,1 @@
+//! OpenBao / Vault Transit client (to be written).

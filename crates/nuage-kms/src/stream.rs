@@ -1,0 +1,1 @@
+//! Chunked streaming AEAD format (to be written).

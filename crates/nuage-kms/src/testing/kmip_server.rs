@@ -1,0 +1,1 @@
+//! PyKMIP server for tests (to be written).

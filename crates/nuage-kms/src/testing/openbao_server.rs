@@ -1,0 +1,1 @@
+//! OpenBao dev server for tests (to be written).
