@@ -31,6 +31,7 @@ pub struct AuditInfo {
     pub resource: Option<String>,
     pub decision: Option<&'static str>,
     pub policies: Vec<String>,
+    pub details: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Default)]
@@ -117,6 +118,7 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
             decision: decision.to_string(),
             policies: info.policies,
             status: status.as_u16(),
+            details: info.details,
         };
         let log_id = info.log_id.unwrap_or_else(|| PLATFORM_LOG.to_string());
         if let Err(e) = state.audit.record(&log_id, record).await {

@@ -17,6 +17,9 @@ pub enum Kind {
     Token,
     RoleBinding,
     Policy,
+    Key,
+    KeyManager,
+    DataKey,
 }
 
 impl Kind {
@@ -31,6 +34,9 @@ impl Kind {
             Kind::Token => "tok",
             Kind::RoleBinding => "rb",
             Kind::Policy => "pol",
+            Kind::Key => "key",
+            Kind::KeyManager => "kmg",
+            Kind::DataKey => "dek",
         }
     }
 }

@@ -9,6 +9,8 @@ use utoipa::ToSchema;
 
 use crate::time::{rfc3339, rfc3339_opt};
 
+pub mod kms;
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
 pub struct Org {
     pub id: String,
@@ -543,6 +545,10 @@ pub struct AuditRecord {
     /// Policies that decided.
     pub policies: Vec<String>,
     pub status: u16,
+    /// What else the decision involved, such as the key, key version and
+    /// purpose of a key use.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub details: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, ToSchema)]

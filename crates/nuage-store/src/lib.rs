@@ -15,6 +15,7 @@
 mod audit;
 mod groups;
 mod idempotency;
+mod kms;
 mod oidc;
 mod orgs;
 mod policies;
@@ -35,6 +36,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
 pub use idempotency::StoredResponse;
+pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
 pub use oidc::PendingLogin;
 pub use principals::{kind_label, Credentials};
 pub use role_bindings::EffectiveBinding;
@@ -120,7 +122,8 @@ impl Store {
                 };
                 let pragmas = format!(
                     "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
-                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON;"
+                     PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
+                     PRAGMA secure_delete = ON;"
                 );
                 let pool = |max: u32| {
                     let pragmas = pragmas.clone();

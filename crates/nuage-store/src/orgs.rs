@@ -161,6 +161,7 @@ impl Store {
             "DELETE FROM principals WHERE org_id = $1",
             "DELETE FROM policies WHERE org_id = $1",
             "DELETE FROM oidc_providers WHERE org_id = $1",
+            "DELETE FROM kms_managers WHERE org_id = $1",
             "DELETE FROM orgs WHERE id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(db_err)?;

@@ -152,6 +152,30 @@ impl Store {
                 .map_err(db_err)?;
         let generation = generation.ok_or_else(|| ApiError::not_found("project", id))?;
         check_generation(expected, generation)?;
+        let live_keys: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM kms_keys WHERE project_id = $1 AND state <> 'destroyed'",
+        )
+        .bind(id)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        if live_keys > 0 {
+            return Err(ApiError::conflict(
+                "project_not_empty",
+                format!("the project still holds {live_keys} key(s) that are not destroyed"),
+            ));
+        }
+        for q in [
+            "DELETE FROM kms_data_keys WHERE key_id IN (SELECT id FROM kms_keys WHERE project_id = $1)",
+            "DELETE FROM kms_key_versions WHERE key_id IN (SELECT id FROM kms_keys WHERE project_id = $1)",
+            "DELETE FROM kms_keys WHERE project_id = $1",
+        ] {
+            sqlx::query(q)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
         sqlx::query("DELETE FROM role_bindings WHERE org_id = $1 AND project_id = $2")
             .bind(org_id)
             .bind(id)
