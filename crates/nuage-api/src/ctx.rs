@@ -11,10 +11,12 @@ use axum::Json;
 use http::request::Parts;
 use http::{header, HeaderValue, StatusCode};
 use nuage_audit::log::PLATFORM_LOG;
+use nuage_core::model::kms::Justification;
 use nuage_core::model::{Org, Principal, PrincipalKind, Project};
 use nuage_core::time::now_ms;
 use nuage_core::ApiError;
 use nuage_iam::{Env, Subject, Target};
+use nuage_kms::{KeyUse, Purpose};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -214,6 +216,26 @@ impl Ctx {
             .project_get(&org.id, name)
             .await?
             .ok_or_else(|| ApiError::not_found("project", name))
+    }
+
+    /// Who is using a key for this request, and why.
+    pub fn purpose(&self, justification: Justification) -> Purpose {
+        Purpose {
+            justification,
+            principal: Some(self.subject.principal.id.clone()),
+            request_id: Some(self.request_id.clone()),
+        }
+    }
+
+    /// Adds a fact to this request's audit entry.
+    pub fn record_detail(&self, name: &str, value: &str) {
+        self.slot
+            .update(|a| drop(a.details.insert(name.to_string(), value.to_string())));
+    }
+
+    /// Adds a key use (key, version, purpose) to this request's audit entry.
+    pub fn record_use(&self, used: &KeyUse) {
+        self.slot.update(|a| a.details.extend(used.details()));
     }
 
     pub async fn principal(&self, kind: PrincipalKind, name: &str) -> Result<Principal, ApiError> {

@@ -14,6 +14,8 @@ use nuage_core::id::{new_id, Kind};
 use nuage_core::model::{Principal, PrincipalKind};
 use nuage_core::time::now_ms;
 use nuage_iam::{Authenticator, Authorizer, LoginPolicy, Realm, Registry};
+use nuage_kms::root::SealConfig;
+use nuage_kms::{Kms, KmsConfig};
 use nuage_store::{Store, StoreOptions};
 use tokio::task::JoinHandle;
 
@@ -41,12 +43,28 @@ pub struct ServerConfig {
     /// Name of this installation in audit checkpoints (`<name>/audit/<org>`).
     pub public_name: String,
     pub login: LoginPolicy,
+    /// How the platform root key is sealed.
+    pub seal: SealConfig,
+    pub kms: KmsConfig,
+    /// How often keys whose destruction date passed are destroyed.
+    pub key_sweep_every: Duration,
+}
+
+/// The seal key file sits beside the data directory, never inside it:
+/// `<data-dir>.seal.key`. Operators should move it to separate storage (and
+/// point `--seal-key-file` at it).
+pub fn default_seal_key_file(data_dir: &Path) -> PathBuf {
+    let mut name = data_dir
+        .file_name()
+        .map(|n| n.to_os_string())
+        .unwrap_or_else(|| "nuage".into());
+    name.push(".seal.key");
+    data_dir.with_file_name(name)
 }
 
 impl ServerConfig {
     pub fn new(data_dir: PathBuf) -> Self {
         ServerConfig {
-            data_dir,
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
@@ -59,6 +77,10 @@ impl ServerConfig {
             sqlite_sync_full: true,
             public_name: "nuage.local".to_string(),
             login: LoginPolicy::default(),
+            seal: SealConfig::KeyFile(default_seal_key_file(&data_dir)),
+            kms: KmsConfig::default(),
+            key_sweep_every: Duration::from_secs(60),
+            data_dir,
         }
     }
 }
@@ -83,6 +105,8 @@ pub enum StartError {
     Tls(String),
     #[error("bootstrap: {0}")]
     Bootstrap(String),
+    #[error("root key: {0}")]
+    Seal(String),
 }
 
 pub struct RunningServer {
@@ -95,6 +119,7 @@ pub struct RunningServer {
     servers: Vec<JoinHandle<std::io::Result<()>>>,
     audit: AuditTasks,
     maintenance: JoinHandle<()>,
+    key_sweeper: JoinHandle<()>,
     store: Store,
 }
 
@@ -111,6 +136,7 @@ impl RunningServer {
             }
         }
         self.maintenance.abort();
+        self.key_sweeper.abort();
         self.audit.shutdown().await;
         self.store.close().await;
     }
@@ -245,7 +271,25 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     )
     .await?;
 
-    let registry = Arc::new(Registry::core());
+    if let SealConfig::KeyFile(path) = &cfg.seal {
+        if path.starts_with(&cfg.data_dir) {
+            return Err(StartError::Config(format!(
+                "the seal key file {} must not be inside the data directory {}",
+                path.display(),
+                cfg.data_dir.display()
+            )));
+        }
+    }
+    let kms = Kms::load(store.clone(), cfg.seal.clone(), cfg.kms.clone())
+        .await
+        .map_err(StartError::Seal)?;
+    if kms.is_sealed() {
+        tracing::warn!("the server is sealed: unseal it with `nuage admin unseal`");
+    }
+
+    let mut registry = Registry::core();
+    registry.register(crate::routes::keys::ACTIONS);
+    let registry = Arc::new(registry);
     let authz = Arc::new(
         Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
     );
@@ -267,12 +311,14 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         authn: authn.clone(),
         authz: authz.clone(),
         audit: audit.clone(),
+        kms: kms.clone(),
         metrics: metrics.clone(),
         realm,
         max_body_bytes: cfg.max_body_bytes,
     };
     let (tenant_app, _) = crate::routes::tenant(state(Realm::Tenant));
     let (admin_app, _) = crate::routes::admin(state(Realm::Operator));
+    let key_sweeper = tokio::spawn(sweep_keys(kms, audit.clone(), cfg.key_sweep_every));
     drop(audit);
 
     let mut handles = Vec::new();
@@ -327,6 +373,44 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         servers,
         audit: audit_tasks,
         maintenance,
+        key_sweeper,
         store,
     })
+}
+
+/// Destroys keys whose waiting period is over, recording each destruction
+/// in the organization's audit log.
+async fn sweep_keys(kms: Kms, audit: AuditLog, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if kms.is_sealed() {
+            continue;
+        }
+        match kms.destroy_due(now_ms()).await {
+            Ok(done) => {
+                for k in done {
+                    tracing::info!(key = %k.id, "key destroyed at the end of its waiting period");
+                    let record = nuage_core::model::AuditRecord {
+                        time: now_ms(),
+                        request_id: String::new(),
+                        principal: "system".into(),
+                        principal_name: "key destruction schedule".into(),
+                        source: String::new(),
+                        method: String::new(),
+                        path: String::new(),
+                        action: "kms.destroy".into(),
+                        resource: format!("key:{}", k.name),
+                        decision: "allow".into(),
+                        policies: vec!["scheduled-destruction".into()],
+                        status: 200,
+                        details: [("key_id".to_string(), k.id.clone())].into(),
+                    };
+                    if let Err(e) = audit.record(&k.org_id, record).await {
+                        tracing::error!(error = %e, "audit entry of a key destruction not written");
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e.detail, "scheduled key destruction failed"),
+        }
+    }
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use nuage_audit::log::AuditLog;
 use nuage_iam::{Authenticator, Authorizer, Realm};
+use nuage_kms::Kms;
 use nuage_store::Store;
 
 use crate::metrics::Metrics;
@@ -14,6 +15,7 @@ pub struct AppState {
     pub authn: Authenticator,
     pub authz: Arc<Authorizer>,
     pub audit: AuditLog,
+    pub kms: Kms,
     pub metrics: Arc<Metrics>,
     /// Which realm's tokens this listener accepts.
     pub realm: Realm,

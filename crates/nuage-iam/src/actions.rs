@@ -18,6 +18,9 @@ pub enum Level {
     Admin,
     /// Irreversible organization-wide changes: owner only.
     Owner,
+    /// Held only by the narrow roles named in `also`, never by the broad
+    /// ones: separation of duties (who manages keys does not decrypt).
+    Narrow,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +44,14 @@ pub const ROLES: &[(&str, &str)] = &[
     ),
     ("viewer", "Read every resource"),
     ("audit-reader", "Read the audit log and its proofs"),
+    (
+        "key-admin",
+        "Manage keys and key managers; cannot use keys to encrypt or decrypt",
+    ),
+    (
+        "crypto-user",
+        "Use keys to encrypt and decrypt; cannot manage them",
+    ),
 ];
 
 const fn a(name: &'static str, level: Level) -> ActionDef {

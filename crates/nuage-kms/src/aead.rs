@@ -80,7 +80,11 @@ pub fn wrap(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
 }
 
 /// Reverses [`wrap`]; fails if the key, the associated data or any byte differs.
-pub fn unwrap(key: &SecretKey, aad: &[u8], wrapped: &[u8]) -> Result<Zeroizing<Vec<u8>>, OpenError> {
+pub fn unwrap(
+    key: &SecretKey,
+    aad: &[u8],
+    wrapped: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, OpenError> {
     if wrapped.len() < OVERHEAD {
         return Err(OpenError);
     }
@@ -113,7 +117,10 @@ mod tests {
         assert_eq!(w.len(), 5 + OVERHEAD);
         assert_eq!(&unwrap(&k, b"project-a/obj-1", &w).unwrap()[..], b"hello");
         assert_eq!(unwrap(&k, b"project-a/obj-2", &w), Err(OpenError));
-        assert_eq!(unwrap(&SecretKey::generate(), b"project-a/obj-1", &w), Err(OpenError));
+        assert_eq!(
+            unwrap(&SecretKey::generate(), b"project-a/obj-1", &w),
+            Err(OpenError)
+        );
         let mut bad = w.clone();
         bad[40] ^= 1;
         assert_eq!(unwrap(&k, b"project-a/obj-1", &bad), Err(OpenError));

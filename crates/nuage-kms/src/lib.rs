@@ -8,8 +8,14 @@
 //! the service that encrypts, which hold them in zeroizing buffers.
 
 pub mod aead;
+pub mod bench;
+pub mod cache;
 pub mod external;
+pub mod root;
+pub mod service;
 pub mod stream;
 
 #[cfg(feature = "test-support")]
 pub mod testing;
+
+pub use service::{DataKey, KeyUse, Kms, KmsConfig, Purpose};

@@ -215,6 +215,17 @@ impl Store {
         row.map(|r| row_to_manager(&r)).transpose().map_err(db_err)
     }
 
+    pub async fn kms_manager_by_id(&self, id: &str) -> ApiResult<Option<ManagerRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {MANAGER_COLS} FROM kms_managers WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_manager(&r)).transpose().map_err(db_err)
+    }
+
     pub async fn kms_manager_list(
         &self,
         org_id: &str,
@@ -246,14 +257,13 @@ impl Store {
         expected: Option<i64>,
     ) -> ApiResult<()> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        let generation: Option<i64> = sqlx::query_scalar(
-            "SELECT generation FROM kms_managers WHERE org_id = $1 AND id = $2",
-        )
-        .bind(org_id)
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?;
+        let generation: Option<i64> =
+            sqlx::query_scalar("SELECT generation FROM kms_managers WHERE org_id = $1 AND id = $2")
+                .bind(org_id)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
         let generation = generation.ok_or_else(|| ApiError::not_found("key manager", id))?;
         check_generation(expected, generation)?;
         let users: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM kms_keys WHERE manager_id = $1")
@@ -515,11 +525,13 @@ impl Store {
     }
 
     pub async fn kms_data_key_get(&self, id: &str) -> ApiResult<Option<DataKeyRow>> {
-        let row = sqlx::query(&format!("SELECT {DEK_COLS} FROM kms_data_keys WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.read)
-            .await
-            .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {DEK_COLS} FROM kms_data_keys WHERE id = $1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
         row.map(|r| row_to_dek(&r)).transpose().map_err(db_err)
     }
 

@@ -75,6 +75,22 @@ struct ServerArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
+    /// How the platform root key is sealed: `key-file` (a key kept outside
+    /// the data directory) or `passphrase` (argon2id, given at each start).
+    #[arg(long, default_value = "key-file", value_parser = ["key-file", "passphrase"])]
+    seal: String,
+    /// The seal key file [default: <data-dir>.seal.key, beside the data directory].
+    #[arg(long, env = "NUAGE_SEAL_KEY_FILE")]
+    seal_key_file: Option<PathBuf>,
+    /// Read the unseal passphrase from the first line of standard input
+    /// (with --seal passphrase); otherwise the server starts sealed and
+    /// waits for `nuage admin unseal`.
+    #[arg(long)]
+    unseal_from_stdin: bool,
+    /// Seconds unwrapped keys stay cached in memory (bounds how long a key
+    /// revoked on an external key manager stays usable).
+    #[arg(long, default_value_t = 30)]
+    key_cache_seconds: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -131,6 +147,27 @@ async fn serve(a: ServerArgs) -> ExitCode {
     cfg.audit_retention_days = a.audit_retention_days;
     cfg.sqlite_sync_full = a.sqlite_sync == "full";
     cfg.public_name = a.public_name;
+    cfg.kms.cache_ttl = Duration::from_secs(a.key_cache_seconds);
+    if a.seal == "passphrase" {
+        let passphrase = if a.unseal_from_stdin {
+            let mut line = zeroize::Zeroizing::new(String::new());
+            if let Err(e) = std::io::stdin().read_line(&mut line) {
+                eprintln!("nuage server: cannot read the unseal passphrase: {e}");
+                return ExitCode::FAILURE;
+            }
+            Some(zeroize::Zeroizing::new(
+                line.trim_end_matches(['\r', '\n']).to_string(),
+            ))
+        } else {
+            None
+        };
+        cfg.seal = nuage_kms::root::SealConfig::Passphrase(passphrase);
+    } else if a.unseal_from_stdin {
+        eprintln!("nuage server: --unseal-from-stdin goes with --seal passphrase");
+        return ExitCode::FAILURE;
+    } else if let Some(path) = a.seal_key_file {
+        cfg.seal = nuage_kms::root::SealConfig::KeyFile(path);
+    }
     let server = match nuage_api::start(cfg).await {
         Ok(s) => s,
         Err(e) => {

@@ -18,8 +18,14 @@ async fn healthz() -> Json<serde_json::Value> {
     Json(json!({"status": "ok"}))
 }
 
-/// Ready when the metadata store answers.
+/// Ready when unsealed and the metadata store answers.
 async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+    if state.kms.is_sealed() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "not ready", "reason": "sealed"})),
+        );
+    }
     match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Err(e) => (

@@ -7,10 +7,13 @@ pub mod audit;
 pub mod auth;
 pub mod groups;
 pub mod health;
+pub mod key_managers;
+pub mod keys;
 pub mod oidc;
 pub mod orgs;
 pub mod principals;
 pub mod projects;
+pub mod seal;
 pub mod tokens;
 
 use axum::extract::DefaultBodyLimit;
@@ -85,6 +88,19 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
             oidc::set_config,
             oidc::delete_config
         ))
+        .routes(routes!(key_managers::list, key_managers::create))
+        .routes(routes!(key_managers::get, key_managers::delete))
+        .routes(routes!(keys::list, keys::create))
+        .routes(routes!(keys::get, keys::update))
+        .routes(routes!(keys::rotate))
+        .routes(routes!(keys::disable))
+        .routes(routes!(keys::enable))
+        .routes(routes!(keys::schedule_destruction))
+        .routes(routes!(keys::cancel_destruction))
+        .routes(routes!(keys::destroy_now))
+        .routes(routes!(keys::rewrap))
+        .routes(routes!(keys::encrypt))
+        .routes(routes!(keys::decrypt))
 }
 
 fn tenant_authenticated() -> OpenApiRouter<AppState> {
@@ -156,7 +172,10 @@ fn admin_authenticated() -> OpenApiRouter<AppState> {
 }
 
 fn admin_public() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(AdminDoc::openapi()).routes(routes!(admin::login))
+    OpenApiRouter::with_openapi(AdminDoc::openapi())
+        .routes(routes!(admin::login))
+        .routes(routes!(seal::seal_status))
+        .routes(routes!(seal::unseal))
 }
 
 /// The operator OpenAPI document, without starting anything.
@@ -201,6 +220,7 @@ fn finish(router: Router<AppState>, state: AppState) -> Router {
         .fallback(|| async { Failure(ApiError::not_found("route", "this path")) })
         .layer(DefaultBodyLimit::max(state.max_body_bytes))
         .layer(from_fn_with_state(state.clone(), idempotency))
+        .layer(from_fn_with_state(state.clone(), seal::sealed_guard))
         .layer(from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

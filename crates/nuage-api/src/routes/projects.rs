@@ -33,7 +33,7 @@ fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(
     Ok(())
 }
 
-fn check_description(d: &str) -> Result<(), ApiError> {
+pub(crate) fn check_description(d: &str) -> Result<(), ApiError> {
     if d.len() > 1024 {
         return Err(ApiError::bad_request(
             "invalid_description",

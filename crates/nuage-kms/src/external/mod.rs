@@ -23,3 +23,30 @@ pub enum ExternalError {
     #[error("key manager error: {0}")]
     Protocol(String),
 }
+
+/// A connected client of either kind.
+#[derive(Clone)]
+pub enum ExternalClient {
+    Kmip(kmip::KmipClient),
+    Transit(transit::TransitClient),
+}
+
+impl ExternalClient {
+    pub async fn encrypt(&self, key: &str, plaintext: &[u8]) -> Result<Vec<u8>, ExternalError> {
+        match self {
+            ExternalClient::Kmip(c) => c.encrypt(key, plaintext).await,
+            ExternalClient::Transit(c) => c.encrypt(key, plaintext).await,
+        }
+    }
+
+    pub async fn decrypt(
+        &self,
+        key: &str,
+        blob: &[u8],
+    ) -> Result<zeroize::Zeroizing<Vec<u8>>, ExternalError> {
+        match self {
+            ExternalClient::Kmip(c) => c.decrypt(key, blob).await,
+            ExternalClient::Transit(c) => c.decrypt(key, blob).await,
+        }
+    }
+}
