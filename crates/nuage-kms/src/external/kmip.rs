@@ -1,1 +1,0 @@
-//! KMIP client (to be written).
