@@ -6,7 +6,9 @@ use axum::{Json, Router};
 use http::StatusCode;
 use serde_json::json;
 
+use crate::problem::Failure;
 use crate::state::AppState;
+use nuage_core::ApiError;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -19,18 +21,19 @@ async fn healthz() -> Json<serde_json::Value> {
 }
 
 /// Ready when unsealed and the metadata store answers.
-async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<serde_json::Value>) {
+async fn readyz(
+    State(state): State<AppState>,
+) -> Result<(StatusCode, Json<serde_json::Value>), Failure> {
     if state.kms.is_sealed() {
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"status": "not ready", "reason": "sealed"})),
-        );
+        return Err(Failure(
+            ApiError::unavailable("the server is sealed").with_code("sealed"),
+        ));
     }
-    match state.store.ping().await {
+    Ok(match state.store.ping().await {
         Ok(()) => (StatusCode::OK, Json(json!({"status": "ready"}))),
         Err(e) => (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "not ready", "reason": e.detail})),
         ),
-    }
+    })
 }

@@ -37,6 +37,15 @@ enum AdminCmd {
     Mfa(MfaCmd),
     /// Change your operator password.
     Password(PasswordArgs),
+    /// Show whether the server is sealed (no login needed).
+    SealStatus,
+    /// Unseal a server started with --seal passphrase (no login needed: the
+    /// passphrase is asked on the terminal, or read from stdin).
+    Unseal {
+        /// Read the passphrase from the first line of stdin.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -117,7 +126,40 @@ pub async fn run(ctx: &mut Ctx, args: AdminArgs) -> Result<u8> {
         AdminCmd::Token(cmd) => tokens(ctx, cmd).await,
         AdminCmd::Mfa(cmd) => super::auth::mfa(ctx, Realm::Admin, cmd).await,
         AdminCmd::Password(a) => super::auth::password(ctx, Realm::Admin, a).await,
+        AdminCmd::SealStatus => seal(ctx, None).await,
+        AdminCmd::Unseal { passphrase_stdin } => {
+            let p = crate::secret::obtain(passphrase_stdin, "Unseal passphrase", false)?;
+            seal(ctx, Some(p)).await
+        }
     }
+}
+
+async fn seal(ctx: &mut Ctx, passphrase: Option<String>) -> Result<u8> {
+    let api = crate::client::Api::new(
+        &ctx.url_or_default(Realm::Admin),
+        None,
+        ctx.config.ca_cert.as_deref(),
+        true,
+    )?;
+    let answer = match passphrase {
+        None => {
+            api.get(&["admin", "v1", "seal-status"], &Query::new())
+                .await?
+        }
+        Some(p) => {
+            api.post(
+                &["admin", "v1", "unseal"],
+                &nuage_core::model::kms::UnsealRequest { passphrase: p },
+            )
+            .await?
+        }
+    };
+    output::show(
+        ctx.json,
+        &answer,
+        &[("sealed", "sealed"), ("method", "method")],
+    );
+    Ok(exit::OK)
 }
 
 async fn orgs(ctx: &mut Ctx, cmd: AdminOrgCmd) -> Result<u8> {

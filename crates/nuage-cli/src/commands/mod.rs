@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod group;
+pub mod key;
 pub mod org;
 pub mod policy;
 pub mod principal;
@@ -50,6 +51,10 @@ pub enum Command {
     Mfa(auth::MfaArgs),
     /// Change your password.
     Password(auth::PasswordArgs),
+    /// Manage project keys: create, rotate, disable, destroy; encrypt and decrypt.
+    Key(key::KeyArgs),
+    /// Register external key managers (KMIP, OpenBao/Vault Transit) that hold keys outside nuage.
+    KeyManager(key::KeyManagerArgs),
     /// Read, export and verify the tamper-evident audit log.
     Audit(audit::AuditArgs),
     /// Operate the platform through the operator API (organizations, operators).
@@ -101,6 +106,8 @@ pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
         Command::Policy(a) => policy::run(ctx, a).await,
         Command::Mfa(a) => auth::mfa(ctx, crate::context::Realm::Tenant, a.cmd).await,
         Command::Password(a) => auth::password(ctx, crate::context::Realm::Tenant, a).await,
+        Command::Key(a) => key::run(ctx, a).await,
+        Command::KeyManager(a) => key::run_managers(ctx, a).await,
         Command::Audit(a) => audit::run(ctx, a).await,
         Command::Admin(a) => admin::run(ctx, a).await,
     }

@@ -61,7 +61,17 @@ async fn every_org_route_answers_404_to_another_tenant() {
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
 
+    mk("/v1/orgs/alpha/projects/web/keys", json!({"name": "k1"})).await;
+    mk(
+        "/v1/orgs/alpha/key-managers",
+        json!({"name": "vault", "kind": "transit", "transit": {"address": "http://127.0.0.1:1"},
+               "transit_token": "t"}),
+    )
+    .await;
+
     let params: HashMap<&str, String> = HashMap::from([
+        ("key", "k1".to_string()),
+        ("manager", "vault".to_string()),
         ("org", "alpha".to_string()),
         ("project", "web".to_string()),
         ("user", "ursula".to_string()),

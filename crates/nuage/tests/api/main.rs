@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod flow;
 mod isolation;
+mod kms;
 mod oidc;
 mod openapi;
 mod process;

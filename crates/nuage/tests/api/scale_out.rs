@@ -18,6 +18,8 @@ async fn two_servers_share_one_postgresql() {
         // servers of one installation share the checkpoint signing key
         std::fs::create_dir_all(&c.data_dir).unwrap();
         std::fs::write(c.data_dir.join("audit-signing.key"), &key).unwrap();
+        // and the key that unseals the shared root key
+        c.seal = nuage_kms::root::SealConfig::KeyFile(first.dir.path().join("data.seal.key"));
     })
     .await;
     assert!(!first.bootstrap.is_empty());
