@@ -30,3 +30,65 @@ pub fn venv_tool(name: &str) -> Option<PathBuf> {
         }
     }
 }
+
+/// An organization (with its owner) and a project in `store`, for tests
+/// that use the key service without the API: `(org_id, project_id)`.
+pub async fn org_and_project(store: &nuage_store::Store, name: &str) -> (String, String) {
+    use nuage_core::id::{new_id, Kind};
+    use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, RoleBinding};
+    let now = nuage_core::time::now_ms();
+    let org = Org {
+        id: new_id(Kind::Org),
+        name: name.to_string(),
+        display_name: name.to_string(),
+        mfa_required_roles: Vec::new(),
+        max_projects: 10,
+        generation: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let owner = Principal {
+        id: new_id(Kind::User),
+        org_id: org.id.clone(),
+        kind: PrincipalKind::User,
+        name: "owner".into(),
+        display_name: String::new(),
+        email: String::new(),
+        description: String::new(),
+        mfa_enabled: false,
+        has_password: false,
+        locked_until: None,
+        generation: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    let binding = RoleBinding {
+        id: new_id(Kind::RoleBinding),
+        org_id: org.id.clone(),
+        project_id: None,
+        subject: PrincipalRef {
+            id: owner.id.clone(),
+            kind: "user".into(),
+            name: "owner".into(),
+        },
+        role: "owner".into(),
+        created_at: now,
+    };
+    if let Err(e) = store.org_create(&org, &owner, None, &binding, None).await {
+        panic!("test organization: {e:?}");
+    }
+    let project = Project {
+        id: new_id(Kind::Project),
+        org_id: org.id.clone(),
+        name: "web".into(),
+        description: String::new(),
+        labels: Default::default(),
+        generation: 1,
+        created_at: now,
+        updated_at: now,
+    };
+    if let Err(e) = store.project_create(&project, 10).await {
+        panic!("test project: {e:?}");
+    }
+    (org.id, project.id)
+}
