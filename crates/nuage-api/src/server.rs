@@ -22,6 +22,23 @@ use tokio::task::JoinHandle;
 use crate::metrics::Metrics;
 use crate::state::AppState;
 
+/// The key service seals the IAM's second-factor seeds.
+struct KmsSecrets(Kms);
+
+impl nuage_iam::authn::SecretBox for KmsSecrets {
+    fn seal_text(&self, purpose: &str, plaintext: &str) -> nuage_core::ApiResult<String> {
+        self.0.seal_text(purpose, plaintext)
+    }
+
+    fn open_text(
+        &self,
+        purpose: &str,
+        stored: &str,
+    ) -> nuage_core::ApiResult<zeroize::Zeroizing<String>> {
+        self.0.open_text(purpose, stored)
+    }
+}
+
 /// Audit entries are kept at least this long, whatever the configuration.
 pub const MIN_RETENTION_DAYS: u32 = 183;
 
@@ -293,7 +310,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let authz = Arc::new(
         Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
     );
-    let authn = Authenticator::new(store.clone(), cfg.login.clone());
+    let authn = Authenticator::new(store.clone(), cfg.login.clone())
+        .with_secrets(Arc::new(KmsSecrets(kms.clone())));
     let (audit, audit_tasks) = AuditLog::start(
         store.clone(),
         audit_signer(&cfg)?,

@@ -104,6 +104,18 @@ impl Default for LoginPolicy {
     }
 }
 
+/// Seals and opens small platform secrets (second-factor seeds); the key
+/// service implements it, so this crate needs no key material of its own.
+pub trait SecretBox: Send + Sync {
+    fn seal_text(&self, purpose: &str, plaintext: &str) -> ApiResult<String>;
+    fn open_text(&self, purpose: &str, stored: &str) -> ApiResult<zeroize::Zeroizing<String>>;
+}
+
+/// What a principal's TOTP seed is sealed for.
+pub fn totp_purpose(principal_id: &str) -> String {
+    format!("totp:{principal_id}")
+}
+
 /// How often a token's `last_used_at` is written: reads stay reads.
 const TOUCH_EVERY_MS: i64 = 60_000;
 
@@ -116,6 +128,7 @@ pub struct Authenticator {
     policy: LoginPolicy,
     decoy: String,
     cache: Arc<Cache<String, TokenAuth>>,
+    secrets: Option<Arc<dyn SecretBox>>,
 }
 
 fn bad_credentials() -> ApiError {
@@ -129,6 +142,20 @@ impl Authenticator {
             policy,
             decoy: password::decoy_hash(),
             cache: Arc::new(Cache::new()),
+            secrets: None,
+        }
+    }
+
+    /// Opens second-factor seeds sealed by the key service.
+    pub fn with_secrets(mut self, secrets: Arc<dyn SecretBox>) -> Self {
+        self.secrets = Some(secrets);
+        self
+    }
+
+    fn totp_seed(&self, principal_id: &str, stored: &str) -> ApiResult<zeroize::Zeroizing<String>> {
+        match &self.secrets {
+            Some(s) => s.open_text(&totp_purpose(principal_id), stored),
+            None => Ok(zeroize::Zeroizing::new(stored.to_string())),
         }
     }
 
@@ -244,7 +271,11 @@ impl Authenticator {
             .await
             .map_err(|_| ApiError::internal("password check failed"))?;
         let second = match (&creds.totp_secret, totp_code) {
-            (Some(secret), Some(code)) => totp::check(secret, code, (now / 1000) as u64)?,
+            (Some(secret), Some(code)) => totp::check(
+                &self.totp_seed(&creds.principal.id, secret)?,
+                code,
+                (now / 1000) as u64,
+            )?,
             (Some(_), None) => false,
             (None, _) => true,
         };

@@ -142,6 +142,7 @@ pub struct Kms(Arc<Inner>);
 
 const ENVELOPE_MAGIC: &[u8; 4] = b"NKE1";
 const SEALED_MAGIC: &[u8; 4] = b"NKS1";
+const SEALED_TEXT: &str = "sealed:v1:";
 /// Largest plaintext the encrypt endpoint and `seal` take.
 pub const MAX_PLAINTEXT: usize = 64 * 1024;
 
@@ -344,6 +345,28 @@ impl Kms {
             .map_err(|_| ApiError::internal("a sealed platform secret is not base64"))?;
         aead::unwrap(&u.platform, purpose.as_bytes(), &raw)
             .map_err(|_| ApiError::internal(format!("the platform secret {purpose} does not open")))
+    }
+
+    /// [`Kms::seal_platform`] for text settings: `sealed:v1:<base64>`.
+    pub fn seal_text(&self, purpose: &str, plaintext: &str) -> ApiResult<String> {
+        Ok(format!(
+            "{SEALED_TEXT}{}",
+            self.seal_platform(purpose, plaintext.as_bytes())?
+        ))
+    }
+
+    /// Opens what [`Kms::seal_text`] made; values stored before sealing
+    /// existed (no prefix) are returned as they are.
+    pub fn open_text(&self, purpose: &str, stored: &str) -> ApiResult<Zeroizing<String>> {
+        match stored.strip_prefix(SEALED_TEXT) {
+            Some(sealed) => {
+                let raw = self.open_platform(purpose, sealed)?;
+                String::from_utf8(raw.to_vec())
+                    .map(Zeroizing::new)
+                    .map_err(|_| ApiError::internal("a sealed text setting is not UTF-8"))
+            }
+            None => Ok(Zeroizing::new(stored.to_string())),
+        }
     }
 
     // ---- key managers ---------------------------------------------------------

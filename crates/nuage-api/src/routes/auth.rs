@@ -155,9 +155,13 @@ pub(crate) async fn do_enroll(ctx: &Ctx) -> Result<Response, ApiError> {
         ));
     }
     let secret = totp::new_secret();
+    let purpose = nuage_iam::authn::totp_purpose(&ctx.subject.principal.id);
     ctx.state
         .store
-        .principal_set_totp_pending(&ctx.subject.principal.id, &secret)
+        .principal_set_totp_pending(
+            &ctx.subject.principal.id,
+            &ctx.state.kms.seal_text(&purpose, &secret)?,
+        )
         .await?;
     let url = totp::otpauth_url(&secret, "nuage", &ctx.subject.principal.name);
     Ok(sensitive(
@@ -191,6 +195,10 @@ pub(crate) async fn do_confirm(ctx: &Ctx, code: &str) -> Result<StatusCode, ApiE
             "start an enrolment first (POST …/me/mfa)",
         ));
     };
+    let pending = ctx
+        .state
+        .kms
+        .open_text(&nuage_iam::authn::totp_purpose(&p.id), &pending)?;
     if !totp::check(&pending, code, (now_ms() / 1000) as u64)? {
         return Err(ApiError::bad_request(
             "invalid_code",

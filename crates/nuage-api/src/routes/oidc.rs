@@ -62,7 +62,10 @@ pub async fn set_config(
     }
     let existing = ctx.state.store.oidc_get(&org.id).await?;
     let secret = match (&b.client_secret, &existing) {
-        (Some(s), _) if !s.is_empty() => s.clone(),
+        (Some(s), _) if !s.is_empty() => ctx
+            .state
+            .kms
+            .seal_text(&client_secret_purpose(&org.id), s)?,
         (_, Some((_, s))) => s.clone(),
         _ => {
             return Err(ApiError::bad_request(
@@ -138,6 +141,9 @@ pub async fn start(
         .oidc_get(&org.id)
         .await?
         .ok_or_else(no_provider)?;
+    let secret = state
+        .kms
+        .open_text(&client_secret_purpose(&org.id), &secret)?;
     let (url, pending) = oidc::start(&org.id, &cfg, &secret, &b.redirect_uri, now_ms()).await?;
     state.store.oidc_login_put(&pending).await?;
     let _ = state
@@ -174,6 +180,9 @@ pub async fn finish(
         .oidc_get(&pending.org_id)
         .await?
         .ok_or_else(unknown)?;
+    let secret = state
+        .kms
+        .open_text(&client_secret_purpose(&pending.org_id), &secret)?;
     let identity = match oidc::finish(&cfg, &secret, &pending, &b.code).await {
         Ok(i) => i,
         Err(e) => {
@@ -241,4 +250,9 @@ pub async fn finish(
     );
     slot.update(|a| a.policies = vec!["oidc".to_string()]);
     Ok(sensitive(StatusCode::OK, Session { principal, token }))
+}
+
+/// What an organization's OIDC client secret is sealed for.
+fn client_secret_purpose(org_id: &str) -> String {
+    format!("oidc-client-secret:{org_id}")
 }

@@ -238,3 +238,162 @@ async fn a_new_user_drives_the_cloud_from_the_cli() {
     assert_eq!(o.code, 4);
     s.shutdown().await;
 }
+
+#[tokio::test]
+async fn keys_from_the_cli() {
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let r = s
+        .t(
+            http::Method::POST,
+            "/v1/orgs/acme/projects",
+            &owner,
+            Some(serde_json::json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let run = |args: Vec<&str>, stdin: Option<&'static str>| {
+        let cfg = cfg.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nuage(&cfg, &refs, stdin).await
+        }
+    };
+    let o = run(
+        vec![
+            "login",
+            "--url",
+            &s.tenant,
+            "--org",
+            "acme",
+            "--user",
+            "owner",
+            "--password-stdin",
+        ],
+        Some("correct horse battery\n"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let o = run(vec!["key", "create", "billing"], None).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("--project"), "{}", o.stderr);
+    let o = run(
+        vec![
+            "key",
+            "create",
+            "billing",
+            "-p",
+            "web",
+            "--allow",
+            "tenant_request",
+            "--allow",
+            "rewrap",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        vec!["key", "create", "x", "-p", "web", "--allow", "whim"],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 2, "clap rejects an unknown purpose: {}", o.stderr);
+    assert!(o.stderr.contains("tenant_request"), "{}", o.stderr);
+    // the owner manages keys but does not use them
+    let o = run(vec!["key", "encrypt", "billing", "-p", "web"], Some("hi")).await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("forbidden"), "{}", o.stderr);
+    let o = run(
+        vec![
+            "role",
+            "grant",
+            "user:owner",
+            "crypto-user",
+            "--project",
+            "web",
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(
+        vec!["key", "encrypt", "billing", "-p", "web", "--aad", "ctx"],
+        Some("the tenant's secret"),
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let envelope = o.stdout.trim().to_string();
+    assert!(!envelope.contains("secret"));
+    let file = dir.path().join("envelope");
+    std::fs::write(&file, &envelope).unwrap();
+    let o = run(
+        vec![
+            "key",
+            "decrypt",
+            "billing",
+            "-p",
+            "web",
+            "--aad",
+            "ctx",
+            "--input",
+            file.to_str().unwrap(),
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "the tenant's secret"),
+        "{}",
+        o.stderr
+    );
+
+    let o = run(
+        vec!["key", "rotate", "billing", "-p", "web", "--rewrap"],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stderr.contains("re-wrapping data keys"), "{}", o.stderr);
+    assert!(
+        o.stdout.contains("primary version") && o.stdout.contains('2'),
+        "{}",
+        o.stdout
+    );
+    let o = run(vec!["key", "list", "-p", "web", "--json"], None).await;
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["items"][0]["primary_version"], 2);
+    let o = run(vec!["key", "list", "-p", "web"], None).await;
+    assert!(
+        o.stdout.contains("billing") && o.stdout.contains("enabled"),
+        "{}",
+        o.stdout
+    );
+
+    let o = run(
+        vec!["key", "destroy", "billing", "-p", "web", "--days", "3"],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("destroy_scheduled"), "{}", o.stdout);
+    let o = run(
+        vec!["key", "destroy", "billing", "-p", "web", "--now"],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert!(o.stderr.contains("--confirm"), "{}", o.stderr);
+    let o = run(
+        vec!["key", "cancel-destruction", "billing", "-p", "web"],
+        None,
+    )
+    .await;
+    assert!(o.stdout.contains("disabled"), "{}", o.stdout);
+    s.shutdown().await;
+}

@@ -539,3 +539,121 @@ async fn the_seal_key_file_must_live_outside_the_data_directory() {
     let err = nuage_api::start(cfg).await.err().unwrap().to_string();
     assert!(err.contains("does not open"), "{err}");
 }
+
+/// Hold your own key through the API: the organization registers its KMIP
+/// server, binds a project key to a key on it, and revoking that key there
+/// makes the project's data unreadable, with a clear error.
+#[tokio::test]
+async fn an_organization_holds_its_key_on_its_own_kmip_server() {
+    let Some(mut hsm) = nuage_kms::testing::kmip_server::KmipServer::start() else {
+        eprintln!("PyKMIP not installed; skipped (scripts/test installs it)");
+        return;
+    };
+    let s = Srv::start().await;
+    let owner = setup(&s).await;
+    let app = s.user("acme", &owner, "app", Some("crypto-user")).await;
+    let cfg = hsm.config();
+    let client = nuage_kms::external::kmip::KmipClient::new(cfg.clone()).unwrap();
+    let uid = client.create_aes256_key(Some("acme-kek")).await.unwrap();
+    client.activate(&uid).await.unwrap();
+
+    let manager = json!({
+        "name": "hsm", "kind": "kmip",
+        "kmip": {"host": cfg.host, "port": cfg.port, "ca_pem": cfg.ca_pem,
+                 "client_cert_pem": cfg.client_cert_pem},
+        "kmip_client_key_pem": cfg.client_key_pem,
+    });
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/key-managers",
+            &app,
+            Some(manager.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 403, "crypto users do not manage key managers");
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/key-managers",
+            &owner,
+            Some(manager),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert!(
+        !r.text.contains("PRIVATE KEY"),
+        "the client key is write-only"
+    );
+    let r = s
+        .t(
+            Method::POST,
+            KEYS,
+            &owner,
+            Some(json!({"name": "byok", "external": {"manager": "hsm", "key_id": "404"}})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "external_key_unusable"),
+        "{}",
+        r.text
+    );
+    let r = s
+        .t(
+            Method::POST,
+            KEYS,
+            &owner,
+            Some(json!({"name": "byok", "external": {"manager": "hsm", "key_id": uid}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["manager"], "hsm");
+    assert_eq!(r.body["versions"][0]["external_key_id"], json!(uid));
+    let r = s
+        .t(
+            Method::DELETE,
+            "/v1/orgs/acme/key-managers/hsm",
+            &owner,
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (409, "manager_in_use"));
+
+    let r = encrypt(&s, &app, "byok", b"patient record 1234").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let ct = r.body["ciphertext"].clone();
+    let r = decrypt(&s, &app, "byok", &ct).await;
+    assert_eq!(
+        B64.decode(r.body["plaintext"].as_str().unwrap()).unwrap(),
+        b"patient record 1234"
+    );
+    // the key manager is down: a 503 naming it; back up: it works again
+    hsm.stop();
+    let r = decrypt(&s, &app, "byok", &ct).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (503, "key_manager_unavailable"),
+        "{}",
+        r.text
+    );
+    assert!(r.body["detail"].as_str().unwrap().contains("\"hsm\""));
+    hsm.restart();
+    let r = decrypt(&s, &app, "byok", &ct).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // the organization revokes its key on its own server: data unreadable
+    client.revoke(&uid).await.unwrap();
+    let r = decrypt(&s, &app, "byok", &ct).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "external_key_unusable"),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.body["detail"].as_str().unwrap().contains(&uid),
+        "{}",
+        r.text
+    );
+    s.shutdown().await;
+}

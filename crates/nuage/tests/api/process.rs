@@ -299,6 +299,18 @@ async fn secrets_never_reach_logs_audit_or_disk_in_clear() {
     let api_token = body["secret"].as_str().unwrap().to_string();
     let (_, totp) = post(&c, format!("{}/v1/me/mfa", p.tenant), &session, json!({})).await;
     let totp_secret = totp["secret"].as_str().unwrap().to_string();
+    let oidc_secret = "oidc-client-secret-5-abcdef";
+    let r = c
+        .put(format!("{}/v1/orgs/acme/oidc", p.tenant))
+        .bearer_auth(&session)
+        .json(
+            &json!({"issuer": "https://idp.example", "client_id": "nuage",
+                      "client_secret": oidc_secret}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     // the token used for a request, a bad token and a password in a body that fails validation
     let _ = c
         .get(format!("{}/v1/me", p.tenant))
@@ -346,6 +358,7 @@ async fn secrets_never_reach_logs_audit_or_disk_in_clear() {
         &session,
         &api_token,
         &totp_secret,
+        oidc_secret,
         &bootstrap,
     ];
     for secret in secrets {
@@ -365,9 +378,12 @@ async fn secrets_never_reach_logs_audit_or_disk_in_clear() {
             "a secret is in the logs"
         );
     }
-    // Passwords and tokens are stored only as hashes. (The TOTP seed and the
-    // files holding the platform's own keys are sealed by the key service,
-    // issue #3, and are not checked here.)
+    // Passwords and tokens are stored only as hashes; the TOTP seed and the
+    // OIDC client secret are sealed by the key service (whose unseal key
+    // file sits outside the data directory).
+    assert!(!files_under(&data)
+        .iter()
+        .any(|f| f.to_string_lossy().ends_with("seal.key")));
     for f in files_under(&data) {
         let name = f.file_name().unwrap().to_string_lossy().to_string();
         if name == "bootstrap-token" || name == "audit-signing.key" {
@@ -381,6 +397,8 @@ async fn secrets_never_reach_logs_audit_or_disk_in_clear() {
             session.as_str(),
             api_token.as_str(),
             bootstrap.as_str(),
+            totp_secret.as_str(),
+            oidc_secret,
         ] {
             assert!(
                 !contains_bytes(&bytes, secret.as_bytes()),
