@@ -71,6 +71,42 @@ async fn two_servers_share_one_postgresql() {
     .unwrap();
     assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(report.entries_checked >= 41);
+
+    // one root key for the installation: a key made through one server
+    // decrypts through the other
+    let app = first.user("acme", &tok, "app", Some("crypto-user")).await;
+    let r = first
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/s0-0/keys",
+            &tok,
+            Some(json!({"name": "shared"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = first
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/s0-0/keys/shared/encrypt",
+            &app,
+            Some(json!({"plaintext": "c2NhbGUtb3V0"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = second
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/s0-0/keys/shared/decrypt",
+            &app,
+            Some(json!({"ciphertext": r.body["ciphertext"]})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.body["plaintext"].as_str()),
+        (200, Some("c2NhbGUtb3V0")),
+        "{}",
+        r.text
+    );
     second.shutdown().await;
     first.shutdown().await;
 }
