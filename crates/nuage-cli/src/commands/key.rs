@@ -243,7 +243,7 @@ async fn rewrap_all(api: &Api, path: &[&str], json_out: bool) -> Result<Value> {
         total += done;
         if !json_out {
             let all = total + left;
-            let pct = if all == 0 { 100 } else { total * 100 / all };
+            let pct = (total * 100).checked_div(all).unwrap_or(100);
             eprint!("\rre-wrapping data keys: {total}/{all} ({pct} %)");
             if left == 0 || done == 0 {
                 eprintln!();
