@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 
 use crate::aead::{self, SecretKey};
 
-const ROOT_AAD: &[u8] = b"nuage root key v1";
+pub(crate) const ROOT_AAD: &[u8] = b"nuage root key v1";
 
 /// How this server unseals the root key.
 #[derive(Debug, Clone)]
@@ -24,6 +24,12 @@ pub enum SealConfig {
     KeyFile(PathBuf),
     /// A passphrase, given now or later through the unseal call.
     Passphrase(Option<Zeroizing<String>>),
+    /// A key on an external KMIP server (an HSM): the root key is sealed by
+    /// its Encrypt and opened by its Decrypt, so it never opens without it.
+    Kmip {
+        config: crate::external::kmip::KmipConfig,
+        key_id: String,
+    },
 }
 
 impl SealConfig {
@@ -31,6 +37,7 @@ impl SealConfig {
         match self {
             SealConfig::KeyFile(_) => "key_file",
             SealConfig::Passphrase(_) => "passphrase",
+            SealConfig::Kmip { .. } => "kmip",
         }
     }
 }
@@ -45,6 +52,9 @@ pub struct SealParams {
     pub m_cost_kib: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub t_cost: Option<u32>,
+    /// The KMIP key that seals the root, for the kmip method.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kmip_key_id: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -136,9 +146,10 @@ pub fn seal_new(cfg: &SealConfig) -> Result<Option<(SecretKey, SealParams, Strin
                 salt: None,
                 m_cost_kib: None,
                 t_cost: None,
+                kmip_key_id: None,
             },
         ),
-        SealConfig::Passphrase(None) => return Ok(None),
+        SealConfig::Passphrase(None) | SealConfig::Kmip { .. } => return Ok(None),
         SealConfig::Passphrase(Some(p)) => {
             if p.chars().count() < MIN_PASSPHRASE {
                 return Err(SealError::Config(format!(
@@ -151,6 +162,7 @@ pub fn seal_new(cfg: &SealConfig) -> Result<Option<(SecretKey, SealParams, Strin
                 salt: Some(B64.encode(salt)),
                 m_cost_kib: Some(64 * 1024),
                 t_cost: Some(3),
+                kmip_key_id: None,
             };
             (derive_from_passphrase(p, &params)?, params)
         }
@@ -176,7 +188,7 @@ pub fn unseal(
     }
     let unseal = match cfg {
         SealConfig::KeyFile(path) => key_file(path, false)?,
-        SealConfig::Passphrase(None) => return Ok(None),
+        SealConfig::Passphrase(None) | SealConfig::Kmip { .. } => return Ok(None),
         SealConfig::Passphrase(Some(p)) => derive_from_passphrase(p, params)?,
     };
     open_sealed(&unseal, sealed).map(Some)

@@ -43,6 +43,9 @@ pub struct KmsConfig {
     pub cache_capacity: usize,
     /// Bound on each call to an external key manager.
     pub external_timeout: Duration,
+    /// How often a server whose root key is sealed by an unreachable KMIP
+    /// server tries again.
+    pub unseal_retry: Duration,
 }
 
 impl Default for KmsConfig {
@@ -51,6 +54,7 @@ impl Default for KmsConfig {
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 100_000,
             external_timeout: Duration::from_secs(5),
+            unseal_retry: Duration::from_secs(5),
         }
     }
 }
@@ -140,6 +144,12 @@ struct Unsealed {
 #[derive(Clone)]
 pub struct Kms(Arc<Inner>);
 
+/// Why a KMIP-sealed root did not open: for good, or for now.
+enum KmipUnseal {
+    Wrong(String),
+    Later(String),
+}
+
 const ENVELOPE_MAGIC: &[u8; 4] = b"NKE1";
 const SEALED_MAGIC: &[u8; 4] = b"NKS1";
 const SEALED_TEXT: &str = "sealed:v1:";
@@ -210,6 +220,10 @@ impl Kms {
             root: RwLock::new(None),
         }));
         let row = kms.0.store.kms_root_get().await.map_err(|e| e.detail)?;
+        if let SealConfig::Kmip { .. } = &kms.0.seal {
+            kms.load_kmip(row).await?;
+            return Ok(kms);
+        }
         let root = match row {
             Some(row) => {
                 let params: SealParams = serde_json::from_str(&row.params)
@@ -229,6 +243,109 @@ impl Kms {
             kms.set_root(root);
         }
         Ok(kms)
+    }
+
+    /// The KMIP method: seal a new root with the HSM's key, or open the
+    /// stored one; when the HSM does not answer, stay sealed and retry.
+    async fn load_kmip(&self, row: Option<RootRow>) -> Result<(), String> {
+        let SealConfig::Kmip { config, key_id } = &self.0.seal else {
+            return Ok(());
+        };
+        let client = kmip::KmipClient::new(config.clone()).map_err(|e| e.to_string())?;
+        let row = match row {
+            Some(row) => row,
+            None => {
+                let root = SecretKey::generate();
+                let mut pt = Zeroizing::new(Vec::with_capacity(64));
+                pt.extend_from_slice(root.expose());
+                pt.extend_from_slice(&Sha256::digest(root::ROOT_AAD));
+                let sealed = client.encrypt(key_id, &pt).await.map_err(|e| {
+                    format!("cannot seal the new root key with KMIP key {key_id:?}: {e}")
+                })?;
+                let params = SealParams {
+                    salt: None,
+                    m_cost_kib: None,
+                    t_cost: None,
+                    kmip_key_id: Some(key_id.clone()),
+                };
+                let row = RootRow {
+                    method: "kmip".into(),
+                    params: serde_json::to_string(&params).map_err(|e| e.to_string())?,
+                    sealed_root: B64.encode(sealed),
+                    created_at: now_ms(),
+                };
+                self.0
+                    .store
+                    .kms_root_init(&row)
+                    .await
+                    .map_err(|e| e.detail)?
+            }
+        };
+        if row.method != "kmip" {
+            return Err(format!(
+                "the root key of this installation is sealed with method {:?}, but the server                  was started with \"kmip\" (see --seal)",
+                row.method
+            ));
+        }
+        let params: SealParams = serde_json::from_str(&row.params)
+            .map_err(|e| format!("stored seal parameters: {e}"))?;
+        if params.kmip_key_id.as_deref() != Some(key_id.as_str()) {
+            return Err(format!(
+                "the root key is sealed by KMIP key {:?}, not {key_id:?}",
+                params.kmip_key_id.unwrap_or_default()
+            ));
+        }
+        match self.open_with_kmip(&client, key_id, &row.sealed_root).await {
+            Ok(root) => {
+                self.set_root(root);
+                Ok(())
+            }
+            Err(KmipUnseal::Wrong(e)) => Err(e),
+            Err(KmipUnseal::Later(e)) => {
+                tracing::warn!(error = %e, "the root key's KMIP server does not answer; sealed until it does");
+                let kms = self.clone();
+                let (client, key_id, sealed) = (client, key_id.clone(), row.sealed_root);
+                tokio::spawn(async move {
+                    while kms.is_sealed() {
+                        tokio::time::sleep(kms.0.cfg.unseal_retry).await;
+                        match kms.open_with_kmip(&client, &key_id, &sealed).await {
+                            Ok(root) => {
+                                kms.set_root(root);
+                                tracing::info!(
+                                    "unsealed: the root key's KMIP server answers again"
+                                );
+                            }
+                            Err(KmipUnseal::Later(e) | KmipUnseal::Wrong(e)) => {
+                                tracing::warn!(error = %e, "still sealed")
+                            }
+                        }
+                    }
+                });
+                Ok(())
+            }
+        }
+    }
+
+    async fn open_with_kmip(
+        &self,
+        client: &kmip::KmipClient,
+        key_id: &str,
+        sealed: &str,
+    ) -> Result<SecretKey, KmipUnseal> {
+        let raw = B64
+            .decode(sealed)
+            .map_err(|_| KmipUnseal::Wrong("the stored sealed root key is not base64".into()))?;
+        let pt = client.decrypt(key_id, &raw).await.map_err(|e| match e {
+            ExternalError::Unreachable(m) => KmipUnseal::Later(m),
+            other => KmipUnseal::Later(format!("KMIP key {key_id:?}: {other}")),
+        })?;
+        if pt.len() != 64 || !bool::from(pt[32..].ct_eq(&Sha256::digest(root::ROOT_AAD))) {
+            return Err(KmipUnseal::Wrong(format!(
+                "KMIP key {key_id:?} does not open this installation's root key"
+            )));
+        }
+        SecretKey::from_slice(&pt[..32])
+            .ok_or_else(|| KmipUnseal::Wrong("the root key has the wrong length".into()))
     }
 
     async fn install_new_root(

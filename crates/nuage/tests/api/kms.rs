@@ -657,3 +657,87 @@ async fn an_organization_holds_its_key_on_its_own_kmip_server() {
     );
     s.shutdown().await;
 }
+
+/// The root key sealed by an HSM over KMIP: the server cannot open it
+/// without the HSM, waits sealed while the HSM is away, and unseals itself
+/// when it returns.
+#[tokio::test]
+async fn a_root_key_sealed_by_a_kmip_server_waits_for_it() {
+    use nuage_kms::root::SealConfig;
+    let Some(mut hsm) = nuage_kms::testing::kmip_server::KmipServer::start() else {
+        eprintln!("PyKMIP not installed; skipped (scripts/test installs it)");
+        return;
+    };
+    let client = nuage_kms::external::kmip::KmipClient::new(hsm.config()).unwrap();
+    let uid = client.create_aes256_key(Some("root-seal")).await.unwrap();
+    client.activate(&uid).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = hsm.config();
+    let start = |key_id: String| {
+        let mut cfg = crate::common::test_config(&data);
+        cfg.seal = SealConfig::Kmip {
+            config: config.clone(),
+            key_id,
+        };
+        cfg.kms.unseal_retry = std::time::Duration::from_millis(300);
+        nuage_api::start(cfg)
+    };
+    let http = reqwest::Client::new();
+    let ready = |addr: std::net::SocketAddr| {
+        let http = http.clone();
+        async move {
+            crate::common::into_resp(
+                http.get(format!("http://{addr}/readyz"))
+                    .send()
+                    .await
+                    .unwrap(),
+            )
+            .await
+        }
+    };
+
+    let server = start(uid.clone()).await.unwrap();
+    assert_eq!(ready(server.tenant_addr).await.status, 200);
+    let token = server.bootstrap_token.clone().unwrap();
+    let r = http
+        .post(format!("http://{}/admin/v1/orgs", server.admin_addr))
+        .bearer_auth(&token)
+        .json(&json!({"name": "acme", "owner": {"name": "owner", "password": PW}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    server.shutdown().await;
+
+    hsm.stop();
+    let server = start(uid.clone()).await.unwrap();
+    let r = ready(server.tenant_addr).await;
+    assert_eq!((r.status, r.code()), (503, "sealed"), "{}", r.text);
+    let r = crate::common::into_resp(
+        http.get(format!("http://{}/admin/v1/seal-status", server.admin_addr))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(r.body, json!({"sealed": true, "method": "kmip"}));
+    hsm.restart();
+    let mut waited = 0;
+    while ready(server.tenant_addr).await.status != 200 {
+        waited += 1;
+        assert!(waited < 100, "still sealed 10 s after the HSM came back");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let r = http
+        .post(format!("http://{}/v1/login", server.tenant_addr))
+        .json(&json!({"org": "acme", "user": "owner", "password": PW}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    server.shutdown().await;
+
+    let err = start("another-key".into()).await.err().unwrap().to_string();
+    assert!(err.contains("sealed by KMIP key"), "{err}");
+}
