@@ -30,7 +30,7 @@ enum Command {
         #[arg(long)]
         admin: bool,
     },
-    /// Measure API throughput and latency against a bare handler baseline.
+    /// Measure the API or the key service against baselines taken in the same run.
     Bench(bench::BenchArgs),
     #[command(flatten)]
     Client(nuage_cli::Command),
@@ -216,7 +216,7 @@ async fn main() -> ExitCode {
             print!("{}", nuage_api::openapi::to_json(&api));
             ExitCode::SUCCESS
         }
-        Command::Bench(a) => bench::run(a).await,
+        Command::Bench(a) => bench::run(a, cli.json).await,
         Command::Client(c) => nuage_cli::run(c, cli.json).await,
     }
 }

@@ -1,5 +1,5 @@
-//! `nuage bench`: measures the control plane under load, against a bare axum
-//! handler returning the same JSON, in the same run and process, so the
+//! `nuage bench api`: measures the control plane under load, against a bare
+//! axum handler returning the same JSON, in the same run and process, so the
 //! figures compare like with like on whatever machine runs it.
 //!
 //! Scenarios: authenticated + authorized + audited `GET` of a project,
@@ -7,7 +7,6 @@
 //! listing `--projects` projects page by page.
 
 use std::net::SocketAddr;
-use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,8 +16,10 @@ use nuage_core::model::Project;
 use nuage_store::{Store, StoreOptions};
 use serde_json::json;
 
+use super::percentile;
+
 #[derive(Debug, clap::Args)]
-pub struct BenchArgs {
+pub struct ApiArgs {
     /// Seconds each throughput scenario runs.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
@@ -46,14 +47,6 @@ struct Figures {
     rps: f64,
     p50: Duration,
     p99: Duration,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Runs `clients` loops of `call` for `seconds` and collects latencies.
@@ -164,17 +157,7 @@ async fn seed(data_dir: &std::path::Path, org_id: &str, n: usize) -> Result<Dura
     Ok(started.elapsed())
 }
 
-pub async fn run(a: BenchArgs) -> ExitCode {
-    match bench(a).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("nuage bench: {e}");
-            ExitCode::FAILURE
-        }
-    }
-}
-
-async fn bench(a: BenchArgs) -> Result<(), String> {
+pub async fn run(a: ApiArgs) -> Result<(), String> {
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data_dir = dir.path().join("data");
     let start = |data_dir: std::path::PathBuf, sync_full: bool| async move {
@@ -186,7 +169,7 @@ async fn bench(a: BenchArgs) -> Result<(), String> {
     };
     let sync_full = a.sqlite_sync == "full";
     println!(
-        "nuage bench: {} clients, {} s per scenario, SQLite synchronous={}",
+        "nuage bench api: {} clients, {} s per scenario, SQLite synchronous={}",
         a.clients, a.seconds, a.sqlite_sync
     );
     println!(
