@@ -31,7 +31,7 @@ impl Env {
             dir.path().join("data/nuage.db").display()
         );
         let store = Store::open(&url, &StoreOptions::default()).await.unwrap();
-        let (org, project) = org_and_project(&store, "acme").await;
+        let (org, project) = org_and_project(&store, "acme").await.unwrap();
         Env {
             dir,
             store,

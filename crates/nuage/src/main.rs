@@ -76,9 +76,25 @@ struct ServerArgs {
     #[arg(long)]
     log_json: bool,
     /// How the platform root key is sealed: `key-file` (a key kept outside
-    /// the data directory) or `passphrase` (argon2id, given at each start).
-    #[arg(long, default_value = "key-file", value_parser = ["key-file", "passphrase"])]
+    /// the data directory), `passphrase` (argon2id, given at each start) or
+    /// `kmip` (a key on an HSM reached over KMIP, see --seal-kmip-*).
+    #[arg(long, default_value = "key-file", value_parser = ["key-file", "passphrase", "kmip"])]
     seal: String,
+    /// KMIP server sealing the root key (with --seal kmip).
+    #[arg(long)]
+    seal_kmip_host: Option<String>,
+    #[arg(long, default_value_t = 5696)]
+    seal_kmip_port: u16,
+    /// PEM files: the CA of the KMIP server, nuage's client certificate and its key.
+    #[arg(long)]
+    seal_kmip_ca: Option<PathBuf>,
+    #[arg(long)]
+    seal_kmip_cert: Option<PathBuf>,
+    #[arg(long)]
+    seal_kmip_key: Option<PathBuf>,
+    /// Unique identifier of the AES key on the KMIP server.
+    #[arg(long)]
+    seal_kmip_key_id: Option<String>,
     /// The seal key file [default: <data-dir>.seal.key, beside the data directory].
     #[arg(long, env = "NUAGE_SEAL_KEY_FILE")]
     seal_key_file: Option<PathBuf>,
@@ -133,7 +149,37 @@ async fn shutdown_signal() {
     let _ = ctrl_c.await;
 }
 
+fn kmip_seal(a: &ServerArgs) -> Result<nuage_kms::root::SealConfig, String> {
+    let need = |v: &Option<PathBuf>, flag: &str| -> Result<String, String> {
+        let path = v
+            .as_ref()
+            .ok_or_else(|| format!("--seal kmip needs {flag}"))?;
+        std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+    };
+    let host = a
+        .seal_kmip_host
+        .clone()
+        .ok_or("--seal kmip needs --seal-kmip-host")?;
+    let key_id = a
+        .seal_kmip_key_id
+        .clone()
+        .ok_or("--seal kmip needs --seal-kmip-key-id")?;
+    Ok(nuage_kms::root::SealConfig::Kmip {
+        config: nuage_kms::external::kmip::KmipConfig {
+            host,
+            port: a.seal_kmip_port,
+            server_name: None,
+            ca_pem: need(&a.seal_kmip_ca, "--seal-kmip-ca")?,
+            client_cert_pem: need(&a.seal_kmip_cert, "--seal-kmip-cert")?,
+            client_key_pem: need(&a.seal_kmip_key, "--seal-kmip-key")?,
+            timeout: Duration::from_secs(5),
+        },
+        key_id,
+    })
+}
+
 async fn serve(a: ServerArgs) -> ExitCode {
+    let kmip = (a.seal == "kmip").then(|| kmip_seal(&a));
     init_logs(a.log_json);
     let mut cfg = ServerConfig::new(a.data_dir.clone());
     cfg.database_url = a.database_url;
@@ -162,6 +208,14 @@ async fn serve(a: ServerArgs) -> ExitCode {
             None
         };
         cfg.seal = nuage_kms::root::SealConfig::Passphrase(passphrase);
+    } else if a.seal == "kmip" {
+        match kmip.unwrap_or_else(|| Err("--seal kmip settings".into())) {
+            Ok(seal) => cfg.seal = seal,
+            Err(e) => {
+                eprintln!("nuage server: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
     } else if a.unseal_from_stdin {
         eprintln!("nuage server: --unseal-from-stdin goes with --seal passphrase");
         return ExitCode::FAILURE;

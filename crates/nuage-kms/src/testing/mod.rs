@@ -32,8 +32,12 @@ pub fn venv_tool(name: &str) -> Option<PathBuf> {
 }
 
 /// An organization (with its owner) and a project in `store`, for tests
-/// that use the key service without the API: `(org_id, project_id)`.
-pub async fn org_and_project(store: &nuage_store::Store, name: &str) -> (String, String) {
+/// that use the key service without the API (tests, benchmarks):
+/// `(org_id, project_id)`.
+pub async fn org_and_project(
+    store: &nuage_store::Store,
+    name: &str,
+) -> Result<(String, String), String> {
     use nuage_core::id::{new_id, Kind};
     use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, RoleBinding};
     let now = nuage_core::time::now_ms();
@@ -74,9 +78,10 @@ pub async fn org_and_project(store: &nuage_store::Store, name: &str) -> (String,
         role: "owner".into(),
         created_at: now,
     };
-    if let Err(e) = store.org_create(&org, &owner, None, &binding, None).await {
-        panic!("test organization: {e:?}");
-    }
+    store
+        .org_create(&org, &owner, None, &binding, None)
+        .await
+        .map_err(|e| format!("organization: {}", e.detail))?;
     let project = Project {
         id: new_id(Kind::Project),
         org_id: org.id.clone(),
@@ -87,8 +92,9 @@ pub async fn org_and_project(store: &nuage_store::Store, name: &str) -> (String,
         created_at: now,
         updated_at: now,
     };
-    if let Err(e) = store.project_create(&project, 10).await {
-        panic!("test project: {e:?}");
-    }
-    (org.id, project.id)
+    store
+        .project_create(&project, 10)
+        .await
+        .map_err(|e| format!("project: {}", e.detail))?;
+    Ok((org.id, project.id))
 }

@@ -15,9 +15,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use nuage_core::id::{new_id, Kind};
 use nuage_core::model::kms::{Justification, KeyManagerKind, KmipEndpoint};
-use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, RoleBinding};
 use nuage_core::ApiError;
 use nuage_kms::external::kmip::KmipClient;
 use nuage_kms::external::ExternalError;
@@ -186,64 +184,6 @@ async fn unwraps(
     .await
 }
 
-/// An organization (with its owner) and a project: `(org_id, project_id)`.
-async fn org_and_project(store: &Store) -> Result<(String, String), String> {
-    let now = nuage_core::time::now_ms();
-    let org = Org {
-        id: new_id(Kind::Org),
-        name: "bench".into(),
-        display_name: "bench".into(),
-        mfa_required_roles: Vec::new(),
-        max_projects: 10,
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    let owner = Principal {
-        id: new_id(Kind::User),
-        org_id: org.id.clone(),
-        kind: PrincipalKind::User,
-        name: "owner".into(),
-        display_name: String::new(),
-        email: String::new(),
-        description: String::new(),
-        mfa_enabled: false,
-        has_password: false,
-        locked_until: None,
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    let binding = RoleBinding {
-        id: new_id(Kind::RoleBinding),
-        org_id: org.id.clone(),
-        project_id: None,
-        subject: PrincipalRef {
-            id: owner.id.clone(),
-            kind: "user".into(),
-            name: owner.name.clone(),
-        },
-        role: "owner".into(),
-        created_at: now,
-    };
-    store
-        .org_create(&org, &owner, None, &binding, None)
-        .await
-        .map_err(api)?;
-    let project = Project {
-        id: new_id(Kind::Project),
-        org_id: org.id.clone(),
-        name: "web".into(),
-        description: String::new(),
-        labels: Default::default(),
-        generation: 1,
-        created_at: now,
-        updated_at: now,
-    };
-    store.project_create(&project, 10).await.map_err(api)?;
-    Ok((org.id, project.id))
-}
-
 /// The key service's state for the measurements.
 struct Setup {
     store: Store,
@@ -317,7 +257,7 @@ pub async fn run(a: KmsArgs) -> Result<(), String> {
     let store = Store::open(&url, &StoreOptions::default())
         .await
         .map_err(|e| e.to_string())?;
-    let (org_id, project_id) = org_and_project(&store).await?;
+    let (org_id, project_id) = nuage_kms::testing::org_and_project(&store, "bench").await?;
     let seal = SealConfig::KeyFile(dir.path().join("seal.key"));
     let kms = Kms::load(store.clone(), seal.clone(), KmsConfig::default()).await?;
     let cold_cfg = KmsConfig {
