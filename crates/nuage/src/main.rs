@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the control plane (API, IAM, audit) on this machine.
-    Server(ServerArgs),
+    Server(Box<ServerArgs>),
     /// Print the OpenAPI document generated from the code.
     Openapi {
         /// The operator API instead of the tenant API.
@@ -260,7 +260,7 @@ async fn serve(a: ServerArgs) -> ExitCode {
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Server(a) => serve(a).await,
+        Command::Server(a) => serve(*a).await,
         Command::Openapi { admin } => {
             let api = if admin {
                 nuage_api::routes::admin_spec()
