@@ -585,3 +585,40 @@ pub struct AuditPublicKey {
     /// Signed-note verifier key `<name>+<key id>+<base64 key>`.
     pub verifier_key: String,
 }
+
+/// An S3 access key of a principal. The secret is shown once, at creation.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct AccessKey {
+    /// The access key id (what S3 clients call `aws_access_key_id`).
+    pub id: String,
+    pub org_id: String,
+    pub principal_id: String,
+    pub description: String,
+    #[serde(with = "rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    #[serde(with = "rfc3339_opt", skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub last_used_at: Option<i64>,
+    #[serde(with = "rfc3339_opt", skip_serializing_if = "Option::is_none", default)]
+    #[schema(value_type = Option<String>, format = DateTime)]
+    pub revoked_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAccessKey {
+    /// Whose key (`user:<name>`, `service-account:<name>`, an id); the caller's by default.
+    #[serde(default)]
+    pub principal: Option<String>,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// The answer to a creation: the only time the secret is shown.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct AccessKeyCreated {
+    pub access_key: AccessKey,
+    /// What S3 clients call `aws_secret_access_key`.
+    pub secret_access_key: String,
+}

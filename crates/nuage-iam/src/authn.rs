@@ -16,7 +16,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use nuage_core::id::{new_id, Kind};
-use nuage_core::model::{Org, Principal, PrincipalKind, Session, Token, TokenSecret};
+use nuage_core::model::{
+    AccessKey, AccessKeyCreated, Org, Principal, PrincipalKind, Session, Token, TokenSecret,
+};
 use nuage_core::time::now_ms;
 use nuage_core::{ApiError, ApiResult};
 use nuage_store::{NewToken, Store, TokenAuth};
@@ -111,6 +113,17 @@ pub trait SecretBox: Send + Sync {
     fn open_text(&self, purpose: &str, stored: &str) -> ApiResult<zeroize::Zeroizing<String>>;
 }
 
+/// An authenticated S3 access key: who signs, and with which secret.
+pub struct AccessKeyAuth {
+    pub subject: Subject,
+    pub secret: zeroize::Zeroizing<String>,
+}
+
+/// What an access key's secret is sealed for.
+pub fn access_key_purpose(access_key_id: &str) -> String {
+    format!("s3-secret:{access_key_id}")
+}
+
 /// What a principal's TOTP seed is sealed for.
 pub fn totp_purpose(principal_id: &str) -> String {
     format!("totp:{principal_id}")
@@ -128,6 +141,7 @@ pub struct Authenticator {
     policy: LoginPolicy,
     decoy: String,
     cache: Arc<Cache<String, TokenAuth>>,
+    keys: Arc<Cache<String, nuage_store::AccessKeyAuth>>,
     secrets: Option<Arc<dyn SecretBox>>,
 }
 
@@ -142,6 +156,7 @@ impl Authenticator {
             policy,
             decoy: password::decoy_hash(),
             cache: Arc::new(Cache::new()),
+            keys: Arc::new(Cache::new()),
             secrets: None,
         }
     }
@@ -219,6 +234,87 @@ impl Authenticator {
             org_policy_generation: auth.org_policy_generation,
             org_mfa_roles: auth.org_mfa_roles,
             org: auth.org,
+        })
+    }
+
+    /// Creates an S3 access key for `principal`: the secret is returned once
+    /// and stored sealed by the key service.
+    pub async fn issue_access_key(
+        &self,
+        principal: &Principal,
+        description: &str,
+    ) -> ApiResult<AccessKeyCreated> {
+        let secrets = self.secrets.as_ref().ok_or_else(|| {
+            ApiError::unavailable("access keys need the key service").with_code("sealed")
+        })?;
+        let (id, secret) = secret::new_access_key();
+        let key = AccessKey {
+            id: id.clone(),
+            org_id: principal.org_id.clone(),
+            principal_id: principal.id.clone(),
+            description: description.to_string(),
+            created_at: now_ms(),
+            last_used_at: None,
+            revoked_at: None,
+        };
+        let sealed = secrets.seal_text(&access_key_purpose(&id), &secret)?;
+        self.store.access_key_create(&key, &sealed).await?;
+        Ok(AccessKeyCreated {
+            access_key: key,
+            secret_access_key: secret.to_string(),
+        })
+    }
+
+    /// The principal behind an S3 access key, and the secret its requests
+    /// are signed with. Unknown and revoked keys are refused alike.
+    pub async fn access_key(&self, access_key_id: &str) -> ApiResult<AccessKeyAuth> {
+        let unknown = || {
+            ApiError::unauthenticated("unknown or revoked access key")
+                .with_code("invalid_access_key")
+        };
+        let epoch = self.store.epoch();
+        let found = match self.keys.get(&access_key_id.to_string(), epoch) {
+            Some(a) => a,
+            None => {
+                let a = self
+                    .store
+                    .access_key_authenticate(access_key_id)
+                    .await?
+                    .ok_or_else(unknown)?;
+                self.keys.put(access_key_id.to_string(), epoch, a.clone());
+                a
+            }
+        };
+        if found.key.revoked_at.is_some() {
+            return Err(unknown());
+        }
+        let secrets = self.secrets.as_ref().ok_or_else(|| {
+            ApiError::unavailable("access keys need the key service").with_code("sealed")
+        })?;
+        let secret = secrets.open_text(&access_key_purpose(access_key_id), &found.sealed_secret)?;
+        let now = now_ms();
+        if found
+            .key
+            .last_used_at
+            .is_none_or(|t| now - t > TOUCH_EVERY_MS)
+        {
+            self.store.access_key_touch(access_key_id, now).await?;
+            self.keys.update(&access_key_id.to_string(), |a| {
+                a.key.last_used_at = Some(now)
+            });
+        }
+        let policy_generation = self.store.org_policy_generation(&found.org.id).await?;
+        Ok(AccessKeyAuth {
+            subject: Subject {
+                principal: found.principal,
+                group_ids: found.group_ids,
+                token_id: found.key.id,
+                mfa: false,
+                org_policy_generation: policy_generation,
+                org_mfa_roles: found.org.mfa_required_roles.clone(),
+                org: Some(found.org),
+            },
+            secret,
         })
     }
 

@@ -17,6 +17,28 @@ pub fn new_token() -> String {
     format!("{TOKEN_PREFIX}{}", URL_SAFE_NO_PAD.encode(bytes))
 }
 
+/// An S3 access key: an id (`NK` and 18 base32 characters, the shape AWS
+/// tools expect) and a 40-character secret carrying 240 random bits.
+pub fn new_access_key() -> (String, zeroize::Zeroizing<String>) {
+    const B32: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut raw = [0u8; 58];
+    OsRng.fill_bytes(&mut raw);
+    let id: String = std::iter::once("NK".to_string())
+        .chain(
+            raw[..18]
+                .iter()
+                .map(|b| (B32[usize::from(b & 31)] as char).to_string()),
+        )
+        .collect();
+    let secret: String = raw[18..]
+        .iter()
+        .map(|b| B64[usize::from(b & 63)] as char)
+        .collect();
+    raw.iter_mut().for_each(|b| *b = 0);
+    (id, zeroize::Zeroizing::new(secret))
+}
+
 pub fn hash_token(token: &str) -> String {
     hex::encode(Sha256::digest(token.as_bytes()))
 }

@@ -12,6 +12,7 @@
 //! API's error type so a conflict or a missing row reaches the client with a
 //! precise code.
 
+mod access_keys;
 mod audit;
 mod groups;
 mod idempotency;
@@ -34,6 +35,7 @@ use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{AnyPool, Executor};
 
+pub use access_keys::AccessKeyAuth;
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
 pub use idempotency::StoredResponse;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};

@@ -22,6 +22,10 @@ use crate::state::AppState;
 pub fn sensitive<T: serde::Serialize>(status: StatusCode, body: T) -> Response {
     let mut r = (status, Json(body)).into_response();
     r.extensions_mut().insert(Sensitive);
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
     r
 }
 

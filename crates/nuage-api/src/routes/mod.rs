@@ -2,6 +2,7 @@
 //! resources; `tenant` and `admin` assemble them with the pipeline layers.
 
 pub mod access;
+pub mod access_keys;
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -60,6 +61,8 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(groups::remove_member))
         .routes(routes!(tokens::list, tokens::create))
         .routes(routes!(tokens::get, tokens::revoke))
+        .routes(routes!(access_keys::list, access_keys::create))
+        .routes(routes!(access_keys::get, access_keys::revoke))
         .routes(routes!(access::list_roles))
         .routes(routes!(
             access::list_org_bindings,

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use crate::context::Ctx;
 
 pub mod access;
+pub mod access_key;
 pub mod admin;
 pub mod audit;
 pub mod auth;
@@ -43,6 +44,8 @@ pub enum Command {
     Group(group::GroupArgs),
     /// Manage API tokens.
     Token(token::TokenArgs),
+    /// Manage S3 access keys (for aws-cli, boto3 and other S3 clients).
+    AccessKey(access_key::AccessKeyArgs),
     /// List roles, and grant or revoke them.
     Role(access::RoleArgs),
     /// Manage custom Cedar policies and test access decisions.
@@ -102,6 +105,7 @@ pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
         Command::ServiceAccount(a) => principal::run_service_accounts(ctx, a).await,
         Command::Group(a) => group::run(ctx, a).await,
         Command::Token(a) => token::run(ctx, a).await,
+        Command::AccessKey(a) => access_key::run(ctx, a).await,
         Command::Role(a) => access::run(ctx, a).await,
         Command::Policy(a) => policy::run(ctx, a).await,
         Command::Mfa(a) => auth::mfa(ctx, crate::context::Realm::Tenant, a.cmd).await,

@@ -62,6 +62,7 @@ async fn every_org_route_answers_404_to_another_tenant() {
     assert_eq!(r.status, 200, "{}", r.text);
 
     mk("/v1/orgs/alpha/projects/web/keys", json!({"name": "k1"})).await;
+    let access_key = mk("/v1/orgs/alpha/access-keys", json!({})).await;
     mk(
         "/v1/orgs/alpha/key-managers",
         json!({"name": "vault", "kind": "transit", "transit": {"address": "http://127.0.0.1:1"},
@@ -71,6 +72,13 @@ async fn every_org_route_answers_404_to_another_tenant() {
 
     let params: HashMap<&str, String> = HashMap::from([
         ("key", "k1".to_string()),
+        (
+            "access_key",
+            access_key.body["access_key"]["id"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        ),
         ("manager", "vault".to_string()),
         ("org", "alpha".to_string()),
         ("project", "web".to_string()),

@@ -1,5 +1,6 @@
 //! End-to-end tests of the control plane through its real HTTP API.
 
+mod access_keys;
 mod audit;
 mod authz;
 mod cli;
