@@ -49,6 +49,10 @@ pub struct ServerConfig {
     pub database_url: Option<String>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// The S3 endpoint's listener.
+    pub s3_listen: SocketAddr,
+    pub s3: nuage_objects::S3Config,
+    pub objects: nuage_objects::engine::EngineConfig,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     /// Serve plain HTTP on a non-loopback address anyway.
@@ -85,6 +89,9 @@ impl ServerConfig {
             database_url: None,
             listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 8444)),
+            s3_listen: SocketAddr::from(([127, 0, 0, 1], 9000)),
+            s3: nuage_objects::S3Config::default(),
+            objects: nuage_objects::engine::EngineConfig::default(),
             tls_cert: None,
             tls_key: None,
             allow_insecure_http: false,
@@ -129,6 +136,7 @@ pub enum StartError {
 pub struct RunningServer {
     pub tenant_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub s3_addr: SocketAddr,
     /// The operator bootstrap token, only on the very first start.
     pub bootstrap_token: Option<String>,
     pub tls: bool,
@@ -249,6 +257,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     }
     check_plain_http(cfg.listen, &cfg)?;
     check_plain_http(cfg.admin_listen, &cfg)?;
+    check_plain_http(cfg.s3_listen, &cfg)?;
     let tls = match (&cfg.tls_cert, &cfg.tls_key) {
         (Some(c), Some(k)) => {
             let _ = rustls::crypto::ring::default_provider().install_default();
@@ -306,6 +315,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
 
     let mut registry = Registry::core();
     registry.register(crate::routes::keys::ACTIONS);
+    registry.register(nuage_objects::ACTIONS);
     let registry = Arc::new(registry);
     let authz = Arc::new(
         Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
@@ -336,13 +346,50 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     };
     let (tenant_app, _) = crate::routes::tenant(state(Realm::Tenant));
     let (admin_app, _) = crate::routes::admin(state(Realm::Operator));
+    let engine = nuage_objects::Engine::open(
+        store.clone(),
+        kms.clone(),
+        &cfg.data_dir,
+        cfg.objects.clone(),
+    )
+    .map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.join("objects"),
+        source,
+    })?;
+    let gc = engine.clone();
+    let started = std::time::SystemTime::now();
+    tokio::spawn(async move {
+        match gc.collect_garbage(started).await {
+            Ok((t, o)) if t + o > 0 => {
+                tracing::info!(
+                    temporary = t,
+                    orphans = o,
+                    "object storage: crash leftovers removed"
+                )
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e.detail, "object storage garbage collection failed"),
+        }
+    });
+    let s3_app = nuage_objects::S3Front::new(
+        engine,
+        authn.clone(),
+        authz.clone(),
+        audit.clone(),
+        cfg.s3.clone(),
+    )
+    .router();
     let key_sweeper = tokio::spawn(sweep_keys(kms, audit.clone(), cfg.key_sweep_every));
     drop(audit);
 
     let mut handles = Vec::new();
     let mut servers = Vec::new();
     let mut addrs = Vec::new();
-    for (addr, app) in [(cfg.listen, tenant_app), (cfg.admin_listen, admin_app)] {
+    for (addr, app) in [
+        (cfg.listen, tenant_app),
+        (cfg.admin_listen, admin_app),
+        (cfg.s3_listen, s3_app),
+    ] {
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
         listener
@@ -385,6 +432,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     Ok(RunningServer {
         tenant_addr: addrs[0],
         admin_addr: addrs[1],
+        s3_addr: addrs[2],
         bootstrap_token,
         tls: tls.is_some(),
         handles,

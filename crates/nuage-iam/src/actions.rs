@@ -52,6 +52,12 @@ pub const ROLES: &[(&str, &str)] = &[
         "crypto-user",
         "Use keys to encrypt and decrypt; cannot manage them",
     ),
+    ("object-reader", "List buckets and read objects"),
+    ("object-writer", "Read, write and delete objects"),
+    (
+        "bucket-admin",
+        "Create and delete buckets; read, write and delete objects",
+    ),
 ];
 
 const fn a(name: &'static str, level: Level) -> ActionDef {

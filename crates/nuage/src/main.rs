@@ -50,6 +50,9 @@ struct ServerArgs {
     /// Operator API address (keep it on loopback or a management network).
     #[arg(long, default_value = "127.0.0.1:8444")]
     admin_listen: SocketAddr,
+    /// S3 endpoint address.
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    s3_listen: SocketAddr,
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
@@ -185,6 +188,7 @@ async fn serve(a: ServerArgs) -> ExitCode {
     cfg.database_url = a.database_url;
     cfg.listen = a.listen;
     cfg.admin_listen = a.admin_listen;
+    cfg.s3_listen = a.s3_listen;
     cfg.tls_cert = a.tls_cert;
     cfg.tls_key = a.tls_key;
     cfg.allow_insecure_http = a.insecure_http;
@@ -232,6 +236,7 @@ async fn serve(a: ServerArgs) -> ExitCode {
     let scheme = if server.tls { "https" } else { "http" };
     println!("nuage API          {scheme}://{}", server.tenant_addr);
     println!("nuage operator API {scheme}://{}", server.admin_addr);
+    println!("nuage S3 endpoint  {scheme}://{}", server.s3_addr);
     println!("data directory     {}", a.data_dir.display());
     if let Some(token) = &server.bootstrap_token {
         println!();

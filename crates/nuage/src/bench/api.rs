@@ -164,6 +164,7 @@ pub async fn run(a: ApiArgs) -> Result<(), String> {
         let mut cfg = ServerConfig::new(data_dir);
         cfg.listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        cfg.s3_listen = SocketAddr::from(([127, 0, 0, 1], 0));
         cfg.sqlite_sync_full = sync_full;
         nuage_api::start(cfg).await.map_err(|e| e.to_string())
     };

@@ -28,6 +28,8 @@ impl Resp {
 pub struct Srv {
     pub tenant: String,
     pub admin: String,
+    /// The S3 endpoint.
+    pub s3: String,
     pub bootstrap: String,
     pub http: reqwest::Client,
     pub dir: tempfile::TempDir,
@@ -39,6 +41,7 @@ pub fn test_config(data_dir: &Path) -> ServerConfig {
     let mut cfg = ServerConfig::new(data_dir.to_path_buf());
     cfg.listen = "127.0.0.1:0".parse().unwrap();
     cfg.admin_listen = "127.0.0.1:0".parse().unwrap();
+    cfg.s3_listen = "127.0.0.1:0".parse().unwrap();
     cfg.checkpoint_every = Duration::from_secs(1);
     cfg.sqlite_sync_full = false;
     cfg
@@ -92,6 +95,7 @@ impl Srv {
         Srv {
             tenant: format!("http://{}", running.tenant_addr),
             admin: format!("http://{}", running.admin_addr),
+            s3: format!("http://{}", running.s3_addr),
             bootstrap,
             http: reqwest::Client::new(),
             dir,

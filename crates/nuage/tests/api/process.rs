@@ -44,6 +44,8 @@ impl Proc {
                 &format!("127.0.0.1:{tp}"),
                 "--admin-listen",
                 &format!("127.0.0.1:{ap}"),
+                "--s3-listen",
+                "127.0.0.1:0",
             ])
             .args(extra)
             .env("RUST_LOG", "debug,sqlx=warn,hyper=info,h2=info")
@@ -521,6 +523,7 @@ async fn tls_is_served_and_plain_http_stays_on_loopback() {
         .args(["server", "--data-dir"])
         .arg(dir.path().join("d2"))
         .args(["--listen", "0.0.0.0:0", "--admin-listen", "127.0.0.1:0"])
+        .args(["--s3-listen", "127.0.0.1:0"])
         .output()
         .unwrap();
     assert!(!out.status.success());

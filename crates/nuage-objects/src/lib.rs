@@ -1,0 +1,40 @@
+//! Object storage: buckets in projects, objects encrypted under the
+//! project's key, served over the S3 protocol through the platform's own
+//! authentication, authorization and audit (no bypass: see ARCHITECTURE.md).
+//!
+//! - [`names`]: S3 bucket name rules.
+//! - [`buckets`]: bucket lifecycle shared by the REST API and S3.
+//! - [`engine`]: bodies in files (temp, fsync, rename, then the metadata
+//!   commit), encrypted with the key service's stream format.
+//! - [`s3`]: the S3 endpoint (wire format and SigV4 by the `s3s` crate).
+
+pub mod buckets;
+pub mod engine;
+pub mod names;
+pub mod s3;
+
+use nuage_iam::{ActionDef, Level};
+
+pub use buckets::Bucket;
+pub use engine::Engine;
+pub use s3::{S3Config, S3Front};
+
+const fn act(name: &'static str, level: Level, also: &'static [&'static str]) -> ActionDef {
+    ActionDef { name, level, also }
+}
+
+const READERS: &[&str] = &["object-reader", "object-writer", "bucket-admin"];
+const WRITERS: &[&str] = &["object-writer", "bucket-admin"];
+const ADMINS: &[&str] = &["bucket-admin"];
+
+/// Object storage actions (registered by the server at start).
+pub const ACTIONS: &[ActionDef] = &[
+    act("s3.list_buckets", Level::Read, READERS),
+    act("s3.get_bucket", Level::Read, READERS),
+    act("s3.create_bucket", Level::Write, ADMINS),
+    act("s3.delete_bucket", Level::Write, ADMINS),
+    act("s3.list_bucket", Level::Read, READERS),
+    act("s3.get_object", Level::Read, READERS),
+    act("s3.put_object", Level::Write, WRITERS),
+    act("s3.delete_object", Level::Write, WRITERS),
+];

@@ -1,0 +1,895 @@
+//! The S3 operations. Each one names its platform action, resolves the
+//! bucket, asks the shared authorizer about the bucket's project and then
+//! works through the engine; errors become S3 error codes here.
+//!
+//! A bucket of another organization answers exactly as a missing one
+//! (NoSuchBucket), so names of other tenants' buckets are never confirmed.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use nuage_core::model::kms::Justification;
+use nuage_core::time::now_ms;
+use nuage_core::ApiError;
+use nuage_iam::{Authorizer, Env, Subject, Target};
+use nuage_kms::{KeyUse, Purpose};
+use nuage_store::BucketRow;
+use s3s::dto::*;
+use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
+
+use super::front::ReqCtx;
+use crate::buckets;
+use crate::engine::{BodyError, Engine, Listing, Meta, PutError};
+
+/// Header naming the project of a CreateBucket when the organization has
+/// several (S3 has no notion of projects).
+const PROJECT_HEADER: &str = "x-nuage-project";
+
+pub struct Objects {
+    engine: Engine,
+    authz: Arc<Authorizer>,
+    region: String,
+}
+
+impl Objects {
+    pub fn new(engine: Engine, authz: Arc<Authorizer>, region: String) -> Self {
+        Objects {
+            engine,
+            authz,
+            region,
+        }
+    }
+}
+
+/// The authenticated caller of one request.
+struct Call {
+    subject: Subject,
+    ctx: ReqCtx,
+}
+
+impl Call {
+    fn of<T>(req: &S3Request<T>) -> S3Result<Call> {
+        let subject = req
+            .extensions
+            .get::<Subject>()
+            .cloned()
+            .ok_or_else(|| s3_error!(AccessDenied, "not authenticated"))?;
+        let ctx = req
+            .extensions
+            .get::<ReqCtx>()
+            .cloned()
+            .ok_or_else(|| s3_error!(InternalError, "request context missing"))?;
+        Ok(Call { subject, ctx })
+    }
+
+    fn org_id(&self) -> &str {
+        &self.subject.principal.org_id
+    }
+
+    fn note(&self, action: &str, resource: String) {
+        self.ctx.slot.update(|a| {
+            a.action = Some(action.to_string());
+            a.resource = Some(resource);
+        });
+    }
+
+    fn decided(&self, decision: &'static str, policies: Vec<String>) {
+        self.ctx.slot.update(|a| {
+            a.decision = Some(decision);
+            a.policies = policies;
+        });
+    }
+
+    fn detail(&self, name: &str, value: &str) {
+        self.ctx
+            .slot
+            .update(|a| drop(a.details.insert(name.to_string(), value.to_string())));
+    }
+
+    fn record_use(&self, used: &KeyUse) {
+        self.ctx.slot.update(|a| a.details.extend(used.details()));
+    }
+
+    fn purpose(&self) -> Purpose {
+        Purpose {
+            justification: Justification::ServiceForPrincipal,
+            principal: Some(self.subject.principal.id.clone()),
+            request_id: Some(self.ctx.request_id.clone()),
+        }
+    }
+
+    fn env(&self) -> Env {
+        Env {
+            source_ip: self.ctx.source.clone(),
+            now_secs: now_ms() / 1000,
+        }
+    }
+}
+
+fn request_id<T>(req: &S3Request<T>) -> Option<String> {
+    req.extensions.get::<ReqCtx>().map(|c| c.request_id.clone())
+}
+
+fn tag(rid: Option<String>) -> impl FnOnce(S3Error) -> S3Error {
+    move |mut e| {
+        if let Some(r) = rid {
+            e.set_request_id(r);
+        }
+        e
+    }
+}
+
+/// The S3 form of a platform error.
+fn s3_err(e: ApiError) -> S3Error {
+    match (e.status.as_u16(), e.code) {
+        (
+            _,
+            "key_disabled" | "key_destroyed" | "key_destroy_scheduled" | "justification_denied",
+        ) => {
+            // The bucket's project key refuses: the objects are unreadable
+            // until it is enabled again (or for good once destroyed).
+            S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                format!("the bucket's encryption key refuses this use: {}", e.detail),
+            )
+        }
+        (401, _) => S3Error::with_message(S3ErrorCode::InvalidAccessKeyId, e.detail),
+        (403, _) => S3Error::with_message(S3ErrorCode::AccessDenied, e.detail),
+        (503, _) => S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.detail),
+        (507, _) => {
+            let mut s =
+                S3Error::with_message(S3ErrorCode::Custom("InsufficientStorage".into()), e.detail);
+            s.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
+            s
+        }
+        (400, "invalid_bucket_name") => {
+            S3Error::with_message(S3ErrorCode::InvalidBucketName, e.detail)
+        }
+        (400, _) => S3Error::with_message(S3ErrorCode::InvalidRequest, e.detail),
+        _ => {
+            tracing::error!(code = e.code, detail = %e.detail, "S3 operation failed");
+            S3Error::new(S3ErrorCode::InternalError)
+        }
+    }
+}
+
+fn timestamp(ms: i64) -> Timestamp {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    Timestamp::from(t)
+}
+
+fn no_such_bucket(name: &str) -> S3Error {
+    S3Error::with_message(
+        S3ErrorCode::NoSuchBucket,
+        format!("The specified bucket does not exist: {name}"),
+    )
+}
+
+/// `encoding-type=url`: percent-encodes all but unreserved characters and '/'.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~' | b'/') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The body of a GET, fed by a task that decrypts ahead of the client.
+struct Body(tokio::sync::mpsc::Receiver<std::io::Result<Bytes>>);
+
+impl Stream for Body {
+    type Item = std::io::Result<Bytes>;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.0.poll_recv(cx)
+    }
+}
+
+fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
+    match cond {
+        ETagCondition::Any => true,
+        ETagCondition::ETag(e) => e.value() == etag,
+    }
+}
+
+impl Objects {
+    /// Resolves `name` for `action`: missing and foreign buckets are
+    /// NoSuchBucket, a refusal is AccessDenied; both reach the audit entry.
+    async fn bucket(&self, call: &Call, action: &'static str, name: &str) -> S3Result<BucketRow> {
+        call.note(action, format!("bucket:{name}"));
+        let store = self.engine.store();
+        let found = store.bucket_get(name).await.map_err(s3_err)?;
+        let Some(b) = found.filter(|b| b.org_id == call.org_id()) else {
+            call.decided("deny", Vec::new());
+            return Err(no_such_bucket(name));
+        };
+        let project = store
+            .project_get(&b.org_id, &b.project_id)
+            .await
+            .map_err(s3_err)?
+            .ok_or_else(|| no_such_bucket(name))?;
+        call.detail("project", &project.name);
+        self.decide(
+            call,
+            action,
+            &Target::project(&b.org_id, &project.id, &project.name),
+        )
+        .await?;
+        Ok(b)
+    }
+
+    async fn decide(&self, call: &Call, action: &'static str, target: &Target) -> S3Result<()> {
+        let d = self
+            .authz
+            .decide(&call.subject, action, target, &call.env())
+            .await
+            .map_err(s3_err)?;
+        call.decided(if d.allowed { "allow" } else { "deny" }, d.policies);
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(S3Error::with_message(
+                S3ErrorCode::AccessDenied,
+                format!(
+                    "{} may not {action} on {}",
+                    call.subject.principal.name,
+                    target.label()
+                ),
+            ))
+        }
+    }
+
+    async fn list_buckets_inner(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let call = Call::of(&req)?;
+        let store = self.engine.store();
+        call.note("s3.list_buckets", format!("org:{}", call.org_id()));
+        let rows = store
+            .bucket_list(call.org_id(), None, "", 10_000)
+            .await
+            .map_err(s3_err)?;
+        let mut allowed: BTreeMap<String, bool> = BTreeMap::new();
+        let mut policies = Vec::new();
+        let mut out = Vec::new();
+        for b in rows {
+            if !allowed.contains_key(&b.project_id) {
+                let ok = match store
+                    .project_get(&b.org_id, &b.project_id)
+                    .await
+                    .map_err(s3_err)?
+                {
+                    Some(p) => {
+                        let d = self
+                            .authz
+                            .decide(
+                                &call.subject,
+                                "s3.list_buckets",
+                                &Target::project(&p.org_id, &p.id, &p.name),
+                                &call.env(),
+                            )
+                            .await
+                            .map_err(s3_err)?;
+                        policies.extend(d.policies);
+                        d.allowed
+                    }
+                    None => false,
+                };
+                allowed.insert(b.project_id.clone(), ok);
+            }
+            if allowed.get(&b.project_id).copied().unwrap_or(false) {
+                out.push(Bucket {
+                    name: Some(b.name.clone()),
+                    creation_date: Some(timestamp(b.created_at)),
+                    bucket_region: Some(self.region.clone()),
+                });
+            }
+        }
+        policies.sort();
+        policies.dedup();
+        call.decided("allow", policies);
+        Ok(S3Response::new(ListBucketsOutput {
+            buckets: Some(out),
+            owner: Some(Owner {
+                id: Some(call.org_id().to_string()),
+                display_name: call.subject.org.as_ref().map(|o| o.name.clone()),
+            }),
+            ..Default::default()
+        }))
+    }
+
+    async fn create_bucket_inner(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let call = Call::of(&req)?;
+        let name = req.input.bucket.clone();
+        call.note("s3.create_bucket", format!("bucket:{name}"));
+        let store = self.engine.store();
+        let project = match req.headers.get(PROJECT_HEADER) {
+            Some(v) => {
+                let p = v
+                    .to_str()
+                    .map_err(|_| s3_error!(InvalidArgument, "bad {PROJECT_HEADER} header"))?;
+                store
+                    .project_get(call.org_id(), p)
+                    .await
+                    .map_err(s3_err)?
+                    .ok_or_else(|| {
+                        S3Error::with_message(
+                            S3ErrorCode::InvalidArgument,
+                            format!("no project {p:?}"),
+                        )
+                    })?
+            }
+            None => {
+                let page = store
+                    .project_list(
+                        call.org_id(),
+                        &nuage_core::page::PageRequest {
+                            limit: 2,
+                            after: None,
+                        },
+                    )
+                    .await
+                    .map_err(s3_err)?;
+                match <[_; 1]>::try_from(page.items) {
+                    Ok([p]) => p,
+                    Err(_) => {
+                        return Err(s3_error!(
+                            InvalidArgument,
+                            "the organization has several projects (or none): name one with the \
+                             {PROJECT_HEADER} header, or use `nuage bucket create -p <project>`"
+                        ))
+                    }
+                }
+            }
+        };
+        call.detail("project", &project.name);
+        self.decide(
+            &call,
+            "s3.create_bucket",
+            &Target::project(&project.org_id, &project.id, &project.name),
+        )
+        .await?;
+        match buckets::create(
+            store,
+            self.engine.kms(),
+            &project,
+            &name,
+            &call.subject.principal.id,
+        )
+        .await
+        {
+            Ok(_) => Ok(S3Response::new(CreateBucketOutput {
+                location: Some(format!("/{name}")),
+            })),
+            Err(e) if e.code == "already_exists" => {
+                let mine = store
+                    .bucket_get(&name)
+                    .await
+                    .map_err(s3_err)?
+                    .is_some_and(|b| b.org_id == call.org_id());
+                Err(if mine {
+                    s3_error!(BucketAlreadyOwnedByYou)
+                } else {
+                    s3_error!(BucketAlreadyExists)
+                })
+            }
+            Err(e) => Err(s3_err(e)),
+        }
+    }
+
+    async fn put_object_inner(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
+        call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
+        if input.key.len() > 1024 {
+            return Err(s3_error!(KeyTooLongError));
+        }
+        let meta = Meta {
+            user: input.metadata.unwrap_or_default().into_iter().collect(),
+            content_type: input.content_type,
+            content_disposition: input.content_disposition,
+            cache_control: input.cache_control,
+            content_encoding: input.content_encoding,
+            content_language: input.content_language,
+        };
+        let expect_md5 = match input.content_md5 {
+            Some(m) => Some(B64.decode(m.trim()).map_err(|_| s3_error!(InvalidDigest))?),
+            None => None,
+        };
+        let body = input
+            .body
+            .map(|b| b.boxed())
+            .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
+        let (row, used) = self
+            .engine
+            .put(
+                &b,
+                &input.key,
+                body,
+                &meta,
+                expect_md5.as_deref(),
+                &call.purpose(),
+            )
+            .await
+            .map_err(|e| match e {
+                PutError::Api(e) => s3_err(e),
+                PutError::Body(BodyError::TooLarge) => s3_error!(EntityTooLarge),
+                PutError::Body(BodyError::Timeout) => s3_error!(RequestTimeout),
+                PutError::Body(BodyError::BadDigest) => s3_error!(BadDigest),
+                PutError::Body(BodyError::Client(m)) => {
+                    S3Error::with_message(S3ErrorCode::IncompleteBody, m)
+                }
+            })?;
+        call.record_use(&used);
+        call.detail("version_id", &row.version_id);
+        Ok(S3Response::new(PutObjectOutput {
+            e_tag: Some(ETag::Strong(row.etag)),
+            server_side_encryption: Some(ServerSideEncryption::from_static(
+                ServerSideEncryption::AWS_KMS,
+            )),
+            ssekms_key_id: Some(b.key_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn get_object_inner(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
+        call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
+        let (o, used) = self
+            .engine
+            .open_object(&b, &input.key, &call.purpose())
+            .await
+            .map_err(s3_err)?
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        call.record_use(&used);
+        if let Some(c) = &input.if_match {
+            if !etag_matches(c, &o.row.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(c) = &input.if_none_match {
+            if etag_matches(c, &o.row.etag) {
+                return Err(s3_error!(NotModified));
+            }
+        }
+        let size = u64::try_from(o.row.size).unwrap_or(0);
+        let (start, len, content_range) = match input.range {
+            None => (0, size, None),
+            Some(r) => {
+                let r = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
+                let range = format!("bytes {}-{}/{size}", r.start, r.end - 1);
+                (r.start, r.end - r.start, Some(range))
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let mut chunks = Box::pin(self.engine.read(&o, start, len));
+        tokio::spawn(async move {
+            while let Some(c) = chunks.next().await {
+                let failed = c.is_err();
+                if let Err(e) = &c {
+                    tracing::error!(error = %e, "object body read failed");
+                }
+                if tx.send(c).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        let m = o.meta;
+        Ok(S3Response::new(GetObjectOutput {
+            body: Some(StreamingBlob::wrap(Body(rx))),
+            content_length: Some(i64::try_from(len).unwrap_or(0)),
+            content_range,
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(ETag::Strong(o.row.etag.clone())),
+            last_modified: Some(timestamp(o.row.created_at)),
+            metadata: (!m.user.is_empty()).then(|| m.user.into_iter().collect()),
+            content_type: m.content_type,
+            content_disposition: m.content_disposition,
+            cache_control: m.cache_control,
+            content_encoding: m.content_encoding,
+            content_language: m.content_language,
+            server_side_encryption: Some(ServerSideEncryption::from_static(
+                ServerSideEncryption::AWS_KMS,
+            )),
+            ssekms_key_id: Some(b.key_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn head_object_inner(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
+        call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
+        let (o, used) = self
+            .engine
+            .open_object(&b, &input.key, &call.purpose())
+            .await
+            .map_err(s3_err)?
+            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        call.record_use(&used);
+        if let Some(c) = &input.if_match {
+            if !etag_matches(c, &o.row.etag) {
+                return Err(s3_error!(PreconditionFailed));
+            }
+        }
+        if let Some(c) = &input.if_none_match {
+            if etag_matches(c, &o.row.etag) {
+                return Err(s3_error!(NotModified));
+            }
+        }
+        let m = o.meta;
+        Ok(S3Response::new(HeadObjectOutput {
+            content_length: Some(o.row.size),
+            accept_ranges: Some("bytes".into()),
+            e_tag: Some(ETag::Strong(o.row.etag.clone())),
+            last_modified: Some(timestamp(o.row.created_at)),
+            metadata: (!m.user.is_empty()).then(|| m.user.into_iter().collect()),
+            content_type: m.content_type,
+            content_disposition: m.content_disposition,
+            cache_control: m.cache_control,
+            content_encoding: m.content_encoding,
+            content_language: m.content_language,
+            server_side_encryption: Some(ServerSideEncryption::from_static(
+                ServerSideEncryption::AWS_KMS,
+            )),
+            ssekms_key_id: Some(b.key_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    /// A listing page; `after_hex` is the cursor (see `nuage_store::key_hex`).
+    async fn listing(
+        &self,
+        b: &BucketRow,
+        prefix: &str,
+        delimiter: Option<&str>,
+        after_hex: String,
+        max_keys: Option<i32>,
+    ) -> S3Result<(Listing, i32)> {
+        let max = max_keys.unwrap_or(1000).clamp(0, 1000);
+        let l = self
+            .engine
+            .list(
+                b,
+                prefix,
+                delimiter,
+                after_hex,
+                usize::try_from(max).unwrap_or(0),
+            )
+            .await
+            .map_err(s3_err)?;
+        Ok((l, max))
+    }
+}
+
+fn objects_of(l: &Listing, url: bool) -> Vec<Object> {
+    l.objects
+        .iter()
+        .map(|r| Object {
+            key: Some(if url {
+                url_encode(&r.key)
+            } else {
+                r.key.clone()
+            }),
+            size: Some(r.size),
+            e_tag: Some(ETag::Strong(r.etag.clone())),
+            last_modified: Some(timestamp(r.created_at)),
+            storage_class: Some(ObjectStorageClass::from_static(
+                ObjectStorageClass::STANDARD,
+            )),
+            ..Default::default()
+        })
+        .collect()
+}
+
+fn prefixes_of(l: &Listing, url: bool) -> Vec<CommonPrefix> {
+    l.prefixes
+        .iter()
+        .map(|p| CommonPrefix {
+            prefix: Some(if url { url_encode(p) } else { p.clone() }),
+        })
+        .collect()
+}
+
+fn is_url(e: &Option<EncodingType>) -> bool {
+    e.as_ref().is_some_and(|e| e.as_str() == EncodingType::URL)
+}
+
+fn enc(url: bool, s: Option<String>) -> Option<String> {
+    s.map(|s| if url { url_encode(&s) } else { s })
+}
+
+#[async_trait::async_trait]
+impl S3 for Objects {
+    async fn list_buckets(
+        &self,
+        req: S3Request<ListBucketsInput>,
+    ) -> S3Result<S3Response<ListBucketsOutput>> {
+        let rid = request_id(&req);
+        self.list_buckets_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn create_bucket(
+        &self,
+        req: S3Request<CreateBucketInput>,
+    ) -> S3Result<S3Response<CreateBucketOutput>> {
+        let rid = request_id(&req);
+        self.create_bucket_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn head_bucket(
+        &self,
+        req: S3Request<HeadBucketInput>,
+    ) -> S3Result<S3Response<HeadBucketOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            self.bucket(&call, "s3.get_bucket", &req.input.bucket)
+                .await?;
+            Ok(S3Response::new(HeadBucketOutput {
+                bucket_region: Some(self.region.clone()),
+                ..Default::default()
+            }))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_location(
+        &self,
+        req: S3Request<GetBucketLocationInput>,
+    ) -> S3Result<S3Response<GetBucketLocationOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            self.bucket(&call, "s3.get_bucket", &req.input.bucket)
+                .await?;
+            // us-east-1 is spelt as no constraint at all.
+            let location = (self.region != "us-east-1")
+                .then(|| BucketLocationConstraint::from(self.region.clone()));
+            Ok(S3Response::new(GetBucketLocationOutput {
+                location_constraint: location,
+            }))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn delete_bucket(
+        &self,
+        req: S3Request<DeleteBucketInput>,
+    ) -> S3Result<S3Response<DeleteBucketOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            let b = self
+                .bucket(&call, "s3.delete_bucket", &req.input.bucket)
+                .await?;
+            self.engine
+                .store()
+                .bucket_delete(&b.id)
+                .await
+                .map_err(|e| match e.code {
+                    "bucket_not_empty" => s3_error!(BucketNotEmpty),
+                    _ => s3_err(e),
+                })?;
+            Ok(S3Response::new(DeleteBucketOutput {}))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
+        let rid = request_id(&req);
+        self.put_object_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
+        let rid = request_id(&req);
+        self.get_object_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn head_object(
+        &self,
+        req: S3Request<HeadObjectInput>,
+    ) -> S3Result<S3Response<HeadObjectOutput>> {
+        let rid = request_id(&req);
+        self.head_object_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn delete_object(
+        &self,
+        req: S3Request<DeleteObjectInput>,
+    ) -> S3Result<S3Response<DeleteObjectOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            let input = &req.input;
+            let b = self
+                .bucket(&call, "s3.delete_object", &input.bucket)
+                .await?;
+            call.note(
+                "s3.delete_object",
+                format!("bucket:{}/{}", b.name, input.key),
+            );
+            self.engine.delete(&b, &input.key).await.map_err(s3_err)?;
+            Ok(S3Response::new(DeleteObjectOutput::default()))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn delete_objects(
+        &self,
+        req: S3Request<DeleteObjectsInput>,
+    ) -> S3Result<S3Response<DeleteObjectsOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            let input = &req.input;
+            let b = self
+                .bucket(&call, "s3.delete_object", &input.bucket)
+                .await?;
+            if input.delete.objects.len() > 1000 {
+                return Err(s3_error!(MalformedXML, "at most 1000 keys per request"));
+            }
+            let quiet = input.delete.quiet.unwrap_or(false);
+            let mut deleted = Vec::new();
+            let mut errors = Vec::new();
+            for o in &input.delete.objects {
+                match self.engine.delete(&b, &o.key).await {
+                    Ok(_) if quiet => {}
+                    Ok(_) => deleted.push(DeletedObject {
+                        key: Some(o.key.clone()),
+                        ..Default::default()
+                    }),
+                    Err(e) => {
+                        tracing::warn!(error = %e.detail, "batch delete of one key failed");
+                        errors.push(Error {
+                            key: Some(o.key.clone()),
+                            code: Some("InternalError".into()),
+                            message: Some("the object could not be deleted".into()),
+                            ..Default::default()
+                        })
+                    }
+                }
+            }
+            call.detail("keys", &input.delete.objects.len().to_string());
+            Ok(S3Response::new(DeleteObjectsOutput {
+                deleted: Some(deleted),
+                errors: (!errors.is_empty()).then_some(errors),
+                ..Default::default()
+            }))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn list_objects_v2(
+        &self,
+        req: S3Request<ListObjectsV2Input>,
+    ) -> S3Result<S3Response<ListObjectsV2Output>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            let input = req.input;
+            let b = self.bucket(&call, "s3.list_bucket", &input.bucket).await?;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let cursor = match (&input.continuation_token, &input.start_after) {
+                (Some(t), _) => {
+                    if !t
+                        .bytes()
+                        .all(|c| c.is_ascii_digit() || (b'a'..=b'g').contains(&c))
+                    {
+                        return Err(s3_error!(InvalidArgument, "invalid continuation token"));
+                    }
+                    t.clone()
+                }
+                (None, Some(s)) => nuage_store::key_hex(s),
+                (None, None) => String::new(),
+            };
+            let (l, max) = self
+                .listing(
+                    &b,
+                    &prefix,
+                    input.delimiter.as_deref(),
+                    cursor,
+                    input.max_keys,
+                )
+                .await?;
+            let url = is_url(&input.encoding_type);
+            let count = l.objects.len() + l.prefixes.len();
+            Ok(S3Response::new(ListObjectsV2Output {
+                name: Some(b.name.clone()),
+                prefix: enc(url, input.prefix),
+                delimiter: enc(url, input.delimiter),
+                start_after: enc(url, input.start_after),
+                max_keys: Some(max),
+                key_count: Some(i32::try_from(count).unwrap_or(i32::MAX)),
+                continuation_token: input.continuation_token,
+                is_truncated: Some(l.truncated),
+                next_continuation_token: l.next.clone().filter(|_| l.truncated),
+                contents: Some(objects_of(&l, url)),
+                common_prefixes: (!l.prefixes.is_empty()).then(|| prefixes_of(&l, url)),
+                encoding_type: input.encoding_type,
+                ..Default::default()
+            }))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn list_objects(
+        &self,
+        req: S3Request<ListObjectsInput>,
+    ) -> S3Result<S3Response<ListObjectsOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            let input = req.input;
+            let b = self.bucket(&call, "s3.list_bucket", &input.bucket).await?;
+            let prefix = input.prefix.clone().unwrap_or_default();
+            let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
+            let cursor = match &input.marker {
+                // A marker that is a common prefix skips everything under it.
+                Some(m) if delimiter.as_deref().is_some_and(|d| m.ends_with(d)) => {
+                    format!("{}g", nuage_store::key_hex(m))
+                }
+                Some(m) => nuage_store::key_hex(m),
+                None => String::new(),
+            };
+            let (l, max) = self
+                .listing(&b, &prefix, delimiter.as_deref(), cursor, input.max_keys)
+                .await?;
+            let url = is_url(&input.encoding_type);
+            let last = l
+                .objects
+                .last()
+                .map(|o| o.key.clone())
+                .into_iter()
+                .chain(l.prefixes.last().cloned())
+                .max();
+            Ok(S3Response::new(ListObjectsOutput {
+                name: Some(b.name.clone()),
+                prefix: enc(url, input.prefix),
+                delimiter: enc(url, input.delimiter),
+                marker: enc(url, input.marker),
+                max_keys: Some(max),
+                is_truncated: Some(l.truncated),
+                next_marker: enc(url, last.filter(|_| l.truncated && delimiter.is_some())),
+                contents: Some(objects_of(&l, url)),
+                common_prefixes: (!l.prefixes.is_empty()).then(|| prefixes_of(&l, url)),
+                encoding_type: input.encoding_type,
+                ..Default::default()
+            }))
+        };
+        r.await.map_err(tag(rid))
+    }
+}
