@@ -6,6 +6,7 @@ pub mod access_keys;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod buckets;
 pub mod groups;
 pub mod health;
 pub mod key_managers;
@@ -38,6 +39,8 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(orgs::get_org, orgs::update_org))
         .routes(routes!(projects::list, projects::create))
         .routes(routes!(projects::get, projects::update, projects::delete))
+        .routes(routes!(buckets::list, buckets::create))
+        .routes(routes!(buckets::get, buckets::delete))
         .routes(routes!(principals::list_users, principals::create_user))
         .routes(routes!(
             principals::get_user,

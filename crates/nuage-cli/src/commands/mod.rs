@@ -11,6 +11,7 @@ pub mod access_key;
 pub mod admin;
 pub mod audit;
 pub mod auth;
+pub mod bucket;
 pub mod group;
 pub mod key;
 pub mod org;
@@ -46,6 +47,8 @@ pub enum Command {
     Token(token::TokenArgs),
     /// Manage S3 access keys (for aws-cli, boto3 and other S3 clients).
     AccessKey(access_key::AccessKeyArgs),
+    /// Manage buckets (objects go through the S3 endpoint).
+    Bucket(bucket::BucketArgs),
     /// List roles, and grant or revoke them.
     Role(access::RoleArgs),
     /// Manage custom Cedar policies and test access decisions.
@@ -106,6 +109,7 @@ pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
         Command::Group(a) => group::run(ctx, a).await,
         Command::Token(a) => token::run(ctx, a).await,
         Command::AccessKey(a) => access_key::run(ctx, a).await,
+        Command::Bucket(a) => bucket::run(ctx, a).await,
         Command::Role(a) => access::run(ctx, a).await,
         Command::Policy(a) => policy::run(ctx, a).await,
         Command::Mfa(a) => auth::mfa(ctx, crate::context::Realm::Tenant, a.cmd).await,

@@ -64,6 +64,11 @@ async fn every_org_route_answers_404_to_another_tenant() {
     mk("/v1/orgs/alpha/projects/web/keys", json!({"name": "k1"})).await;
     let access_key = mk("/v1/orgs/alpha/access-keys", json!({})).await;
     mk(
+        "/v1/orgs/alpha/projects/web/buckets",
+        json!({"name": "alpha-b1"}),
+    )
+    .await;
+    mk(
         "/v1/orgs/alpha/key-managers",
         json!({"name": "vault", "kind": "transit", "transit": {"address": "http://127.0.0.1:1"},
                "transit_token": "t"}),
@@ -72,6 +77,7 @@ async fn every_org_route_answers_404_to_another_tenant() {
 
     let params: HashMap<&str, String> = HashMap::from([
         ("key", "k1".to_string()),
+        ("bucket", "alpha-b1".to_string()),
         (
             "access_key",
             access_key.body["access_key"]["id"]
