@@ -11,4 +11,5 @@ mod kms;
 mod oidc;
 mod openapi;
 mod process;
+mod s3;
 mod scale_out;
