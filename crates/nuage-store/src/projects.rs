@@ -152,6 +152,17 @@ impl Store {
                 .map_err(db_err)?;
         let generation = generation.ok_or_else(|| ApiError::not_found("project", id))?;
         check_generation(expected, generation)?;
+        let buckets: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM buckets WHERE project_id = $1")
+            .bind(id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if buckets > 0 {
+            return Err(ApiError::conflict(
+                "project_not_empty",
+                format!("the project still holds {buckets} bucket(s); delete them first"),
+            ));
+        }
         let live_keys: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM kms_keys WHERE project_id = $1 AND state <> 'destroyed'",
         )

@@ -395,6 +395,15 @@ async fn s3_iam_isolation_audit_encryption() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["key"], "default");
+    let r = s
+        .t(Method::DELETE, "/v1/orgs/acme/projects/web", &owner, None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "project_not_empty"),
+        "a project with buckets stays: {}",
+        r.text
+    );
 
     let canary = b"CANARY-7f3a9c-plaintext-must-never-reach-disk";
     let mut body = canary.repeat(3000);
