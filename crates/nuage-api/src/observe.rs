@@ -4,16 +4,13 @@
 //! client gets a 503 instead of its answer: no unaudited decision escapes.
 
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::{header, HeaderValue};
-use nuage_audit::log::PLATFORM_LOG;
-use nuage_core::model::AuditRecord;
-use nuage_core::time::now_ms;
+use nuage_audit::pending::Finished;
 use nuage_core::ApiError;
 use tracing::Instrument;
 
@@ -21,29 +18,7 @@ use crate::metrics::RouteLabels;
 use crate::problem::{self, ErrorMarker};
 use crate::state::AppState;
 
-/// What the pipeline learnt about the request, for its audit entry.
-#[derive(Debug, Default)]
-pub struct AuditInfo {
-    pub log_id: Option<String>,
-    pub principal_id: Option<String>,
-    pub principal_name: String,
-    pub action: Option<String>,
-    pub resource: Option<String>,
-    pub decision: Option<&'static str>,
-    pub policies: Vec<String>,
-    pub details: std::collections::BTreeMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-pub struct AuditSlot(pub Arc<Mutex<AuditInfo>>);
-
-impl AuditSlot {
-    pub fn update(&self, f: impl FnOnce(&mut AuditInfo)) {
-        if let Ok(mut g) = self.0.lock() {
-            f(&mut g);
-        }
-    }
-}
+pub use nuage_audit::pending::{AuditInfo, AuditSlot};
 
 #[derive(Clone, Debug)]
 pub struct RequestId(pub String);
@@ -96,31 +71,14 @@ pub async fn observe(State(state): State<AppState>, mut req: Request, next: Next
     }
 
     if !unaudited(&path) {
-        let info = slot
-            .0
-            .lock()
-            .map(|mut g| std::mem::take(&mut *g))
-            .unwrap_or_default();
-        let status = response.status();
-        let decision = info
-            .decision
-            .unwrap_or(if status.is_success() { "none" } else { "error" });
-        let record = AuditRecord {
-            time: now_ms(),
-            request_id: request_id.clone(),
-            principal: info.principal_id.unwrap_or_else(|| "anonymous".to_string()),
-            principal_name: info.principal_name,
-            source: source.clone(),
-            method: method.clone(),
-            path: path.clone(),
-            action: info.action.unwrap_or_else(|| format!("{method} {route}")),
-            resource: info.resource.unwrap_or_default(),
-            decision: decision.to_string(),
-            policies: info.policies,
-            status: status.as_u16(),
-            details: info.details,
-        };
-        let log_id = info.log_id.unwrap_or_else(|| PLATFORM_LOG.to_string());
+        let (log_id, record) = slot.finish(Finished {
+            request_id: &request_id,
+            source: &source,
+            method: &method,
+            path: &path,
+            status: response.status().as_u16(),
+            default_action: format!("{method} {route}"),
+        });
         if let Err(e) = state.audit.record(&log_id, record).await {
             span.in_scope(|| tracing::error!(error = %e, "audit entry not written; answering 503"));
             response = problem::render(

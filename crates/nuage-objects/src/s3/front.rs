@@ -3,16 +3,14 @@
 //! service is sealed, and writes the audit entry before the response leaves:
 //! if the entry cannot be written the client gets a 503 instead.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
 use http::{HeaderValue, StatusCode};
-use nuage_audit::log::{AuditLog, PLATFORM_LOG};
-use nuage_core::model::AuditRecord;
-use nuage_core::time::now_ms;
+use nuage_audit::log::AuditLog;
+use nuage_audit::pending::Finished;
 use nuage_iam::{Authenticator, Authorizer};
 use s3s::service::{S3Service, S3ServiceBuilder};
 
@@ -34,29 +32,7 @@ impl Default for S3Config {
     }
 }
 
-/// What a request learnt on its way, for its audit entry.
-#[derive(Debug, Default)]
-pub struct AuditInfo {
-    pub log_id: Option<String>,
-    pub principal_id: Option<String>,
-    pub principal_name: String,
-    pub action: Option<String>,
-    pub resource: Option<String>,
-    pub decision: Option<&'static str>,
-    pub policies: Vec<String>,
-    pub details: BTreeMap<String, String>,
-}
-
-#[derive(Clone, Default)]
-pub struct Slot(Arc<Mutex<AuditInfo>>);
-
-impl Slot {
-    pub fn update(&self, f: impl FnOnce(&mut AuditInfo)) {
-        if let Ok(mut g) = self.0.lock() {
-            f(&mut g);
-        }
-    }
-}
+pub use nuage_audit::pending::AuditSlot as Slot;
 
 /// Request facts the operations need, carried in the request extensions.
 #[derive(Clone)]
@@ -156,34 +132,14 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
         }
     };
 
-    let info = slot
-        .0
-        .lock()
-        .map(|mut g| std::mem::take(&mut *g))
-        .unwrap_or_default();
-    let status = response.status();
-    let decision = info
-        .decision
-        .unwrap_or(if status.is_success() { "none" } else { "error" });
-    let record = AuditRecord {
-        time: now_ms(),
-        request_id: request_id.clone(),
-        principal: info.principal_id.unwrap_or_else(|| "anonymous".to_string()),
-        principal_name: info.principal_name,
-        source,
-        method: method.clone(),
-        path,
-        action: info.action.unwrap_or_else(|| format!("s3 {method}")),
-        resource: info.resource.unwrap_or_default(),
-        decision: decision.to_string(),
-        policies: info.policies,
-        status: status.as_u16(),
-        details: info.details,
-    };
-    let log_id = info
-        .log_id
-        .filter(|l| !l.is_empty())
-        .unwrap_or_else(|| PLATFORM_LOG.to_string());
+    let (log_id, record) = slot.finish(Finished {
+        request_id: &request_id,
+        source: &source,
+        method: &method,
+        path: &path,
+        status: response.status().as_u16(),
+        default_action: format!("s3 {method}"),
+    });
     if let Err(e) = front.audit.record(&log_id, record).await {
         tracing::error!(error = %e.detail, request_id = %request_id, "audit entry not written; answering 503");
         response = xml_error(
