@@ -10,6 +10,11 @@
 //!
 //! Every version has its own data key from the key service, wrapped by the
 //! bucket's project key; metadata is sealed under that same data key.
+//!
+//! Multipart uploads store each part the same way (its own data key, its
+//! own file under `parts/`, durable before its row commits). Complete does
+//! not copy bytes: the version's body is its parts read in order, so a GET
+//! decrypts only the chunks of the parts a range touches.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,12 +30,15 @@ use nuage_core::{ApiError, ApiResult};
 use nuage_kms::aead::{self, SecretKey};
 use nuage_kms::stream::{self, StreamEncryptor, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
 use nuage_kms::{KeyUse, Kms, Purpose};
-use nuage_store::{BucketRow, ObjectRow, Store};
+use nuage_store::{BucketRow, ObjectRow, PartRow, Replaced, Store, UploadRow};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
+
+/// Part numbers S3 clients may use.
+pub const MAX_PART_NUMBER: i64 = 10_000;
 
 /// What a client stored beside the body: user metadata and the standard
 /// headers returned on GET. Sealed, since names and types reveal content.
@@ -52,7 +60,10 @@ pub struct Meta {
 
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
+    /// Largest single PUT, and largest part.
     pub max_object_size: u64,
+    /// Smallest part of a completed multipart upload but the last (S3: 5 MiB).
+    pub min_part_size: u64,
     /// Longest wait for the next piece of a request body.
     pub body_timeout: Duration,
 }
@@ -61,6 +72,7 @@ impl Default for EngineConfig {
     fn default() -> Self {
         EngineConfig {
             max_object_size: 5 * 1024 * 1024 * 1024,
+            min_part_size: 5 * 1024 * 1024,
             body_timeout: Duration::from_secs(60),
         }
     }
@@ -79,6 +91,19 @@ pub struct Opened {
     pub row: ObjectRow,
     pub meta: Meta,
     dek: SecretKey,
+    /// The parts of a multipart version, in order (their keys are
+    /// unwrapped only when a read reaches them).
+    parts: Vec<PartRow>,
+    project_id: String,
+    why: Purpose,
+}
+
+/// A body written durably under its final name but not yet referenced by
+/// a row: dropping it removes the file.
+struct Written {
+    total: u64,
+    md5: [u8; 16],
+    guard: TempFile,
 }
 
 /// Removes a temporary file unless the write it belongs to completed
@@ -114,6 +139,10 @@ fn stream_err(e: stream::StreamError) -> ApiError {
 
 fn body_aad(bucket_id: &str, version_id: &str) -> Vec<u8> {
     format!("nuage object v1|{bucket_id}|{version_id}").into_bytes()
+}
+
+fn part_aad(bucket_id: &str, part_id: &str) -> Vec<u8> {
+    format!("nuage object part v1|{bucket_id}|{part_id}").into_bytes()
 }
 
 fn meta_aad(bucket_id: &str, version_id: &str) -> Vec<u8> {
@@ -154,6 +183,7 @@ impl Engine {
         let dir = data_dir.join("objects");
         std::fs::create_dir_all(dir.join("tmp"))?;
         std::fs::create_dir_all(dir.join("bodies"))?;
+        std::fs::create_dir_all(dir.join("parts"))?;
         Ok(Engine {
             store,
             kms,
@@ -171,14 +201,20 @@ impl Engine {
     }
 
     fn body_path(&self, version_id: &str) -> PathBuf {
-        let fan = version_id
-            .get(version_id.len().saturating_sub(2)..)
-            .unwrap_or("00");
-        self.dir.join("bodies").join(fan).join(version_id)
+        self.fanned("bodies", version_id)
     }
 
-    /// Removes what crashes left behind: temporary files, and bodies no
-    /// version row refers to. Only files older than `before` are touched,
+    fn part_path(&self, part_id: &str) -> PathBuf {
+        self.fanned("parts", part_id)
+    }
+
+    fn fanned(&self, area: &str, id: &str) -> PathBuf {
+        let fan = id.get(id.len().saturating_sub(2)..).unwrap_or("00");
+        self.dir.join(area).join(fan).join(id)
+    }
+
+    /// Removes what crashes left behind: temporary files, bodies no version
+    /// row refers to, and part files no part row refers to. Only files older than `before` are touched,
     /// so requests running meanwhile are safe.
     pub async fn collect_garbage(&self, before: SystemTime) -> ApiResult<(u64, u64)> {
         let old = |p: &Path| {
@@ -196,54 +232,55 @@ impl Engine {
             }
         }
         let mut orphans = 0;
-        for fan in std::fs::read_dir(self.dir.join("bodies"))
-            .map_err(io_err("gc"))?
-            .flatten()
-        {
-            let Ok(files) = std::fs::read_dir(fan.path()) else {
-                continue;
-            };
-            for f in files.flatten() {
-                let name = f.file_name().to_string_lossy().to_string();
-                if old(&f.path())
-                    && !self.store.object_version_exists(&name).await?
-                    && std::fs::remove_file(f.path()).is_ok()
-                {
-                    orphans += 1;
+        for area in ["bodies", "parts"] {
+            for fan in std::fs::read_dir(self.dir.join(area))
+                .map_err(io_err("gc"))?
+                .flatten()
+            {
+                let Ok(files) = std::fs::read_dir(fan.path()) else {
+                    continue;
+                };
+                for f in files.flatten() {
+                    let name = f.file_name().to_string_lossy().to_string();
+                    if !old(&f.path()) {
+                        continue;
+                    }
+                    let referenced = match area {
+                        "bodies" => self.store.object_version_exists(&name).await?,
+                        _ => self.store.part_exists(&name).await?,
+                    };
+                    if !referenced && std::fs::remove_file(f.path()).is_ok() {
+                        orphans += 1;
+                    }
                 }
             }
         }
         Ok((temps, orphans))
     }
 
-    /// Stores a new current version of `key` from `body`.
-    pub async fn put<S, E>(
+    /// Streams `body` through the chunked AEAD into a temporary file, then
+    /// fsyncs and renames it to `final_path` (fsyncing the directory).
+    async fn write_body<S, E>(
         &self,
-        bucket: &BucketRow,
-        key: &str,
+        key: &SecretKey,
+        aad: &[u8],
+        id: &str,
+        final_path: PathBuf,
         mut body: S,
-        meta: &Meta,
         expect_md5: Option<&[u8]>,
-        why: &Purpose,
-    ) -> Result<(ObjectRow, KeyUse), PutError>
+    ) -> Result<Written, PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let version_id = format!("obv_{}", uuid::Uuid::now_v7().simple());
-        let (dk, used) = self
-            .kms
-            .data_key(&bucket.project_id, &bucket.key_id, &version_id, why)
-            .await?;
-        let aad = body_aad(&bucket.id, &version_id);
-        let tmp_path = self.dir.join("tmp").join(&version_id);
+        let tmp_path = self.dir.join("tmp").join(id);
         let mut guard = TempFile(Some(tmp_path.clone()));
         let file = tokio::fs::File::create(&tmp_path)
             .await
             .map_err(io_err("create a temporary file"))?;
         let mut out = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let (mut enc, header) =
-            StreamEncryptor::new(&dk.key, &aad, DEFAULT_CHUNK_SIZE).map_err(stream_err)?;
+            StreamEncryptor::new(key, aad, DEFAULT_CHUNK_SIZE).map_err(stream_err)?;
         out.write_all(&header).await.map_err(io_err("write"))?;
         let cs = DEFAULT_CHUNK_SIZE;
         let mut buf: Vec<u8> = Vec::with_capacity(cs + TAG_LEN);
@@ -277,7 +314,7 @@ impl Engine {
         enc.encrypt_chunk(&mut buf, true).map_err(stream_err)?;
         out.write_all(&buf).await.map_err(io_err("write"))?;
         out.flush().await.map_err(io_err("write"))?;
-        let md5 = md5.finalize();
+        let md5: [u8; 16] = md5.finalize().into();
         if expect_md5.is_some_and(|m| m != md5.as_slice()) {
             return Err(PutError::Body(BodyError::BadDigest));
         }
@@ -285,7 +322,6 @@ impl Engine {
         file.sync_all().await.map_err(io_err("fsync"))?;
         drop(file);
 
-        let final_path = self.body_path(&version_id);
         let parent = final_path
             .parent()
             .map(Path::to_path_buf)
@@ -296,26 +332,72 @@ impl Engine {
         tokio::fs::rename(&tmp_path, &final_path)
             .await
             .map_err(io_err("rename"))?;
-        guard.0 = Some(final_path.clone());
+        guard.0 = Some(final_path);
         sync_dir(&parent)
             .await
             .map_err(io_err("fsync a directory"))?;
+        Ok(Written { total, md5, guard })
+    }
 
-        let sealed_meta = serde_json::to_vec(meta)
+    fn seal_meta(
+        &self,
+        key: &SecretKey,
+        bucket_id: &str,
+        version_id: &str,
+        meta: &Meta,
+    ) -> ApiResult<String> {
+        let plain = serde_json::to_vec(meta)
             .map_err(|e| ApiError::internal(format!("metadata does not encode: {e}")))?;
+        Ok(B64.encode(aead::wrap(key, &meta_aad(bucket_id, version_id), &plain)))
+    }
+
+    /// Stores a new current version of `key` from `body`.
+    pub async fn put<S, E>(
+        &self,
+        bucket: &BucketRow,
+        key: &str,
+        body: S,
+        meta: &Meta,
+        expect_md5: Option<&[u8]>,
+        why: &Purpose,
+    ) -> Result<(ObjectRow, KeyUse), PutError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let version_id = format!("obv_{}", uuid::Uuid::now_v7().simple());
+        let (dk, used) = self
+            .kms
+            .data_key(&bucket.project_id, &bucket.key_id, &version_id, why)
+            .await?;
+        let aad = body_aad(&bucket.id, &version_id);
+        let written = self
+            .write_body(
+                &dk.key,
+                &aad,
+                &version_id,
+                self.body_path(&version_id),
+                body,
+                expect_md5,
+            )
+            .await;
+        let mut written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.kms.data_key_delete(&dk.id).await;
+                return Err(e);
+            }
+        };
         let row = ObjectRow {
             version_id: version_id.clone(),
             bucket_id: bucket.id.clone(),
             key: key.to_string(),
-            size: i64::try_from(total).map_err(|_| PutError::Body(BodyError::TooLarge))?,
-            etag: hex::encode(md5),
+            size: i64::try_from(written.total).map_err(|_| PutError::Body(BodyError::TooLarge))?,
+            etag: hex::encode(written.md5),
             data_key_id: dk.id.clone(),
-            sealed_meta: B64.encode(aead::wrap(
-                &dk.key,
-                &meta_aad(&bucket.id, &version_id),
-                &sealed_meta,
-            )),
+            sealed_meta: self.seal_meta(&dk.key, &bucket.id, &version_id, meta)?,
             created_at: now_ms(),
+            part_count: 0,
         };
         let replaced = match self.store.object_put(&row).await {
             Ok(r) => r,
@@ -324,18 +406,230 @@ impl Engine {
                 return Err(e.into());
             }
         };
-        guard.0 = None;
+        written.guard.0 = None;
         if let Some(old) = replaced {
             self.discard(&old).await;
         }
         Ok((row, used))
     }
 
+    /// Starts a multipart upload of `key`: reserves the version id, its
+    /// data key and the sealed metadata the object will have.
+    pub async fn create_upload(
+        &self,
+        bucket: &BucketRow,
+        key: &str,
+        meta: &Meta,
+        created_by: &str,
+        why: &Purpose,
+    ) -> ApiResult<(UploadRow, KeyUse)> {
+        let version_id = format!("obv_{}", uuid::Uuid::now_v7().simple());
+        let (dk, used) = self
+            .kms
+            .data_key(&bucket.project_id, &bucket.key_id, &version_id, why)
+            .await?;
+        let up = UploadRow {
+            upload_id: format!("mpu_{}", uuid::Uuid::new_v4().simple()),
+            bucket_id: bucket.id.clone(),
+            key: key.to_string(),
+            version_id: version_id.clone(),
+            data_key_id: dk.id.clone(),
+            sealed_meta: self.seal_meta(&dk.key, &bucket.id, &version_id, meta)?,
+            created_by: created_by.to_string(),
+            created_at: now_ms(),
+        };
+        if let Err(e) = self.store.upload_create(&up).await {
+            let _ = self.kms.data_key_delete(&dk.id).await;
+            return Err(e);
+        }
+        Ok((up, used))
+    }
+
+    /// Stores part `number` of an upload (replacing an earlier one of the
+    /// same number). An upload gone meanwhile is `not_found`.
+    pub async fn upload_part<S, E>(
+        &self,
+        bucket: &BucketRow,
+        up: &UploadRow,
+        number: i64,
+        body: S,
+        expect_md5: Option<&[u8]>,
+        why: &Purpose,
+    ) -> Result<(PartRow, KeyUse), PutError>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        let part_id = format!("obp_{}", uuid::Uuid::now_v7().simple());
+        let (dk, used) = self
+            .kms
+            .data_key(&bucket.project_id, &bucket.key_id, &part_id, why)
+            .await?;
+        let aad = part_aad(&bucket.id, &part_id);
+        let written = self
+            .write_body(
+                &dk.key,
+                &aad,
+                &part_id,
+                self.part_path(&part_id),
+                body,
+                expect_md5,
+            )
+            .await;
+        let mut written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                let _ = self.kms.data_key_delete(&dk.id).await;
+                return Err(e);
+            }
+        };
+        let row = PartRow {
+            part_id: part_id.clone(),
+            upload_id: up.upload_id.clone(),
+            part_number: number,
+            size: i64::try_from(written.total).map_err(|_| PutError::Body(BodyError::TooLarge))?,
+            etag: hex::encode(written.md5),
+            data_key_id: dk.id.clone(),
+            version_id: None,
+            created_at: now_ms(),
+        };
+        let replaced = match self.store.part_put(&row).await {
+            Ok(r) => r,
+            Err(e) => {
+                let _ = self.kms.data_key_delete(&dk.id).await;
+                return Err(e.into());
+            }
+        };
+        written.guard.0 = None;
+        if let Some(old) = replaced {
+            self.discard_part(&old).await;
+        }
+        Ok((row, used))
+    }
+
+    /// Completes an upload from the parts the client lists (number and
+    /// ETag, ascending): checks them, computes the multipart ETag and makes
+    /// the object current in one metadata transaction. Errors carry the S3
+    /// meaning in their code: `invalid_part`, `invalid_part_order`,
+    /// `entity_too_small`, `malformed_xml`, `not_found` (the upload).
+    pub async fn complete_upload(
+        &self,
+        up: &UploadRow,
+        listed: &[(i64, String)],
+    ) -> ApiResult<ObjectRow> {
+        if listed.is_empty() {
+            return Err(ApiError::bad_request("malformed_xml", "no parts listed"));
+        }
+        if listed.windows(2).any(|w| w[0].0 >= w[1].0) {
+            return Err(ApiError::bad_request(
+                "invalid_part_order",
+                "the parts are not listed in ascending order",
+            ));
+        }
+        let stored: BTreeMap<i64, PartRow> = self
+            .store
+            .upload_parts(&up.upload_id, 0, MAX_PART_NUMBER + 1)
+            .await?
+            .into_iter()
+            .map(|p| (p.part_number, p))
+            .collect();
+        // Every listed part must exist as listed before sizes are judged.
+        let mut found = Vec::with_capacity(listed.len());
+        for (n, etag) in listed {
+            let etag = etag.trim().trim_matches('"');
+            match stored.get(n).filter(|p| p.etag == etag) {
+                Some(p) => found.push(p),
+                None => {
+                    return Err(ApiError::bad_request(
+                        "invalid_part",
+                        format!("part {n} was not uploaded or its ETag differs"),
+                    ))
+                }
+            }
+        }
+        let mut chosen = Vec::with_capacity(found.len());
+        let mut md5s = Md5::new();
+        let mut total: i64 = 0;
+        for (i, p) in found.iter().enumerate() {
+            let last = i + 1 == found.len();
+            if !last && u64::try_from(p.size).unwrap_or(0) < self.cfg.min_part_size {
+                return Err(ApiError::bad_request(
+                    "entity_too_small",
+                    format!(
+                        "part {} is smaller than the minimum part size ({} bytes)",
+                        p.part_number, self.cfg.min_part_size
+                    ),
+                ));
+            }
+            let raw = hex::decode(&p.etag)
+                .map_err(|_| ApiError::internal("a stored part ETag is not hex"))?;
+            md5s.update(&raw);
+            total = total.saturating_add(p.size);
+            chosen.push(p.part_id.clone());
+        }
+        let row = ObjectRow {
+            version_id: up.version_id.clone(),
+            bucket_id: up.bucket_id.clone(),
+            key: up.key.clone(),
+            size: total,
+            etag: format!("{}-{}", hex::encode(md5s.finalize()), listed.len()),
+            data_key_id: up.data_key_id.clone(),
+            sealed_meta: up.sealed_meta.clone(),
+            created_at: now_ms(),
+            part_count: i64::try_from(listed.len()).unwrap_or(i64::MAX),
+        };
+        let done = self
+            .store
+            .upload_complete(&up.upload_id, &row, &chosen)
+            .await
+            .map_err(|e| match e.code {
+                "part_changed" => ApiError::bad_request("invalid_part", e.detail),
+                _ => e,
+            })?;
+        for p in &done.unused {
+            self.discard_part(p).await;
+        }
+        if let Some(old) = done.replaced {
+            self.discard(&old).await;
+        }
+        Ok(row)
+    }
+
+    /// Aborts an upload: its rows, part files and data keys go. False when
+    /// there was no such upload.
+    pub async fn abort_upload(&self, bucket: &BucketRow, upload_id: &str) -> ApiResult<bool> {
+        let Some((up, parts)) = self.store.upload_abort(&bucket.id, upload_id).await? else {
+            return Ok(false);
+        };
+        for p in &parts {
+            self.discard_part(p).await;
+        }
+        if let Err(e) = self.kms.data_key_delete(&up.data_key_id).await {
+            tracing::warn!(error = %e.detail, "aborted upload's data key not removed");
+        }
+        Ok(true)
+    }
+
+    async fn discard_part(&self, p: &PartRow) {
+        if let Err(e) = tokio::fs::remove_file(self.part_path(&p.part_id)).await {
+            tracing::warn!(error = %e, part = %p.part_id, "unused part file not removed");
+        }
+        if let Err(e) = self.kms.data_key_delete(&p.data_key_id).await {
+            tracing::warn!(error = %e.detail, "unused part data key not removed");
+        }
+    }
+
     /// Forgets a version that is no longer referenced: its body and its
     /// data key (crypto-shredding what might remain on disk).
-    pub async fn discard(&self, old: &ObjectRow) {
-        if let Err(e) = tokio::fs::remove_file(self.body_path(&old.version_id)).await {
-            tracing::warn!(error = %e, version = %old.version_id, "old object body not removed");
+    pub async fn discard(&self, old: &Replaced) {
+        for p in &old.parts {
+            self.discard_part(p).await;
+        }
+        let old = &old.row;
+        if old.part_count == 0 {
+            if let Err(e) = tokio::fs::remove_file(self.body_path(&old.version_id)).await {
+                tracing::warn!(error = %e, version = %old.version_id, "old object body not removed");
+            }
         }
         if let Err(e) = self.kms.data_key_delete(&old.data_key_id).await {
             tracing::warn!(error = %e.detail, "old object data key not removed");
@@ -363,36 +657,91 @@ impl Engine {
             .map_err(|_| ApiError::internal("stored metadata does not open"))?;
         let meta: Meta = serde_json::from_slice(&plain)
             .map_err(|_| ApiError::internal("stored metadata does not decode"))?;
-        Ok(Some((Opened { row, meta, dek }, used)))
+        let parts = if row.part_count > 0 {
+            self.store.version_parts(&row.version_id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Some((
+            Opened {
+                row,
+                meta,
+                dek,
+                parts,
+                project_id: bucket.project_id.clone(),
+                why: why.clone(),
+            },
+            used,
+        )))
     }
 
     /// Plaintext bytes `offset .. offset + len` of an opened version,
-    /// decrypting only the chunks they touch, a few chunks at a time.
+    /// decrypting only the chunks they touch, a few chunks at a time. A
+    /// multipart version is its parts end to end; a part's data key is
+    /// unwrapped when the read reaches it.
     pub fn read(
         &self,
         o: &Opened,
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        struct St {
+        /// One encrypted file and where its plaintext sits in the object.
+        struct Segment {
             path: PathBuf,
-            file: Option<tokio::fs::File>,
+            start: u64,
+            len: u64,
+            aad: Vec<u8>,
+            /// The data key, or (id, owner) to unwrap it.
+            key: Result<SecretKey, (String, String)>,
+        }
+        struct Cur {
+            index: usize,
+            file: tokio::fs::File,
             header: Vec<u8>,
             chunk_size: u64,
             dek: SecretKey,
-            aad: Vec<u8>,
-            plain_len: u64,
+        }
+        struct St {
+            segs: Vec<Segment>,
+            cur: Option<Cur>,
+            kms: Kms,
+            project_id: String,
+            why: Purpose,
             pos: u64,
             end: u64,
         }
+        let segs = if o.parts.is_empty() {
+            vec![Segment {
+                path: self.body_path(&o.row.version_id),
+                start: 0,
+                len: u64::try_from(o.row.size).unwrap_or(0),
+                aad: body_aad(&o.row.bucket_id, &o.row.version_id),
+                key: Ok(o.dek.clone()),
+            }]
+        } else {
+            let mut start = 0u64;
+            o.parts
+                .iter()
+                .map(|p| {
+                    let len = u64::try_from(p.size).unwrap_or(0);
+                    let s = Segment {
+                        path: self.part_path(&p.part_id),
+                        start,
+                        len,
+                        aad: part_aad(&o.row.bucket_id, &p.part_id),
+                        key: Err((p.data_key_id.clone(), p.part_id.clone())),
+                    };
+                    start += len;
+                    s
+                })
+                .collect()
+        };
         let st = St {
-            path: self.body_path(&o.row.version_id),
-            file: None,
-            header: Vec::new(),
-            chunk_size: 0,
-            dek: o.dek.clone(),
-            aad: body_aad(&o.row.bucket_id, &o.row.version_id),
-            plain_len: u64::try_from(o.row.size).unwrap_or(0),
+            segs,
+            cur: None,
+            kms: self.kms.clone(),
+            project_id: o.project_id.clone(),
+            why: o.why.clone(),
             pos: offset,
             end: offset.saturating_add(len),
         };
@@ -400,39 +749,62 @@ impl Engine {
             if st.pos >= st.end {
                 return Ok(None);
             }
-            if st.file.is_none() {
-                let mut f = tokio::fs::File::open(&st.path).await?;
+            // The first segment ending after `pos` holds it (empty ones skipped).
+            let index = st.segs.partition_point(|s| s.start + s.len <= st.pos);
+            let seg = st
+                .segs
+                .get(index)
+                .ok_or_else(|| std::io::Error::other("read past the object's end"))?;
+            if st.cur.as_ref().map(|c| c.index) != Some(index) {
+                let dek = match &seg.key {
+                    Ok(k) => k.clone(),
+                    Err((id, owner)) => {
+                        st.kms
+                            .unwrap(&st.project_id, id, owner, &st.why)
+                            .await
+                            .map_err(|e| std::io::Error::other(e.detail))?
+                            .0
+                    }
+                };
+                let mut file = tokio::fs::File::open(&seg.path).await?;
                 let mut h = vec![0u8; HEADER_LEN];
-                f.read_exact(&mut h).await?;
+                file.read_exact(&mut h).await?;
                 let parsed = stream::Header::parse(&h).map_err(std::io::Error::other)?;
-                st.chunk_size = parsed.chunk_size() as u64;
-                st.header = h;
-                st.file = Some(f);
+                st.cur = Some(Cur {
+                    index,
+                    file,
+                    header: h,
+                    chunk_size: parsed.chunk_size() as u64,
+                    dek,
+                });
             }
-            let window = st.chunk_size * READ_CHUNKS;
-            let piece_end = st.end.min((st.pos / window + 1) * window);
-            let piece_len = piece_end - st.pos;
-            let span = stream::chunk_span(st.plain_len, st.chunk_size as usize, st.pos, piece_len)
-                .map_err(std::io::Error::other)?;
-            let mut fetched = vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
-            let f = st
-                .file
+            let cur = st
+                .cur
                 .as_mut()
                 .ok_or_else(|| std::io::Error::other("object body not open"))?;
-            f.seek(std::io::SeekFrom::Start(span.ciphertext.start))
+            let local = st.pos - seg.start;
+            let local_end = st.end.min(seg.start + seg.len) - seg.start;
+            let window = cur.chunk_size * READ_CHUNKS;
+            let piece_end = local_end.min((local / window + 1) * window);
+            let piece_len = piece_end - local;
+            let span = stream::chunk_span(seg.len, cur.chunk_size as usize, local, piece_len)
+                .map_err(std::io::Error::other)?;
+            let mut fetched = vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
+            cur.file
+                .seek(std::io::SeekFrom::Start(span.ciphertext.start))
                 .await?;
-            f.read_exact(&mut fetched).await?;
+            cur.file.read_exact(&mut fetched).await?;
             let plain = stream::decrypt_range(
-                &st.dek,
-                &st.aad,
-                &st.header,
-                st.plain_len,
+                &cur.dek,
+                &seg.aad,
+                &cur.header,
+                seg.len,
                 &fetched,
-                st.pos,
+                local,
                 piece_len,
             )
             .map_err(std::io::Error::other)?;
-            st.pos = piece_end;
+            st.pos += piece_len;
             Ok(Some((Bytes::from(plain), st)))
         })
     }

@@ -40,7 +40,7 @@ pub use access_keys::AccessKeyAuth;
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
 pub use idempotency::StoredResponse;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
-pub use objects::{key_hex, BucketRow, ObjectRow};
+pub use objects::{key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow};
 pub use oidc::PendingLogin;
 pub use principals::{kind_label, Credentials};
 pub use role_bindings::EffectiveBinding;

@@ -1,6 +1,11 @@
 //! Rows of object storage: buckets and object versions. Bodies live in files
 //! (see `nuage-objects`); a version becomes visible only when its row is
 //! committed here, which is what makes a PUT atomic.
+//!
+//! Multipart uploads follow the same rule: a part is visible once its row
+//! commits, and Complete turns an upload's parts into an object version in
+//! one transaction (the rows that lose go back to the caller, whose files
+//! it removes after the commit).
 
 use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
@@ -34,12 +39,61 @@ pub struct ObjectRow {
     /// Base64 of the metadata sealed under the object's data key.
     pub sealed_meta: String,
     pub created_at: i64,
+    /// Part files making up the body (0: a single body file).
+    pub part_count: i64,
+}
+
+/// A multipart upload in progress. It reserves the version id (with its
+/// data key and sealed metadata) the object will have once completed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UploadRow {
+    pub upload_id: String,
+    pub bucket_id: String,
+    pub key: String,
+    pub version_id: String,
+    pub data_key_id: String,
+    pub sealed_meta: String,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// One uploaded part: of an upload in progress, or (`version_id` set) a
+/// piece of a completed object's body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PartRow {
+    pub part_id: String,
+    pub upload_id: String,
+    pub part_number: i64,
+    pub size: i64,
+    pub etag: String,
+    pub data_key_id: String,
+    pub version_id: Option<String>,
+    pub created_at: i64,
+}
+
+/// A version that lost its place, with the parts of its body.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Replaced {
+    pub row: ObjectRow,
+    pub parts: Vec<PartRow>,
+}
+
+/// What a completed upload left unreferenced: the previous version of the
+/// key and the uploaded parts the client did not list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completed {
+    pub replaced: Option<Replaced>,
+    pub unused: Vec<PartRow>,
 }
 
 const BUCKET_COLS: &str =
     "id, org_id, project_id, name, key_id, key_name, created_by, generation, created_at, updated_at";
-const OBJECT_COLS: &str =
-    "version_id, bucket_id, object_key, size, etag, data_key_id, sealed_meta, created_at";
+const OBJECT_COLS: &str = "version_id, bucket_id, object_key, size, etag, data_key_id, \
+     sealed_meta, created_at, part_count";
+const UPLOAD_COLS: &str = "upload_id, bucket_id, object_key, version_id, data_key_id, \
+     sealed_meta, created_by, created_at";
+const PART_COLS: &str =
+    "part_id, upload_id, part_number, size, etag, data_key_id, version_id, created_at";
 
 fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
     Ok(BucketRow {
@@ -66,7 +120,102 @@ fn row_to_object(r: &AnyRow) -> Result<ObjectRow, sqlx::Error> {
         data_key_id: r.try_get("data_key_id")?,
         sealed_meta: r.try_get("sealed_meta")?,
         created_at: r.try_get("created_at")?,
+        part_count: r.try_get("part_count")?,
     })
+}
+
+fn row_to_upload(r: &AnyRow) -> Result<UploadRow, sqlx::Error> {
+    Ok(UploadRow {
+        upload_id: r.try_get("upload_id")?,
+        bucket_id: r.try_get("bucket_id")?,
+        key: r.try_get("object_key")?,
+        version_id: r.try_get("version_id")?,
+        data_key_id: r.try_get("data_key_id")?,
+        sealed_meta: r.try_get("sealed_meta")?,
+        created_by: r.try_get("created_by")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn row_to_part(r: &AnyRow) -> Result<PartRow, sqlx::Error> {
+    Ok(PartRow {
+        part_id: r.try_get("part_id")?,
+        upload_id: r.try_get("upload_id")?,
+        part_number: r.try_get("part_number")?,
+        size: r.try_get("size")?,
+        etag: r.try_get("etag")?,
+        data_key_id: r.try_get("data_key_id")?,
+        version_id: r.try_get("version_id")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+/// Removes the current version of a key (and the rows of its parts) inside
+/// the caller's transaction, returning what was removed.
+async fn take_current(
+    conn: &mut sqlx::AnyConnection,
+    bucket_id: &str,
+    hex: &str,
+) -> Result<Option<Replaced>, sqlx::Error> {
+    let old = sqlx::query(&format!(
+        "SELECT {OBJECT_COLS} FROM objects WHERE bucket_id = $1 AND key_hex = $2 \
+         AND is_current = 1"
+    ))
+    .bind(bucket_id)
+    .bind(hex)
+    .fetch_optional(&mut *conn)
+    .await?
+    .map(|r| row_to_object(&r))
+    .transpose()?;
+    let Some(row) = old else {
+        return Ok(None);
+    };
+    sqlx::query("DELETE FROM objects WHERE version_id = $1")
+        .bind(&row.version_id)
+        .execute(&mut *conn)
+        .await?;
+    let mut parts = Vec::new();
+    if row.part_count > 0 {
+        parts = sqlx::query(&format!(
+            "SELECT {PART_COLS} FROM multipart_parts WHERE version_id = $1 ORDER BY part_number"
+        ))
+        .bind(&row.version_id)
+        .fetch_all(&mut *conn)
+        .await?
+        .iter()
+        .map(row_to_part)
+        .collect::<Result<_, _>>()?;
+        sqlx::query("DELETE FROM multipart_parts WHERE version_id = $1")
+            .bind(&row.version_id)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(Some(Replaced { row, parts }))
+}
+
+async fn insert_object(
+    conn: &mut sqlx::AnyConnection,
+    o: &ObjectRow,
+    hex: &str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO objects (version_id, bucket_id, object_key, key_hex, is_current, size, \
+         etag, data_key_id, sealed_meta, created_at, part_count) \
+         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&o.version_id)
+    .bind(&o.bucket_id)
+    .bind(&o.key)
+    .bind(hex)
+    .bind(o.size)
+    .bind(&o.etag)
+    .bind(&o.data_key_id)
+    .bind(&o.sealed_meta)
+    .bind(o.created_at)
+    .bind(o.part_count)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// The sort key of an object key: its bytes in lowercase hex.
@@ -162,6 +311,18 @@ impl Store {
                 "the bucket holds objects; delete them first",
             ));
         }
+        let pending =
+            sqlx::query("SELECT upload_id FROM multipart_uploads WHERE bucket_id = $1 LIMIT 1")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        if pending.is_some() {
+            return Err(ApiError::conflict(
+                "bucket_not_empty",
+                "the bucket has multipart uploads in progress; abort them first",
+            ));
+        }
         let done = sqlx::query("DELETE FROM buckets WHERE id = $1")
             .bind(id)
             .execute(&mut *tx)
@@ -190,7 +351,7 @@ impl Store {
     /// returns the version it replaced (unversioned buckets drop it; the
     /// caller removes its body once this has committed). Concurrent writers
     /// of one key: the last to commit wins.
-    pub async fn object_put(&self, o: &ObjectRow) -> ApiResult<Option<ObjectRow>> {
+    pub async fn object_put(&self, o: &ObjectRow) -> ApiResult<Option<Replaced>> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -201,67 +362,21 @@ impl Store {
         }
     }
 
-    async fn object_put_once(&self, o: &ObjectRow) -> Result<Option<ObjectRow>, sqlx::Error> {
+    async fn object_put_once(&self, o: &ObjectRow) -> Result<Option<Replaced>, sqlx::Error> {
         let hex = key_hex(&o.key);
         let mut tx = self.write.begin().await?;
-        let old = sqlx::query(&format!(
-            "SELECT {OBJECT_COLS} FROM objects WHERE bucket_id = $1 AND key_hex = $2 \
-             AND is_current = 1"
-        ))
-        .bind(&o.bucket_id)
-        .bind(&hex)
-        .fetch_optional(&mut *tx)
-        .await?
-        .map(|r| row_to_object(&r))
-        .transpose()?;
-        if let Some(old) = &old {
-            sqlx::query("DELETE FROM objects WHERE version_id = $1")
-                .bind(&old.version_id)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO objects (version_id, bucket_id, object_key, key_hex, is_current, size, \
-             etag, data_key_id, sealed_meta, created_at) \
-             VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9)",
-        )
-        .bind(&o.version_id)
-        .bind(&o.bucket_id)
-        .bind(&o.key)
-        .bind(&hex)
-        .bind(o.size)
-        .bind(&o.etag)
-        .bind(&o.data_key_id)
-        .bind(&o.sealed_meta)
-        .bind(o.created_at)
-        .execute(&mut *tx)
-        .await?;
+        let old = take_current(&mut tx, &o.bucket_id, &hex).await?;
+        insert_object(&mut tx, o, &hex).await?;
         tx.commit().await?;
         Ok(old)
     }
 
     /// Removes the current version of `key`, returning it.
-    pub async fn object_delete(&self, bucket_id: &str, key: &str) -> ApiResult<Option<ObjectRow>> {
+    pub async fn object_delete(&self, bucket_id: &str, key: &str) -> ApiResult<Option<Replaced>> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        let old = sqlx::query(&format!(
-            "SELECT {OBJECT_COLS} FROM objects WHERE bucket_id = $1 AND key_hex = $2 \
-             AND is_current = 1"
-        ))
-        .bind(bucket_id)
-        .bind(key_hex(key))
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(db_err)?
-        .map(|r| row_to_object(&r))
-        .transpose()
-        .map_err(db_err)?;
-        if let Some(old) = &old {
-            sqlx::query("DELETE FROM objects WHERE version_id = $1")
-                .bind(&old.version_id)
-                .execute(&mut *tx)
-                .await
-                .map_err(db_err)?;
-        }
+        let old = take_current(&mut tx, bucket_id, &key_hex(key))
+            .await
+            .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
         Ok(old)
     }
@@ -299,6 +414,332 @@ impl Store {
     pub async fn object_version_exists(&self, version_id: &str) -> ApiResult<bool> {
         let row = sqlx::query("SELECT version_id FROM objects WHERE version_id = $1")
             .bind(version_id)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db_err)?;
+        Ok(row.is_some())
+    }
+
+    pub async fn upload_create(&self, u: &UploadRow) -> ApiResult<()> {
+        let now = u.created_at;
+        sqlx::query(
+            "INSERT INTO multipart_uploads (upload_id, bucket_id, object_key, key_hex, version_id, \
+             data_key_id, sealed_meta, created_by, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&u.upload_id)
+        .bind(&u.bucket_id)
+        .bind(&u.key)
+        .bind(key_hex(&u.key))
+        .bind(&u.version_id)
+        .bind(&u.data_key_id)
+        .bind(&u.sealed_meta)
+        .bind(&u.created_by)
+        .bind(now)
+        .bind(now)
+        .execute(&self.write)
+        .await
+        .map_err(insert_err("upload", &u.upload_id))?;
+        Ok(())
+    }
+
+    /// An upload in progress of `key` in a bucket.
+    pub async fn upload_get(
+        &self,
+        bucket_id: &str,
+        key: &str,
+        upload_id: &str,
+    ) -> ApiResult<Option<UploadRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {UPLOAD_COLS} FROM multipart_uploads WHERE upload_id = $1 AND bucket_id = $2 \
+             AND key_hex = $3"
+        ))
+        .bind(upload_id)
+        .bind(bucket_id)
+        .bind(key_hex(key))
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_upload(&r)).transpose().map_err(db_err)
+    }
+
+    /// Uploads in progress under `prefix_hex`, by key then upload id, after
+    /// the cursor: keys after `after_hex`, and with `after_upload` also the
+    /// uploads of that very key with a greater id; at most `limit`.
+    pub async fn upload_list(
+        &self,
+        bucket_id: &str,
+        prefix_hex: &str,
+        after_hex: &str,
+        after_upload: Option<&str>,
+        limit: i64,
+    ) -> ApiResult<Vec<UploadRow>> {
+        // No key is empty: comparing with "" disables the same-key branch.
+        let same_key = if after_upload.is_some() {
+            after_hex
+        } else {
+            ""
+        };
+        let upper = format!("{prefix_hex}g");
+        let rows = sqlx::query(&format!(
+            "SELECT {UPLOAD_COLS} FROM multipart_uploads WHERE bucket_id = $1 \
+             AND key_hex >= $2 AND key_hex < $3 \
+             AND (key_hex > $4 OR (key_hex = $5 AND upload_id > $6)) \
+             ORDER BY key_hex, upload_id LIMIT $7"
+        ))
+        .bind(bucket_id)
+        .bind(prefix_hex)
+        .bind(&upper)
+        .bind(after_hex)
+        .bind(same_key)
+        .bind(after_upload.unwrap_or(""))
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_upload)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    /// Records a part of an upload in progress, replacing an earlier part
+    /// of the same number (returned, for its file to go). An upload that
+    /// is gone (completed or aborted meanwhile) is `not_found`.
+    pub async fn part_put(&self, p: &PartRow) -> ApiResult<Option<PartRow>> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        // Touching the upload row serializes with Complete and Abort, which
+        // delete it first.
+        let live = sqlx::query("UPDATE multipart_uploads SET updated_at = $1 WHERE upload_id = $2")
+            .bind(p.created_at)
+            .bind(&p.upload_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if live.rows_affected() != 1 {
+            return Err(ApiError::not_found("upload", &p.upload_id));
+        }
+        let old = sqlx::query(&format!(
+            "SELECT {PART_COLS} FROM multipart_parts WHERE upload_id = $1 AND part_number = $2"
+        ))
+        .bind(&p.upload_id)
+        .bind(p.part_number)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .map(|r| row_to_part(&r))
+        .transpose()
+        .map_err(db_err)?;
+        if let Some(old) = &old {
+            sqlx::query("DELETE FROM multipart_parts WHERE part_id = $1")
+                .bind(&old.part_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+        }
+        sqlx::query(&format!(
+            "INSERT INTO multipart_parts ({PART_COLS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)"
+        ))
+        .bind(&p.part_id)
+        .bind(&p.upload_id)
+        .bind(p.part_number)
+        .bind(p.size)
+        .bind(&p.etag)
+        .bind(&p.data_key_id)
+        .bind(p.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(old)
+    }
+
+    /// Parts of an upload in progress numbered above `after`, in order.
+    pub async fn upload_parts(
+        &self,
+        upload_id: &str,
+        after: i64,
+        limit: i64,
+    ) -> ApiResult<Vec<PartRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PART_COLS} FROM multipart_parts WHERE upload_id = $1 \
+             AND version_id IS NULL AND part_number > $2 ORDER BY part_number LIMIT $3"
+        ))
+        .bind(upload_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_part)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    /// The parts making up a completed version's body, in order.
+    pub async fn version_parts(&self, version_id: &str) -> ApiResult<Vec<PartRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {PART_COLS} FROM multipart_parts WHERE version_id = $1 ORDER BY part_number"
+        ))
+        .bind(version_id)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_part)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    /// Ends an upload without an object: its row and its parts' rows go
+    /// (returned, for the caller to remove files and keys); None when
+    /// there was no such upload.
+    pub async fn upload_abort(
+        &self,
+        bucket_id: &str,
+        upload_id: &str,
+    ) -> ApiResult<Option<(UploadRow, Vec<PartRow>)>> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let Some(up) = sqlx::query(&format!(
+            "SELECT {UPLOAD_COLS} FROM multipart_uploads WHERE upload_id = $1 AND bucket_id = $2"
+        ))
+        .bind(upload_id)
+        .bind(bucket_id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .map(|r| row_to_upload(&r))
+        .transpose()
+        .map_err(db_err)?
+        else {
+            return Ok(None);
+        };
+        let gone = sqlx::query("DELETE FROM multipart_uploads WHERE upload_id = $1")
+            .bind(upload_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if gone.rows_affected() != 1 {
+            return Ok(None);
+        }
+        let parts = sqlx::query(&format!(
+            "SELECT {PART_COLS} FROM multipart_parts WHERE upload_id = $1 AND version_id IS NULL"
+        ))
+        .bind(upload_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(db_err)?
+        .iter()
+        .map(row_to_part)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(db_err)?;
+        sqlx::query("DELETE FROM multipart_parts WHERE upload_id = $1 AND version_id IS NULL")
+            .bind(upload_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(Some((up, parts)))
+    }
+
+    /// Completes an upload in one transaction: `o` (the upload's reserved
+    /// version) becomes current, built from the parts `chosen` (part ids,
+    /// in order, as validated by the caller); the upload row goes. A part
+    /// replaced since the caller read it is a `part_changed` conflict; an
+    /// upload already gone is `not_found`.
+    pub async fn upload_complete(
+        &self,
+        upload_id: &str,
+        o: &ObjectRow,
+        chosen: &[String],
+    ) -> ApiResult<Completed> {
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            match self.upload_complete_once(upload_id, o, chosen).await {
+                Err(Err(e)) if is_unique_violation(&e) && tries < 5 => continue,
+                Err(Err(e)) => return Err(db_err(e)),
+                Err(Ok(e)) => return Err(e),
+                Ok(c) => return Ok(c),
+            }
+        }
+    }
+
+    async fn upload_complete_once(
+        &self,
+        upload_id: &str,
+        o: &ObjectRow,
+        chosen: &[String],
+    ) -> Result<Completed, Result<ApiError, sqlx::Error>> {
+        let hex = key_hex(&o.key);
+        let mut tx = self.write.begin().await.map_err(Err)?;
+        // Deleting the upload row first takes the lock UploadPart takes.
+        let gone = sqlx::query(
+            "DELETE FROM multipart_uploads WHERE upload_id = $1 AND bucket_id = $2 AND key_hex = $3",
+        )
+        .bind(upload_id)
+        .bind(&o.bucket_id)
+        .bind(&hex)
+        .execute(&mut *tx)
+        .await
+        .map_err(Err)?;
+        if gone.rows_affected() != 1 {
+            return Err(Ok(ApiError::not_found("upload", upload_id)));
+        }
+        let parts: Vec<PartRow> = sqlx::query(&format!(
+            "SELECT {PART_COLS} FROM multipart_parts WHERE upload_id = $1 AND version_id IS NULL"
+        ))
+        .bind(upload_id)
+        .fetch_all(&mut *tx)
+        .await
+        .map_err(Err)?
+        .iter()
+        .map(row_to_part)
+        .collect::<Result<_, _>>()
+        .map_err(Err)?;
+        let wanted: std::collections::HashSet<&str> = chosen.iter().map(String::as_str).collect();
+        let present = parts
+            .iter()
+            .filter(|p| wanted.contains(p.part_id.as_str()))
+            .count();
+        if present != wanted.len() || wanted.len() != chosen.len() {
+            return Err(Ok(ApiError::conflict(
+                "part_changed",
+                "a part was uploaded again while the upload was being completed",
+            )));
+        }
+        for id in chosen {
+            sqlx::query("UPDATE multipart_parts SET version_id = $1 WHERE part_id = $2")
+                .bind(&o.version_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(Err)?;
+        }
+        let unused: Vec<PartRow> = parts
+            .into_iter()
+            .filter(|p| !wanted.contains(p.part_id.as_str()))
+            .collect();
+        for p in &unused {
+            sqlx::query("DELETE FROM multipart_parts WHERE part_id = $1")
+                .bind(&p.part_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(Err)?;
+        }
+        let replaced = take_current(&mut tx, &o.bucket_id, &hex)
+            .await
+            .map_err(Err)?;
+        insert_object(&mut tx, o, &hex).await.map_err(Err)?;
+        tx.commit().await.map_err(Err)?;
+        Ok(Completed { replaced, unused })
+    }
+
+    /// Whether a part row exists: part files without one are leftovers.
+    pub async fn part_exists(&self, part_id: &str) -> ApiResult<bool> {
+        let row = sqlx::query("SELECT part_id FROM multipart_parts WHERE part_id = $1")
+            .bind(part_id)
             .fetch_optional(&self.read)
             .await
             .map_err(db_err)?;

@@ -4,6 +4,9 @@
 //!
 //! A bucket of another organization answers exactly as a missing one
 //! (NoSuchBucket), so names of other tenants' buckets are never confirmed.
+//!
+//! Multipart operations all write (or reveal) an upload's content, so they
+//! take `s3.put_object`; ListMultipartUploads lists, `s3.list_bucket`.
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -26,7 +29,7 @@ use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
 use super::front::ReqCtx;
 use crate::buckets;
-use crate::engine::{BodyError, Engine, Listing, Meta, PutError};
+use crate::engine::{BodyError, Engine, Listing, Meta, PutError, MAX_PART_NUMBER};
 
 /// Header naming the project of a CreateBucket when the organization has
 /// several (S3 has no notion of projects).
@@ -149,6 +152,12 @@ fn s3_err(e: ApiError) -> S3Error {
             s.set_status_code(http::StatusCode::INSUFFICIENT_STORAGE);
             s
         }
+        (400, "invalid_part") => S3Error::with_message(S3ErrorCode::InvalidPart, e.detail),
+        (400, "invalid_part_order") => {
+            S3Error::with_message(S3ErrorCode::InvalidPartOrder, e.detail)
+        }
+        (400, "entity_too_small") => S3Error::with_message(S3ErrorCode::EntityTooSmall, e.detail),
+        (400, "malformed_xml") => S3Error::with_message(S3ErrorCode::MalformedXML, e.detail),
         (400, "invalid_bucket_name") => {
             S3Error::with_message(S3ErrorCode::InvalidBucketName, e.detail)
         }
@@ -193,6 +202,34 @@ impl Stream for Body {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         self.0.poll_recv(cx)
     }
+}
+
+fn put_err(e: PutError) -> S3Error {
+    match e {
+        PutError::Api(e) if e.code == "not_found" => s3_error!(NoSuchUpload),
+        PutError::Api(e) => s3_err(e),
+        PutError::Body(BodyError::TooLarge) => s3_error!(EntityTooLarge),
+        PutError::Body(BodyError::Timeout) => s3_error!(RequestTimeout),
+        PutError::Body(BodyError::BadDigest) => s3_error!(BadDigest),
+        PutError::Body(BodyError::Client(m)) => {
+            S3Error::with_message(S3ErrorCode::IncompleteBody, m)
+        }
+    }
+}
+
+fn content_md5(m: Option<String>) -> S3Result<Option<Vec<u8>>> {
+    match m {
+        Some(m) => Ok(Some(
+            B64.decode(m.trim()).map_err(|_| s3_error!(InvalidDigest))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+fn sse() -> Option<ServerSideEncryption> {
+    Some(ServerSideEncryption::from_static(
+        ServerSideEncryption::AWS_KMS,
+    ))
 }
 
 fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
@@ -564,6 +601,276 @@ impl Objects {
         }))
     }
 
+    /// The upload `upload_id` of `key`, or NoSuchUpload.
+    async fn upload(
+        &self,
+        b: &BucketRow,
+        key: &str,
+        upload_id: &str,
+    ) -> S3Result<nuage_store::UploadRow> {
+        self.engine
+            .store()
+            .upload_get(&b.id, key, upload_id)
+            .await
+            .map_err(s3_err)?
+            .ok_or_else(|| s3_error!(NoSuchUpload))
+    }
+
+    async fn create_multipart_upload_inner(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
+        call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
+        if input.key.len() > 1024 {
+            return Err(s3_error!(KeyTooLongError));
+        }
+        let meta = Meta {
+            user: input.metadata.unwrap_or_default().into_iter().collect(),
+            content_type: input.content_type,
+            content_disposition: input.content_disposition,
+            cache_control: input.cache_control,
+            content_encoding: input.content_encoding,
+            content_language: input.content_language,
+        };
+        let (up, used) = self
+            .engine
+            .create_upload(
+                &b,
+                &input.key,
+                &meta,
+                &call.subject.principal.id,
+                &call.purpose(),
+            )
+            .await
+            .map_err(s3_err)?;
+        call.record_use(&used);
+        call.detail("upload_id", &up.upload_id);
+        Ok(S3Response::new(CreateMultipartUploadOutput {
+            bucket: Some(b.name.clone()),
+            key: Some(input.key),
+            upload_id: Some(up.upload_id),
+            server_side_encryption: sse(),
+            ssekms_key_id: Some(b.key_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn upload_part_inner(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
+        call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
+        call.detail("upload_id", &input.upload_id);
+        call.detail("part_number", &input.part_number.to_string());
+        let number = i64::from(input.part_number);
+        if !(1..=MAX_PART_NUMBER).contains(&number) {
+            return Err(s3_error!(
+                InvalidArgument,
+                "part numbers run from 1 to {MAX_PART_NUMBER}"
+            ));
+        }
+        let up = self.upload(&b, &input.key, &input.upload_id).await?;
+        let expect_md5 = content_md5(input.content_md5)?;
+        let body = input
+            .body
+            .map(|b| b.boxed())
+            .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
+        let (part, used) = self
+            .engine
+            .upload_part(
+                &b,
+                &up,
+                number,
+                body,
+                expect_md5.as_deref(),
+                &call.purpose(),
+            )
+            .await
+            .map_err(put_err)?;
+        call.record_use(&used);
+        Ok(S3Response::new(UploadPartOutput {
+            e_tag: Some(ETag::Strong(part.etag)),
+            server_side_encryption: sse(),
+            ssekms_key_id: Some(b.key_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn complete_multipart_upload_inner(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
+        call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
+        call.detail("upload_id", &input.upload_id);
+        let up = self.upload(&b, &input.key, &input.upload_id).await?;
+        let listed = input
+            .multipart_upload
+            .and_then(|m| m.parts)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|p| match (p.part_number, p.e_tag) {
+                (Some(n), Some(e)) => Ok((i64::from(n), e.value().to_string())),
+                _ => Err(s3_error!(MalformedXML, "a part lacks its number or ETag")),
+            })
+            .collect::<S3Result<Vec<_>>>()?;
+        let row = self
+            .engine
+            .complete_upload(&up, &listed)
+            .await
+            .map_err(|e| match e.code {
+                "not_found" => s3_error!(NoSuchUpload),
+                _ => s3_err(e),
+            })?;
+        call.detail("version_id", &row.version_id);
+        Ok(S3Response::new(CompleteMultipartUploadOutput {
+            bucket: Some(b.name.clone()),
+            key: Some(row.key.clone()),
+            e_tag: Some(ETag::Strong(row.etag)),
+            location: Some(format!("/{}/{}", b.name, row.key)),
+            server_side_encryption: sse(),
+            ssekms_key_id: Some(b.key_id.clone()),
+            ..Default::default()
+        }))
+    }
+
+    async fn abort_multipart_upload_inner(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
+        call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
+        call.detail("upload_id", &input.upload_id);
+        let up = self.upload(&b, &input.key, &input.upload_id).await?;
+        if !self
+            .engine
+            .abort_upload(&b, &up.upload_id)
+            .await
+            .map_err(s3_err)?
+        {
+            return Err(s3_error!(NoSuchUpload));
+        }
+        Ok(S3Response::new(AbortMultipartUploadOutput::default()))
+    }
+
+    async fn list_parts_inner(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
+        call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
+        call.detail("upload_id", &input.upload_id);
+        let up = self.upload(&b, &input.key, &input.upload_id).await?;
+        let max = input.max_parts.unwrap_or(1000).clamp(0, 1000);
+        let after = input.part_number_marker.unwrap_or(0);
+        let mut parts = self
+            .engine
+            .store()
+            .upload_parts(&up.upload_id, i64::from(after), i64::from(max) + 1)
+            .await
+            .map_err(s3_err)?;
+        let truncated = parts.len() > usize::try_from(max).unwrap_or(0);
+        parts.truncate(usize::try_from(max).unwrap_or(0));
+        let next = parts
+            .last()
+            .and_then(|p| i32::try_from(p.part_number).ok())
+            .filter(|_| truncated);
+        Ok(S3Response::new(ListPartsOutput {
+            bucket: Some(b.name.clone()),
+            key: Some(up.key.clone()),
+            upload_id: Some(up.upload_id.clone()),
+            max_parts: Some(max),
+            part_number_marker: input.part_number_marker,
+            next_part_number_marker: next,
+            is_truncated: Some(truncated),
+            parts: Some(
+                parts
+                    .into_iter()
+                    .map(|p| Part {
+                        part_number: i32::try_from(p.part_number).ok(),
+                        size: Some(p.size),
+                        e_tag: Some(ETag::Strong(p.etag)),
+                        last_modified: Some(timestamp(p.created_at)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+            ..Default::default()
+        }))
+    }
+
+    async fn list_multipart_uploads_inner(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let call = Call::of(&req)?;
+        let input = req.input;
+        let b = self.bucket(&call, "s3.list_bucket", &input.bucket).await?;
+        let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000);
+        let prefix_hex = nuage_store::key_hex(input.prefix.as_deref().unwrap_or(""));
+        // After the key marker: uploads of later keys, or of that key with
+        // a later upload id when an upload id marker is given.
+        let after_hex = input
+            .key_marker
+            .as_deref()
+            .map(nuage_store::key_hex)
+            .unwrap_or_default();
+        let after_upload = input
+            .upload_id_marker
+            .as_deref()
+            .filter(|_| input.key_marker.is_some());
+        let mut ups = self
+            .engine
+            .store()
+            .upload_list(
+                &b.id,
+                &prefix_hex,
+                &after_hex,
+                after_upload,
+                i64::from(max) + 1,
+            )
+            .await
+            .map_err(s3_err)?;
+        let truncated = ups.len() > usize::try_from(max).unwrap_or(0);
+        ups.truncate(usize::try_from(max).unwrap_or(0));
+        let last = ups.last().filter(|_| truncated);
+        Ok(S3Response::new(ListMultipartUploadsOutput {
+            bucket: Some(b.name.clone()),
+            prefix: input.prefix,
+            key_marker: input.key_marker,
+            upload_id_marker: input.upload_id_marker,
+            max_uploads: Some(max),
+            is_truncated: Some(truncated),
+            next_key_marker: last.map(|u| u.key.clone()),
+            next_upload_id_marker: last.map(|u| u.upload_id.clone()),
+            uploads: Some(
+                ups.iter()
+                    .map(|u| MultipartUpload {
+                        key: Some(u.key.clone()),
+                        upload_id: Some(u.upload_id.clone()),
+                        initiated: Some(timestamp(u.created_at)),
+                        storage_class: Some(StorageClass::from_static(StorageClass::STANDARD)),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }))
+    }
+
     /// A listing page; `after_hex` is the cursor (see `nuage_store::key_hex`).
     async fn listing(
         &self,
@@ -891,5 +1198,61 @@ impl S3 for Objects {
             }))
         };
         r.await.map_err(tag(rid))
+    }
+
+    async fn create_multipart_upload(
+        &self,
+        req: S3Request<CreateMultipartUploadInput>,
+    ) -> S3Result<S3Response<CreateMultipartUploadOutput>> {
+        let rid = request_id(&req);
+        self.create_multipart_upload_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
+        let rid = request_id(&req);
+        self.upload_part_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn complete_multipart_upload(
+        &self,
+        req: S3Request<CompleteMultipartUploadInput>,
+    ) -> S3Result<S3Response<CompleteMultipartUploadOutput>> {
+        let rid = request_id(&req);
+        self.complete_multipart_upload_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
+    async fn abort_multipart_upload(
+        &self,
+        req: S3Request<AbortMultipartUploadInput>,
+    ) -> S3Result<S3Response<AbortMultipartUploadOutput>> {
+        let rid = request_id(&req);
+        self.abort_multipart_upload_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
+    async fn list_parts(
+        &self,
+        req: S3Request<ListPartsInput>,
+    ) -> S3Result<S3Response<ListPartsOutput>> {
+        let rid = request_id(&req);
+        self.list_parts_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn list_multipart_uploads(
+        &self,
+        req: S3Request<ListMultipartUploadsInput>,
+    ) -> S3Result<S3Response<ListMultipartUploadsOutput>> {
+        let rid = request_id(&req);
+        self.list_multipart_uploads_inner(req)
+            .await
+            .map_err(tag(rid))
     }
 }

@@ -75,11 +75,10 @@ struct Aws {
 impl Aws {
     fn new(s: &Srv) -> Aws {
         let home = tempfile::tempdir().unwrap();
-        // aws-cli v1 would split files over 8 MiB into a multipart upload,
-        // which this slice does not serve yet.
+        // aws-cli's defaults: files over 8 MiB go up as multipart uploads.
         std::fs::write(
             home.path().join("config"),
-            "[default]\nregion = us-east-1\ns3 =\n  multipart_threshold = 1GB\n",
+            "[default]\nregion = us-east-1\n",
         )
         .unwrap();
         Aws {
@@ -179,6 +178,26 @@ async fn s3_aws_cli_buckets_objects_ranges_metadata() {
     )
     .await;
     assert!(std::fs::read(aws.path("back.bin")).unwrap() == big);
+    // it went up in two parts (8 MiB chunks): the ETag says so
+    let head = aws
+        .ok(
+            &key,
+            &[
+                "s3api",
+                "head-object",
+                "--bucket",
+                "cli-bucket",
+                "--key",
+                "dir/big.bin",
+            ],
+        )
+        .await;
+    let head: Value = serde_json::from_str(&head).unwrap();
+    assert!(
+        head["ETag"].as_str().is_some_and(|e| e.ends_with("-2\"")),
+        "{head}"
+    );
+    assert_eq!(head["ContentLength"], json!(big.len()));
 
     std::fs::write(aws.path("small.txt"), b"hello object storage").unwrap();
     aws.ok(
@@ -440,7 +459,24 @@ async fn s3_iam_isolation_audit_encryption() {
         .expect("x-amz-request-id in the response")
         .to_string();
 
-    // nothing in clear in the data directory (bodies, database, logs)
+    // a multipart upload (aws-cli splits over 8 MiB) of the canary too
+    let mut big = canary.repeat(9 * 1024 * 1024 / canary.len() + 1);
+    big.extend_from_slice(b"tail");
+    std::fs::write(aws.path("canary-big.bin"), &big).unwrap();
+    aws.ok(
+        &key,
+        &[
+            "s3",
+            "cp",
+            &aws.path("canary-big.bin"),
+            "s3://secret-stuff/canary-big.bin",
+        ],
+    )
+    .await;
+    let parts = files_under(&s.data_dir.join("objects/parts"));
+    assert!(parts.len() >= 2, "part files: {parts:?}");
+
+    // nothing in clear in the data directory (bodies, parts, database, logs)
     for f in files_under(&s.data_dir) {
         let bytes = std::fs::read(&f).unwrap_or_default();
         assert!(

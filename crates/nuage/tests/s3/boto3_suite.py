@@ -2,13 +2,16 @@
 (the newest botocore sends aws-chunked uploads with CRC trailing checksums).
 Run by crates/nuage/tests/api/s3.rs; prints 'boto3 suite: ok' on success."""
 
+import hashlib
 import io
 import os
+import tempfile
 import urllib.error
 import urllib.request
 
 import boto3
 from botocore.config import Config
+from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import ClientError
 
 ENDPOINT = os.environ["S3_ENDPOINT"]
@@ -118,12 +121,76 @@ assert len(v1["Contents"]) == 100 and v1["IsTruncated"]
 v1b = s3.list_objects(Bucket=B, Prefix="logs/00/", Marker=v1["Contents"][-1]["Key"])
 assert len(v1b["Contents"]) == 200 and not v1b["IsTruncated"]
 
+# multipart: upload_file in 5 MiB parts (3 parts) with default checksums
+MiB = 1024 * 1024
+mp_data = bytes((i * 131 + 3) % 253 for i in range(12 * MiB + 4321))
+with tempfile.NamedTemporaryFile(delete=False) as f:
+    f.write(mp_data)
+s3.upload_file(f.name, B, "mp/three.bin",
+               Config=TransferConfig(multipart_threshold=5 * MiB, multipart_chunksize=5 * MiB))
+os.unlink(f.name)
+g = s3.get_object(Bucket=B, Key="mp/three.bin")
+assert g["Body"].read() == mp_data
+assert g["ETag"].strip('"').endswith("-3"), g["ETag"]
+want = hashlib.md5(b"".join(hashlib.md5(mp_data[i:i + 5 * MiB]).digest()
+                            for i in range(0, len(mp_data), 5 * MiB))).hexdigest() + "-3"
+assert g["ETag"].strip('"') == want, (g["ETag"], want)
+assert s3.head_object(Bucket=B, Key="mp/three.bin")["ContentLength"] == len(mp_data)
+# ranges across part boundaries (and one spanning a whole middle part)
+for lo, hi in [(5 * MiB - 100, 5 * MiB + 99), (5 * MiB - 1, 10 * MiB), (3, 11 * MiB), (10 * MiB, len(mp_data) - 1)]:
+    r = s3.get_object(Bucket=B, Key="mp/three.bin", Range=f"bytes={lo}-{hi}")
+    assert r["Body"].read() == mp_data[lo:hi + 1], (lo, hi)
+
+# by hand: ListParts, part order, ETag check, minimum part size, abort
+up = s3.create_multipart_upload(Bucket=B, Key="mp/manual.bin", ContentType="application/x-test")
+uid = up["UploadId"]
+p1 = s3.upload_part(Bucket=B, Key="mp/manual.bin", UploadId=uid, PartNumber=1, Body=b"a" * 1024)
+p2 = s3.upload_part(Bucket=B, Key="mp/manual.bin", UploadId=uid, PartNumber=2, Body=b"b" * 1024)
+p3 = s3.upload_part(Bucket=B, Key="mp/manual.bin", UploadId=uid, PartNumber=3, Body=b"c" * 10)
+listed = s3.list_parts(Bucket=B, Key="mp/manual.bin", UploadId=uid)
+assert [(p["PartNumber"], p["Size"]) for p in listed["Parts"]] == [(1, 1024), (2, 1024), (3, 10)], listed
+ups = s3.list_multipart_uploads(Bucket=B)
+assert [(u["Key"], u["UploadId"]) for u in ups.get("Uploads", [])] == [("mp/manual.bin", uid)], ups
+parts = [{"PartNumber": n, "ETag": p["ETag"]} for n, p in [(1, p1), (2, p2), (3, p3)]]
+
+
+def complete(ps):
+    return s3.complete_multipart_upload(Bucket=B, Key="mp/manual.bin", UploadId=uid,
+                                        MultipartUpload={"Parts": ps})
+
+
+assert code_of(complete, parts) == "EntityTooSmall"
+assert code_of(complete, [parts[1], parts[0], parts[2]]) == "InvalidPartOrder"
+assert code_of(complete, [parts[0], {"PartNumber": 2, "ETag": '"0123456789abcdef0123456789abcdef"'}]) == "InvalidPart"
+assert code_of(complete, [parts[0], {"PartNumber": 7, "ETag": p1["ETag"]}]) == "InvalidPart"
+# a single (last) part may be small: but the upload is aborted instead
+s3.abort_multipart_upload(Bucket=B, Key="mp/manual.bin", UploadId=uid)
+assert not s3.list_multipart_uploads(Bucket=B).get("Uploads"), "an aborted upload is listed"
+assert code_of(s3.list_parts, Bucket=B, Key="mp/manual.bin", UploadId=uid) == "NoSuchUpload"
+assert code_of(complete, parts) == "NoSuchUpload"
+assert code_of(s3.get_object, Bucket=B, Key="mp/manual.bin") == "NoSuchKey"
+
+# a small last part completes, and replaces an earlier object of the key
+up = s3.create_multipart_upload(Bucket=B, Key="a.txt", Metadata={"m": "1"})
+uid = up["UploadId"]
+e1 = s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=1, Body=b"z" * (5 * MiB))["ETag"]
+e2 = s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=2, Body=b"tail")["ETag"]
+s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=3, Body=b"unused")
+done = s3.complete_multipart_upload(Bucket=B, Key="a.txt", UploadId=uid, MultipartUpload={
+    "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+assert done["ETag"].strip('"').endswith("-2"), done
+g = s3.get_object(Bucket=B, Key="a.txt")
+assert g["Body"].read() == b"z" * (5 * MiB) + b"tail" and g["Metadata"] == {"m": "1"}, g["Metadata"]
+s3.put_object(Bucket=B, Key="a.txt", Body=b"alpha")
+assert not s3.list_multipart_uploads(Bucket=B).get("Uploads")
+
 # batch delete, then the bucket
 for i in range(0, len(keys), 1000):
     r = s3.delete_objects(Bucket=B, Delete={"Objects": [{"Key": k} for k in keys[i:i + 1000]]})
     assert len(r.get("Deleted", [])) == len(keys[i:i + 1000]) and not r.get("Errors")
 s3.delete_object(Bucket=B, Key="a.txt")
 s3.delete_object(Bucket=B, Key="big/blob.bin")
+s3.delete_object(Bucket=B, Key="mp/three.bin")
 assert s3.list_objects_v2(Bucket=B)["KeyCount"] == 0
 s3.delete_bucket(Bucket=B)
 assert code_of(s3.head_bucket, Bucket=B) == "404"
