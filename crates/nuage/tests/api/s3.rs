@@ -8,7 +8,7 @@ use std::process::Output;
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::common::{contains_bytes, files_under, Srv};
+use crate::common::{contains_bytes, files_under, pg_database, Srv};
 
 fn venv_bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -346,7 +346,24 @@ async fn s3_boto3_suite() {
     if !clients_present() {
         return;
     }
-    let s = Srv::start().await;
+    boto3_suite(Srv::start().await).await;
+}
+
+/// The same suite on PostgreSQL (the object and multipart queries are
+/// hand-written for both engines), when the test command provides one.
+#[tokio::test]
+async fn s3_boto3_suite_postgres() {
+    if !clients_present() {
+        return;
+    }
+    let Some(url) = pg_database().await else {
+        println!("skipped: no test PostgreSQL (run scripts/test)");
+        return;
+    };
+    boto3_suite(Srv::start_with(|c| c.database_url = Some(url.clone())).await).await;
+}
+
+async fn boto3_suite(s: Srv) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
