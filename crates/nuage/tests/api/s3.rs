@@ -491,7 +491,7 @@ async fn s3_iam_isolation_audit_encryption() {
     )
     .await;
     let parts = files_under(&s.data_dir.join("objects/parts"));
-    assert!(parts.len() >= 2, "part files: {parts:?}");
+    assert_eq!(parts.len(), 2, "part files: {parts:?}");
 
     // nothing in clear in the data directory (bodies, parts, database, logs)
     for f in files_under(&s.data_dir) {

@@ -174,7 +174,9 @@ assert code_of(s3.get_object, Bucket=B, Key="mp/manual.bin") == "NoSuchKey"
 up = s3.create_multipart_upload(Bucket=B, Key="a.txt", Metadata={"m": "1"})
 uid = up["UploadId"]
 e1 = s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=1, Body=b"z" * (5 * MiB))["ETag"]
+e2_old = s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=2, Body=b"first")["ETag"]
 e2 = s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=2, Body=b"tail")["ETag"]
+assert [p["ETag"] for p in s3.list_parts(Bucket=B, Key="a.txt", UploadId=uid)["Parts"]][1] == e2
 s3.upload_part(Bucket=B, Key="a.txt", UploadId=uid, PartNumber=3, Body=b"unused")
 done = s3.complete_multipart_upload(Bucket=B, Key="a.txt", UploadId=uid, MultipartUpload={
     "Parts": [{"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
