@@ -7,9 +7,12 @@
 //! - `nuage bench kms`: the key service: the chunked stream format against a
 //!   raw AES-256-GCM loop, data-key unwraps from the cache against the cold
 //!   path, and with `--kmip` the same through a real PyKMIP server.
+//! - `nuage bench s3`: the S3 endpoint: large objects against raw file I/O
+//!   in the same data directory, small objects under load, and memory.
 
 mod api;
 mod kms;
+mod s3;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +30,9 @@ enum What {
     /// Key service: stream encryption vs raw AES-GCM, data-key unwrap warm vs
     /// cold, and (with --kmip) through a real KMIP server.
     Kms(kms::KmsArgs),
+    /// S3 endpoint: large objects vs raw file I/O, small objects under load,
+    /// and memory.
+    S3(s3::S3Args),
 }
 
 pub async fn run(a: BenchArgs, json: bool) -> ExitCode {
@@ -37,6 +43,7 @@ pub async fn run(a: BenchArgs, json: bool) -> ExitCode {
     let (name, result) = match a.what {
         What::Api(a) => ("nuage bench api", api::run(a).await),
         What::Kms(a) => ("nuage bench kms", kms::run(a).await),
+        What::S3(a) => ("nuage bench s3", s3::run(a).await),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
