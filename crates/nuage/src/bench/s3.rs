@@ -14,7 +14,8 @@
 //! - small objects (4 KiB): PUT, GET, HEAD and ListObjectsV2 (max-keys 100)
 //!   with `--clients-small` concurrent clients for `--seconds` each;
 //! - memory: the process's RSS and peak RSS around the large-object phase
-//!   (the client shares the process with the server).
+//!   and around one `--stream-gib` GiB multipart upload and its GET (the
+//!   client shares the process with the server).
 
 use std::convert::Infallible;
 use std::io::{Read, Write};
@@ -48,6 +49,10 @@ pub struct S3Args {
     /// Concurrent clients in the small-object phase.
     #[arg(long, default_value_t = 64)]
     clients_small: usize,
+    /// Size of one multipart upload (64 MiB parts, one at a time) and its
+    /// GET, to watch memory; 0 skips it.
+    #[arg(long, default_value_t = 10)]
+    stream_gib: u64,
 }
 
 const SMALL: usize = 4096;
@@ -382,6 +387,117 @@ fn raw_io(path: &Path, bytes: u64) -> std::io::Result<(Duration, Duration, Durat
     Ok((write, cold, warm))
 }
 
+/// Text between `<tag>` and `</tag>` in an XML answer.
+fn xml_field<'a>(xml: &'a str, tag: &str) -> Option<&'a str> {
+    let open = format!("<{tag}>");
+    let start = xml.find(&open)? + open.len();
+    let end = xml[start..].find(&format!("</{tag}>"))? + start;
+    Some(&xml[start..end])
+}
+
+/// One multipart upload of `size` bytes in `PART` parts sent one after
+/// the other, then one GET of it; returns each one's time and the peak RSS
+/// (MiB) during each.
+async fn stream_object(
+    http: &reqwest::Client,
+    s: &Signer,
+    size: u64,
+    blk: &Bytes,
+) -> Result<(Duration, f64, Duration, f64), String> {
+    const PART: u64 = 64 * MIB;
+    let path = format!("/{BUCKET}/stream");
+    let text = |r: reqwest::Response| async move {
+        let status = r.status();
+        let t = r.text().await.map_err(|x| x.to_string())?;
+        if !status.is_success() {
+            return Err(format!("{status} {t}"));
+        }
+        Ok::<_, String>(t)
+    };
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let t = Instant::now();
+    let r = s
+        .request(http, reqwest::Method::POST, &path, &[("uploads", "")])
+        .send()
+        .await
+        .map_err(|x| x.to_string())?;
+    let created = text(r)
+        .await
+        .map_err(|x| format!("CreateMultipartUpload: {x}"))?;
+    let upload = xml_field(&created, "UploadId")
+        .ok_or_else(|| format!("CreateMultipartUpload: no UploadId in {created}"))?
+        .to_string();
+    let mut complete = String::from("<CompleteMultipartUpload>");
+    let (mut sent, mut n) = (0u64, 0u32);
+    while sent < size {
+        n += 1;
+        let len = PART.min(size - sent);
+        let number = n.to_string();
+        let r = s
+            .request(
+                http,
+                reqwest::Method::PUT,
+                &path,
+                &[("partNumber", &number), ("uploadId", &upload)],
+            )
+            .header("content-length", len)
+            .body(reqwest::Body::wrap(Generated {
+                left: len,
+                block: blk.clone(),
+            }))
+            .send()
+            .await
+            .map_err(|x| x.to_string())?;
+        let etag = r
+            .headers()
+            .get("etag")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        text(r).await.map_err(|x| format!("UploadPart {n}: {x}"))?;
+        complete.push_str(&format!(
+            "<Part><PartNumber>{n}</PartNumber><ETag>{etag}</ETag></Part>"
+        ));
+        sent += len;
+    }
+    complete.push_str("</CompleteMultipartUpload>");
+    let r = s
+        .request(http, reqwest::Method::POST, &path, &[("uploadId", &upload)])
+        .body(complete)
+        .send()
+        .await
+        .map_err(|x| x.to_string())?;
+    let done = text(r)
+        .await
+        .map_err(|x| format!("CompleteMultipartUpload: {x}"))?;
+    if done.contains("<Error>") {
+        return Err(format!("CompleteMultipartUpload: {done}"));
+    }
+    let put = t.elapsed();
+    let (_, put_hwm) = rss();
+
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+    let t = Instant::now();
+    let mut r = s
+        .request(http, reqwest::Method::GET, &path, &[])
+        .send()
+        .await
+        .map_err(|x| x.to_string())?;
+    if !r.status().is_success() {
+        return Err(format!("GET stream: {}", r.status()));
+    }
+    let mut got = 0u64;
+    while let Some(chunk) = r.chunk().await.map_err(|x| x.to_string())? {
+        got += chunk.len() as u64;
+    }
+    if got != size {
+        return Err(format!("GET stream: {got} bytes, not {size}"));
+    }
+    let get = t.elapsed();
+    let (_, get_hwm) = rss();
+    Ok((put, put_hwm, get, get_hwm))
+}
+
 // ---------------------------------------------------------------- run
 
 pub async fn run(a: S3Args) -> Result<(), String> {
@@ -587,6 +703,26 @@ pub async fn run(a: S3Args) -> Result<(), String> {
     let get_cold = get_all("object files evicted from the page cache").await?;
     let get_warm = get_all("object files in the page cache").await?;
     let (rss_after, hwm) = rss();
+    let stream = if a.stream_gib > 0 {
+        println!(
+            "memory: one multipart upload of {} GiB (64 MiB parts, one at a time), then its GET",
+            a.stream_gib
+        );
+        let r = stream_object(&http, &signer, a.stream_gib * 1024 * MIB, &blk).await?;
+        // The object is deleted so the small-object phase starts alike.
+        let _ = signer
+            .request(
+                &http,
+                reqwest::Method::DELETE,
+                &format!("/{BUCKET}/stream"),
+                &[],
+            )
+            .send()
+            .await;
+        Some(r)
+    } else {
+        None
+    };
 
     // ------------------------------------------------ small objects
     println!();
@@ -724,6 +860,16 @@ pub async fn run(a: S3Args) -> Result<(), String> {
         "memory (client and server share the process): RSS {rss_before:.0} MiB before the large objects, {rss_after_put:.0} MiB after the PUTs (peak {hwm_put:.0} MiB), {rss_after:.0} MiB after the GETs (peak {hwm:.0} MiB)"
     );
 
+    if let Some((put, put_hwm, get, get_hwm)) = stream {
+        let size = a.stream_gib * 1024 * MIB;
+        println!(
+            "memory, one {} GiB multipart upload: {:.0} MB/s, peak RSS {put_hwm:.0} MiB; its GET: {:.0} MB/s, peak RSS {get_hwm:.0} MiB",
+            a.stream_gib,
+            mbs(size, put),
+            mbs(size, get)
+        );
+    }
+
     println!();
     println!(
         "{:<20} {:>10} {:>8} {:>10} {:>10} {:>10}",
@@ -767,6 +913,14 @@ pub async fn run(a: S3Args) -> Result<(), String> {
         sget.rps,
         met(sget.rps >= 10000.0 && sget.errors == 0)
     );
+    if let Some((_, put_hwm, _, get_hwm)) = stream {
+        let peak = put_hwm.max(get_hwm);
+        println!(
+            "goal {} GiB upload streams, RSS < 256 MiB (client included): peak {peak:.0} MiB: {}",
+            a.stream_gib,
+            met(peak < 256.0)
+        );
+    }
     let errors: usize = results.iter().map(|f| f.errors).sum();
     if errors > 0 {
         return Err(format!("{errors} small-object requests failed"));
