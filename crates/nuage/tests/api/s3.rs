@@ -364,13 +364,20 @@ async fn s3_boto3_suite_postgres() {
 }
 
 async fn boto3_suite(s: Srv) {
+    run_boto3(s, "boto3_suite.py").await;
+}
+
+/// Runs one boto3 script of `tests/s3/` against `s` with the access key
+/// of a fresh organization "acme" (project "web"); the script must print
+/// "<script name without .py>: ok".
+pub(crate) async fn run_boto3(s: Srv, script: &str) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3/boto3_suite.py");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3").join(script);
     let home = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(venv_bin("python"))
-        .arg(&script)
+        .arg(&path)
         .env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("HOME", home.path())
@@ -379,12 +386,15 @@ async fn boto3_suite(s: Srv) {
         .env("S3_ENDPOINT", &s.s3)
         .env("S3_KEY_ID", &key.id)
         .env("S3_SECRET", &key.secret)
+        .env("NUAGE_API", &s.tenant)
+        .env("NUAGE_TOKEN", &owner)
         .output()
         .await
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
+    let done = format!("{}: ok", script.trim_end_matches(".py").replace('_', " "));
     assert!(
-        out.status.success() && stdout.contains("boto3 suite: ok"),
+        out.status.success() && stdout.contains(&done),
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
