@@ -6,10 +6,14 @@
 //!   audit entry written before the response leaves);
 //! - [`auth`]: access keys to principals, anonymous requests refused;
 //! - [`ops`]: the S3 operations, each authorized by the platform's
-//!   authorizer against the bucket's project.
+//!   authorizer against the bucket's project; [`tagging`] and [`copy`]
+//!   hold more of them, [`conditions`] what requests say about bodies.
 
 mod auth;
+mod conditions;
+mod copy;
 mod front;
 mod ops;
+mod tagging;
 
 pub use front::{S3Config, S3Front};

@@ -363,6 +363,15 @@ async fn s3_boto3_suite_postgres() {
     boto3_suite(Srv::start_with(|c| c.database_url = Some(url.clone())).await).await;
 }
 
+/// Conditional requests, checksums, copies and tagging with boto3.
+#[tokio::test]
+async fn s3_boto3_objects() {
+    if !clients_present() {
+        return;
+    }
+    run_boto3(Srv::start().await, "boto3_objects.py").await;
+}
+
 async fn boto3_suite(s: Srv) {
     run_boto3(s, "boto3_suite.py").await;
 }
@@ -374,7 +383,9 @@ pub(crate) async fn run_boto3(s: Srv, script: &str) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/s3")
+        .join(script);
     let home = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(venv_bin("python"))
         .arg(&path)
