@@ -12,6 +12,7 @@ use http::{HeaderValue, StatusCode};
 use nuage_audit::log::AuditLog;
 use nuage_audit::pending::Finished;
 use nuage_iam::{Authenticator, Authorizer};
+use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
 
 use super::auth::{Access, Auth, Seen};
@@ -22,13 +23,40 @@ use crate::engine::Engine;
 pub struct S3Config {
     /// Returned by GetBucketLocation; clients sign with any region.
     pub region: String,
+    /// Base domain of virtual-hosted addressing (`bucket.<domain>`).
+    pub domain: Option<String>,
 }
 
 impl Default for S3Config {
     fn default() -> Self {
         S3Config {
             region: "us-east-1".into(),
+            domain: Some("s3.localhost".into()),
         }
+    }
+}
+
+/// Virtual-hosted addressing under one base domain. Unlike `s3s`'s own
+/// parsers, a host that is not under the domain (another name for the
+/// machine, `localhost`, …) is served path-style rather than refused.
+struct Hosts {
+    domain: String,
+}
+
+impl S3Host for Hosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<VirtualHost<'a>> {
+        let name = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let bucket = name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|h| h.strip_suffix('.'))
+            .filter(|b| !b.is_empty());
+        Ok(match bucket {
+            Some(b) => VirtualHost::new(self.domain.as_str()).with_bucket(b),
+            None => VirtualHost::new(name),
+        })
     }
 }
 
@@ -58,12 +86,17 @@ impl S3Front {
         cfg: S3Config,
     ) -> S3Front {
         let seen = Seen::default();
-        let mut b = S3ServiceBuilder::new(Objects::new(engine.clone(), authz, cfg.region));
+        let mut b = S3ServiceBuilder::new(Objects::new(engine.clone(), authz, cfg.region.clone()));
         b.set_auth(Auth {
             authn,
             seen: seen.clone(),
         });
         b.set_access(Access { seen });
+        if let Some(domain) = cfg.domain {
+            b.set_host(Hosts {
+                domain: domain.trim_end_matches('.').to_ascii_lowercase(),
+            });
+        }
         S3Front {
             service: Arc::new(b.build()),
             engine,

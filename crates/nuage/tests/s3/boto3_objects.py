@@ -8,6 +8,7 @@ import datetime
 import hashlib
 import io
 import os
+import urllib.parse
 import zlib
 
 import boto3
@@ -169,6 +170,38 @@ s3.complete_multipart_upload(Bucket=B2, Key="assembled.bin", UploadId=uid, Multi
     {"PartNumber": 2, "ETag": p2["CopyPartResult"]["ETag"]}]})
 got = s3.get_object(Bucket=B2, Key="assembled.bin")["Body"].read()
 assert got == big[:5 * MiB] + data, len(got)
+
+# ---- virtual-hosted addressing: <bucket>.s3.localhost ------------------------------------
+# The test machine resolves no *.s3.localhost names: the request keeps its
+# signed Host header and is sent to the endpoint's address instead.
+endpoint = os.environ["S3_ENDPOINT"]
+port = endpoint.rsplit(":", 1)[1]
+
+
+def to_loopback(request, **_):
+    url = urllib.parse.urlsplit(request.url)
+    request.headers["Host"] = url.netloc
+    request.url = urllib.parse.urlunsplit(url._replace(netloc=f"127.0.0.1:{port}"))
+
+
+vh = boto3.client(
+    "s3",
+    endpoint_url=f"http://s3.localhost:{port}",
+    aws_access_key_id=os.environ["S3_KEY_ID"],
+    aws_secret_access_key=os.environ["S3_SECRET"],
+    region_name="us-east-1",
+    config=Config(s3={"addressing_style": "virtual"}, retries={"max_attempts": 1}),
+)
+seen_hosts = []
+vh.meta.events.register("before-send.s3", lambda request, **_: seen_hosts.append(request.url))
+vh.meta.events.register("before-send.s3", to_loopback)
+vh.put_object(Bucket=B, Key="vh/one.txt", Body=b"virtual")
+assert vh.get_object(Bucket=B, Key="vh/one.txt")["Body"].read() == b"virtual"
+assert [o["Key"] for o in vh.list_objects_v2(Bucket=B, Prefix="vh/")["Contents"]] == ["vh/one.txt"]
+assert s3.get_object(Bucket=B, Key="vh/one.txt")["Body"].read() == b"virtual"
+assert code_of(vh.get_object, Bucket="no-such-bucket-vh", Key="k") == "NoSuchBucket"
+assert all(u.startswith(f"http://{B}.s3.localhost:{port}/") or "no-such-bucket-vh" in u
+           for u in seen_hosts), seen_hosts
 
 # ---- clean up ------------------------------------------------------------------------------
 for bucket in (B, B2):
