@@ -25,12 +25,14 @@ use nuage_store::{BucketRow, WriteIf};
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
+use super::auth::Anonymous;
 use super::conditions::{body_check, Claimed, Conditions};
 use super::front::ReqCtx;
 use super::tagging;
 use crate::buckets;
 use crate::checksum::{self, Algo, Mismatch};
 use crate::engine::{BodyError, Engine, Listing, Meta, PutError, MAX_PART_NUMBER};
+use crate::settings::BucketSettings;
 
 /// Header naming the project of a CreateBucket when the organization has
 /// several (S3 has no notion of projects).
@@ -54,17 +56,25 @@ impl Objects {
 
 /// The authenticated caller of one request.
 pub(super) struct Call {
-    pub(super) subject: Subject,
+    /// `None` for an anonymous read (see [`Call::of_public`]).
+    subject: Option<Subject>,
     ctx: ReqCtx,
 }
 
 impl Call {
+    /// The signed caller of a request.
     pub(super) fn of<T>(req: &S3Request<T>) -> S3Result<Call> {
-        let subject = req
-            .extensions
-            .get::<Subject>()
-            .cloned()
-            .ok_or_else(|| s3_error!(AccessDenied, "not authenticated"))?;
+        let call = Call::of_public(req)?;
+        call.who()?;
+        Ok(call)
+    }
+
+    /// The caller of an object read, which may be anonymous.
+    pub(super) fn of_public<T>(req: &S3Request<T>) -> S3Result<Call> {
+        let subject = req.extensions.get::<Subject>().cloned();
+        if subject.is_none() && req.extensions.get::<Anonymous>().is_none() {
+            return Err(s3_error!(AccessDenied, "not authenticated"));
+        }
         let ctx = req
             .extensions
             .get::<ReqCtx>()
@@ -73,8 +83,20 @@ impl Call {
         Ok(Call { subject, ctx })
     }
 
+    pub(super) fn who(&self) -> S3Result<&Subject> {
+        self.subject.as_ref().ok_or_else(|| {
+            s3_error!(
+                AccessDenied,
+                "anonymous requests may only read objects of public-read buckets"
+            )
+        })
+    }
+
+    /// The caller's organization ("" for anonymous callers, who own nothing).
     pub(super) fn org_id(&self) -> &str {
-        &self.subject.principal.org_id
+        self.subject
+            .as_ref()
+            .map_or("", |s| s.principal.org_id.as_str())
     }
 
     pub(super) fn note(&self, action: &str, resource: String) {
@@ -104,7 +126,7 @@ impl Call {
     pub(super) fn purpose(&self) -> Purpose {
         Purpose {
             justification: Justification::ServiceForPrincipal,
-            principal: Some(self.subject.principal.id.clone()),
+            principal: self.subject.as_ref().map(|s| s.principal.id.clone()),
             request_id: Some(self.ctx.request_id.clone()),
         }
     }
@@ -235,6 +257,32 @@ pub(super) fn put_err(e: PutError) -> S3Error {
     }
 }
 
+/// An anonymous caller's bucket: only an object read of a public-read
+/// bucket passes. A private bucket and a missing one answer alike.
+fn public_bucket(
+    call: &Call,
+    action: &'static str,
+    found: Option<BucketRow>,
+) -> S3Result<BucketRow> {
+    let public = found.filter(|b| {
+        action == "s3.get_object" && BucketSettings::of(b).is_ok_and(|s| s.public_read)
+    });
+    match public {
+        Some(b) => {
+            call.ctx.slot.update(|a| {
+                a.log_id = Some(b.org_id.clone());
+                a.principal_name = "anonymous".into();
+            });
+            call.decided("allow", vec!["public-read".into()]);
+            Ok(b)
+        }
+        None => {
+            call.decided("deny", Vec::new());
+            Err(s3_error!(AccessDenied, "Access Denied"))
+        }
+    }
+}
+
 /// The store condition of a conditional PUT.
 fn write_condition(
     if_match: Option<&ETagCondition>,
@@ -343,6 +391,9 @@ impl Objects {
         call.note(action, format!("bucket:{name}"));
         let store = self.engine.store();
         let found = store.bucket_get(name).await.map_err(s3_err)?;
+        if call.subject.is_none() {
+            return public_bucket(call, action, found);
+        }
         let Some(b) = found.filter(|b| b.org_id == call.org_id()) else {
             call.decided("deny", Vec::new());
             return Err(no_such_bucket(name));
@@ -370,7 +421,7 @@ impl Objects {
     ) -> S3Result<()> {
         let d = self
             .authz
-            .decide(&call.subject, action, target, &call.env())
+            .decide(call.who()?, action, target, &call.env())
             .await
             .map_err(s3_err)?;
         call.decided(if d.allowed { "allow" } else { "deny" }, d.policies);
@@ -381,7 +432,7 @@ impl Objects {
                 S3ErrorCode::AccessDenied,
                 format!(
                     "{} may not {action} on {}",
-                    call.subject.principal.name,
+                    call.who()?.principal.name,
                     target.label()
                 ),
             ))
@@ -413,7 +464,7 @@ impl Objects {
                         let d = self
                             .authz
                             .decide(
-                                &call.subject,
+                                call.who()?,
                                 "s3.list_buckets",
                                 &Target::project(&p.org_id, &p.id, &p.name),
                                 &call.env(),
@@ -442,7 +493,7 @@ impl Objects {
             buckets: Some(out),
             owner: Some(Owner {
                 id: Some(call.org_id().to_string()),
-                display_name: call.subject.org.as_ref().map(|o| o.name.clone()),
+                display_name: call.who()?.org.as_ref().map(|o| o.name.clone()),
             }),
             ..Default::default()
         }))
@@ -507,7 +558,7 @@ impl Objects {
             self.engine.kms(),
             &project,
             &name,
-            &call.subject.principal.id,
+            &call.who()?.principal.id,
         )
         .await
         {
@@ -603,7 +654,7 @@ impl Objects {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let call = Call::of(&req)?;
+        let call = Call::of_public(&req)?;
         let input = req.input;
         let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
         call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
@@ -683,7 +734,7 @@ impl Objects {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let call = Call::of(&req)?;
+        let call = Call::of_public(&req)?;
         let input = req.input;
         let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
         call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
@@ -779,7 +830,7 @@ impl Objects {
                 &b,
                 &input.key,
                 &meta,
-                &call.subject.principal.id,
+                &call.who()?.principal.id,
                 &call.purpose(),
             )
             .await
@@ -1502,5 +1553,45 @@ impl S3 for Objects {
             }))
         };
         r.await.map_err(tag(rid))
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let rid = request_id(&req);
+        self.put_bucket_acl_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let rid = request_id(&req);
+        self.get_bucket_acl_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let rid = request_id(&req);
+        self.put_bucket_cors_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        let rid = request_id(&req);
+        self.get_bucket_cors_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        let rid = request_id(&req);
+        self.delete_bucket_cors_inner(req).await.map_err(tag(rid))
     }
 }

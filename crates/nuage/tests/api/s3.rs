@@ -377,12 +377,17 @@ async fn boto3_suite(s: Srv) {
 }
 
 /// Runs one boto3 script of `tests/s3/` against `s` with the access key
-/// of a fresh organization "acme" (project "web"); the script must print
+/// of a fresh organization "acme" (project "web") and one of another
+/// organization "rival" (`S3_OTHER_*`); the script must print
 /// "<script name without .py>: ok".
 pub(crate) async fn run_boto3(s: Srv, script: &str) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
+    // A second tenant, for isolation checks.
+    let rival_owner = s.org("rival").await;
+    project(&s, "rival", &rival_owner, "web").await;
+    let rival = access_key(&s, "rival", &rival_owner).await;
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/s3")
         .join(script);
@@ -397,6 +402,8 @@ pub(crate) async fn run_boto3(s: Srv, script: &str) {
         .env("S3_ENDPOINT", &s.s3)
         .env("S3_KEY_ID", &key.id)
         .env("S3_SECRET", &key.secret)
+        .env("S3_OTHER_KEY_ID", &rival.id)
+        .env("S3_OTHER_SECRET", &rival.secret)
         .env("NUAGE_API", &s.tenant)
         .env("NUAGE_TOKEN", &owner)
         .output()

@@ -8,7 +8,9 @@ import datetime
 import hashlib
 import io
 import os
+import urllib.error
 import urllib.parse
+import urllib.request
 import zlib
 
 import boto3
@@ -202,6 +204,111 @@ assert s3.get_object(Bucket=B, Key="vh/one.txt")["Body"].read() == b"virtual"
 assert code_of(vh.get_object, Bucket="no-such-bucket-vh", Key="k") == "NoSuchBucket"
 assert all(u.startswith(f"http://{B}.s3.localhost:{port}/") or "no-such-bucket-vh" in u
            for u in seen_hosts), seen_hosts
+
+# ---- public-read buckets: anonymous object reads only ----------------------------------------
+def anonymous(method, path, headers=None, body=None):
+    req = urllib.request.Request(endpoint + path, method=method, headers=headers or {}, data=body)
+    try:
+        with urllib.request.urlopen(req) as resp:
+            return resp.status, resp.read(), dict(resp.headers)
+    except urllib.error.HTTPError as e:
+        return e.code, e.read(), dict(e.headers)
+
+
+s3.put_object(Bucket=B, Key="pub/page.html", Body=b"<p>hi</p>", ContentType="text/html")
+assert anonymous("GET", f"/{B}/pub/page.html")[0] == 403
+acl = s3.get_bucket_acl(Bucket=B)
+assert [g["Permission"] for g in acl["Grants"]] == ["FULL_CONTROL"], acl
+s3.put_bucket_acl(Bucket=B, ACL="public-read")
+acl = s3.get_bucket_acl(Bucket=B)
+assert any(g["Grantee"].get("URI", "").endswith("/AllUsers") and g["Permission"] == "READ"
+           for g in acl["Grants"]), acl
+status, body, headers = anonymous("GET", f"/{B}/pub/page.html")
+assert (status, body) == (200, b"<p>hi</p>") and headers["content-type"] == "text/html", (status, body)
+assert anonymous("HEAD", f"/{B}/pub/page.html")[0] == 200
+assert anonymous("PUT", f"/{B}/pub/evil.html", body=b"x")[0] == 403
+assert anonymous("DELETE", f"/{B}/pub/page.html")[0] == 403
+assert anonymous("GET", f"/{B}?list-type=2")[0] == 403
+assert anonymous("GET", f"/{B2}/copy.bin")[0] == 403, "a private bucket answered an anonymous read"
+assert anonymous("GET", "/no-such-bucket-anon/k")[0] == 403
+assert code_of(s3.put_bucket_acl, Bucket=B, ACL="public-read-write") == "NotImplemented"
+s3.put_bucket_acl(Bucket=B, ACL="private")
+assert anonymous("GET", f"/{B}/pub/page.html")[0] == 403
+
+# ---- CORS ----------------------------------------------------------------------------------------
+assert code_of(s3.get_bucket_cors, Bucket=B) == "NoSuchCORSConfiguration"
+s3.put_bucket_cors(Bucket=B, CORSConfiguration={"CORSRules": [{
+    "AllowedOrigins": ["https://*.example.com"], "AllowedMethods": ["GET", "PUT"],
+    "AllowedHeaders": ["content-type", "x-amz-*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 600}]})
+rules = s3.get_bucket_cors(Bucket=B)["CORSRules"]
+assert rules[0]["AllowedOrigins"] == ["https://*.example.com"] and rules[0]["MaxAgeSeconds"] == 600, rules
+assert code_of(s3.put_bucket_cors, Bucket=B, CORSConfiguration={"CORSRules": [{
+    "AllowedOrigins": ["*"], "AllowedMethods": ["PATCH"]}]}) == "InvalidRequest"
+ok = anonymous("OPTIONS", f"/{B}/pub/page.html", {
+    "Origin": "https://app.example.com", "Access-Control-Request-Method": "PUT",
+    "Access-Control-Request-Headers": "content-type, x-amz-date"})
+assert ok[0] == 200, ok
+assert ok[2]["access-control-allow-origin"] == "https://app.example.com", ok[2]
+assert "PUT" in ok[2]["access-control-allow-methods"] and ok[2]["access-control-max-age"] == "600", ok[2]
+assert anonymous("OPTIONS", f"/{B}/pub/page.html", {
+    "Origin": "https://evil.test", "Access-Control-Request-Method": "GET"})[0] == 403
+assert anonymous("OPTIONS", f"/{B}/pub/page.html", {
+    "Origin": "https://app.example.com", "Access-Control-Request-Method": "DELETE"})[0] == 403
+assert anonymous("OPTIONS", f"/{B}/pub/page.html", {
+    "Origin": "https://app.example.com", "Access-Control-Request-Method": "PUT",
+    "Access-Control-Request-Headers": "authorization"})[0] == 403
+signed_cors = []
+s3.meta.events.register("before-send.s3", lambda request, **_: request.headers.__setitem__(
+    "Origin", "https://app.example.com"))
+s3.meta.events.register("after-call.s3.GetObject", lambda http_response, **_: signed_cors.append(
+    http_response.headers.get("access-control-allow-origin")))
+s3.get_object(Bucket=B, Key="pub/page.html")["Body"].read()
+assert signed_cors == ["https://app.example.com"], signed_cors
+s3.delete_bucket_cors(Bucket=B)
+assert code_of(s3.get_bucket_cors, Bucket=B) == "NoSuchCORSConfiguration"
+
+# ---- another organization learns nothing about these buckets -----------------------------------
+rival = boto3.client(
+    "s3",
+    endpoint_url=endpoint,
+    aws_access_key_id=os.environ["S3_OTHER_KEY_ID"],
+    aws_secret_access_key=os.environ["S3_OTHER_SECRET"],
+    region_name="us-east-1",
+    config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 1}),
+)
+rival.create_bucket(Bucket="rival-own")
+rival.put_object(Bucket="rival-own", Key="r.txt", Body=b"r")
+calls = [
+    (rival.get_object_tagging, dict(Bucket=B, Key="t.txt")),
+    (rival.put_object_tagging, dict(Bucket=B, Key="t.txt", Tagging={"TagSet": []})),
+    (rival.delete_object_tagging, dict(Bucket=B, Key="t.txt")),
+    (rival.get_bucket_tagging, dict(Bucket=B)),
+    (rival.put_bucket_tagging, dict(Bucket=B, Tagging={"TagSet": [{"Key": "a", "Value": "b"}]})),
+    (rival.delete_bucket_tagging, dict(Bucket=B)),
+    (rival.get_bucket_encryption, dict(Bucket=B)),
+    (rival.get_bucket_acl, dict(Bucket=B)),
+    (rival.put_bucket_acl, dict(Bucket=B, ACL="public-read")),
+    (rival.get_bucket_cors, dict(Bucket=B)),
+    (rival.put_bucket_cors, dict(Bucket=B, CORSConfiguration={"CORSRules": [
+        {"AllowedOrigins": ["*"], "AllowedMethods": ["GET"]}]})),
+    (rival.delete_bucket_cors, dict(Bucket=B)),
+    (rival.copy_object, dict(Bucket="rival-own", Key="stolen", CopySource=f"{B}/src.bin")),
+    (rival.copy_object, dict(Bucket=B, Key="planted", CopySource="rival-own/r.txt")),
+    (rival.put_object, dict(Bucket=B, Key="planted", Body=b"x", IfNoneMatch="*")),
+    (rival.head_object, dict(Bucket=B, Key="c.txt", IfModifiedSince=before)),
+]
+for fn, kwargs in calls:
+    code = code_of(fn, **kwargs)
+    assert code in ("NoSuchBucket", "404"), (fn.__name__, kwargs, code)
+up = rival.create_multipart_upload(Bucket="rival-own", Key="m")
+assert code_of(rival.upload_part_copy, Bucket="rival-own", Key="m", UploadId=up["UploadId"], PartNumber=1,
+               CopySource=f"{B}/src.bin") == "NoSuchBucket"
+rival.abort_multipart_upload(Bucket="rival-own", Key="m", UploadId=up["UploadId"])
+assert code_of(s3.head_object, Bucket=B, Key="planted") == "404"
+assert code_of(s3.get_bucket_tagging, Bucket=B) == "NoSuchTagSet"
+assert not any(g["Grantee"].get("URI") for g in s3.get_bucket_acl(Bucket=B)["Grants"])
+rival.delete_object(Bucket="rival-own", Key="r.txt")
+rival.delete_bucket(Bucket="rival-own")
 
 # ---- clean up ------------------------------------------------------------------------------
 for bucket in (B, B2):
