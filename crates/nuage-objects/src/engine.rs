@@ -34,6 +34,9 @@ use nuage_store::{BucketRow, ObjectRow, PartRow, Replaced, Store, UploadRow};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
+mod versioning;
+pub use versioning::{valid_version_id, Found, VersionListing};
+
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
 
@@ -351,7 +354,8 @@ impl Engine {
         Ok(B64.encode(aead::wrap(key, &meta_aad(bucket_id, version_id), &plain)))
     }
 
-    /// Stores a new current version of `key` from `body`.
+    /// Stores a new current version of `key` from `body`; returns also the
+    /// version id to report (None in a never-versioned bucket).
     pub async fn put<S, E>(
         &self,
         bucket: &BucketRow,
@@ -360,7 +364,7 @@ impl Engine {
         meta: &Meta,
         expect_md5: Option<&[u8]>,
         why: &Purpose,
-    ) -> Result<(ObjectRow, KeyUse), PutError>
+    ) -> Result<(ObjectRow, KeyUse, Option<String>), PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -399,7 +403,7 @@ impl Engine {
             created_at: now_ms(),
             part_count: 0,
         };
-        let replaced = match self.store.object_put(&row).await {
+        let placed = match self.store.object_put(&row).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = self.kms.data_key_delete(&dk.id).await;
@@ -407,10 +411,10 @@ impl Engine {
             }
         };
         written.guard.0 = None;
-        if let Some(old) = replaced {
+        if let Some(old) = placed.replaced {
             self.discard(&old).await;
         }
-        Ok((row, used))
+        Ok((row, used, placed.version_id))
     }
 
     /// Starts a multipart upload of `key`: reserves the version id, its
@@ -512,11 +516,12 @@ impl Engine {
     /// the object current in one metadata transaction. Errors carry the S3
     /// meaning in their code: `invalid_part`, `invalid_part_order`,
     /// `entity_too_small`, `malformed_xml`, `not_found` (the upload).
+    /// Returns also the version id to report.
     pub async fn complete_upload(
         &self,
         up: &UploadRow,
         listed: &[(i64, String)],
-    ) -> ApiResult<ObjectRow> {
+    ) -> ApiResult<(ObjectRow, Option<String>)> {
         if listed.is_empty() {
             return Err(ApiError::bad_request("malformed_xml", "no parts listed"));
         }
@@ -592,7 +597,7 @@ impl Engine {
         if let Some(old) = done.replaced {
             self.discard(&old).await;
         }
-        Ok(row)
+        Ok((row, done.version_id))
     }
 
     /// Aborts an upload: its rows, part files and data keys go. False when

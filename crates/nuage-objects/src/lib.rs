@@ -6,10 +6,12 @@
 //! - [`buckets`]: bucket lifecycle shared by the REST API and S3.
 //! - [`engine`]: bodies in files (temp, fsync, rename, then the metadata
 //!   commit), encrypted with the key service's stream format.
+//! - [`lifecycle`]: bucket lifecycle rules and the pass that applies them.
 //! - [`s3`]: the S3 endpoint (wire format and SigV4 by the `s3s` crate).
 
 pub mod buckets;
 pub mod engine;
+pub mod lifecycle;
 pub mod names;
 pub mod s3;
 
@@ -37,4 +39,13 @@ pub const ACTIONS: &[ActionDef] = &[
     act("s3.get_object", Level::Read, READERS),
     act("s3.put_object", Level::Write, WRITERS),
     act("s3.delete_object", Level::Write, WRITERS),
+    // Versioning and lifecycle: configuration is the bucket admin's; so is
+    // removing a version for good, which versioning exists to prevent.
+    act("s3.get_bucket_versioning", Level::Read, READERS),
+    act("s3.put_bucket_versioning", Level::Write, ADMINS),
+    act("s3.get_lifecycle", Level::Read, READERS),
+    act("s3.put_lifecycle", Level::Write, ADMINS),
+    act("s3.list_bucket_versions", Level::Read, READERS),
+    act("s3.get_object_version", Level::Read, READERS),
+    act("s3.delete_object_version", Level::Write, ADMINS),
 ];
