@@ -1094,3 +1094,151 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
     }));
     s.shutdown().await;
 }
+
+/// Who may do what with versions: an object writer adds versions and
+/// delete markers but cannot erase a version or change the bucket's
+/// versioning or lifecycle (bucket admin); a reader reads old versions;
+/// another organization learns nothing. Refusals are audited.
+#[tokio::test]
+async fn s3_versioning_authz_and_isolation() {
+    if !clients_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    project(&s, "acme", &owner, "web").await;
+    let key = access_key(&s, "acme", &owner).await;
+    let writer = s.user("acme", &owner, "wri", Some("object-writer")).await;
+    let wkey = access_key(&s, "acme", &writer).await;
+    let reader = s.user("acme", &owner, "rea", Some("object-reader")).await;
+    let rkey = access_key(&s, "acme", &reader).await;
+    let other = s.org("globex").await;
+    project(&s, "globex", &other, "ops").await;
+    let okey = access_key(&s, "globex", &other).await;
+    let aws = Aws::new(&s);
+    std::fs::write(aws.path("b.txt"), b"body").unwrap();
+    let body = aws.path("b.txt");
+    let bucket = ["--bucket", "vers"];
+
+    aws.ok(&key, &["s3", "mb", "s3://vers"]).await;
+    let enable = [
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        "vers",
+        "--versioning-configuration",
+        "Status=Enabled",
+    ];
+    aws.fails(&wkey, &enable, "AccessDenied").await;
+    aws.ok(&key, &enable).await;
+    let put = [
+        "s3api",
+        "put-object",
+        "--bucket",
+        "vers",
+        "--key",
+        "k",
+        "--body",
+        &body,
+    ];
+    let v1: Value = serde_json::from_str(&aws.ok(&wkey, &put).await).unwrap();
+    let v1 = v1["VersionId"].as_str().unwrap().to_string();
+    aws.ok(&wkey, &put).await;
+    let marker: Value = serde_json::from_str(
+        &aws.ok(
+            &wkey,
+            &["s3api", "delete-object", "--bucket", "vers", "--key", "k"],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(marker["DeleteMarker"], true, "{marker}");
+    let erase = [
+        "s3api",
+        "delete-object",
+        "--bucket",
+        "vers",
+        "--key",
+        "k",
+        "--version-id",
+        &v1,
+    ];
+    aws.fails(&wkey, &erase, "AccessDenied").await;
+    aws.fails(&rkey, &erase, "AccessDenied").await;
+    std::fs::write(
+        aws.path("l.json"),
+        json!({"Rules": [{"ID": "x", "Status": "Enabled", "Filter": {"Prefix": ""},
+                          "Expiration": {"Days": 1}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let lc = format!("file://{}", aws.path("l.json"));
+    let put_lc = [
+        "s3api",
+        "put-bucket-lifecycle-configuration",
+        "--bucket",
+        "vers",
+        "--lifecycle-configuration",
+        &lc,
+    ];
+    aws.fails(&wkey, &put_lc, "AccessDenied").await;
+    let get_old = [
+        "s3api",
+        "get-object",
+        "--bucket",
+        "vers",
+        "--key",
+        "k",
+        "--version-id",
+        &v1,
+        &aws.path("old.txt"),
+    ];
+    for k in [&key, &wkey, &rkey] {
+        aws.ok(
+            k,
+            &[&["s3api", "get-bucket-versioning"][..], &bucket[..]].concat(),
+        )
+        .await;
+        let l = aws
+            .ok(
+                k,
+                &[&["s3api", "list-object-versions"][..], &bucket[..]].concat(),
+            )
+            .await;
+        assert!(l.contains(&v1), "{l}");
+        aws.ok(k, &get_old).await;
+    }
+    assert_eq!(std::fs::read(aws.path("old.txt")).unwrap(), b"body");
+
+    // another organization: the same answer as a missing bucket
+    for args in [
+        &[&["s3api", "get-bucket-versioning"][..], &bucket[..]].concat()[..],
+        &[&["s3api", "list-object-versions"][..], &bucket[..]].concat()[..],
+        &enable[..],
+        &erase[..],
+        &get_old[..],
+        &put_lc[..],
+    ] {
+        aws.fails(&okey, args, "NoSuchBucket").await;
+    }
+
+    // the bucket admin (here the owner) may erase the version and set rules
+    aws.ok(&key, &erase).await;
+    aws.ok(&key, &put_lc).await;
+    let entries = audit_entries(&s, "acme", &owner).await;
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.delete_object_version" && r["decision"] == "deny" && r["status"] == 403
+    }));
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.delete_object_version"
+            && r["decision"] == "allow"
+            && r["details"]["version_id"] == json!(v1)
+    }));
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.put_bucket_versioning" && r["decision"] == "deny"
+    }));
+    s.shutdown().await;
+}

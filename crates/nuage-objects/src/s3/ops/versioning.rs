@@ -233,7 +233,6 @@ impl Objects {
             version_id: version,
             code: Some(code.into()),
             message: Some(msg.into()),
-            ..Default::default()
         };
         for o in &input.delete.objects {
             match o.version_id.as_deref() {
