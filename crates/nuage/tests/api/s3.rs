@@ -765,11 +765,10 @@ async fn s3_boto3_versioning_postgres() {
 const DAY_MS: i64 = 86_400_000;
 
 /// Data key owners (object version and part ids) in the key service's table.
-async fn data_key_owners(s: &Srv) -> Vec<String> {
+async fn data_key_owners(db_url: &str) -> Vec<String> {
     use sqlx::{Connection, Row};
     sqlx::any::install_default_drivers();
-    let url = format!("sqlite://{}", s.data_dir.join("nuage.db").display());
-    let mut c = sqlx::AnyConnection::connect(&url).await.unwrap();
+    let mut c = sqlx::AnyConnection::connect(db_url).await.unwrap();
     sqlx::query("SELECT owner FROM kms_data_keys")
         .fetch_all(&mut c)
         .await
@@ -796,6 +795,28 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
         return;
     }
     let s = Srv::start().await;
+    let url = format!("sqlite://{}", s.data_dir.join("nuage.db").display());
+    lifecycle_pass(s, &url).await;
+}
+
+/// The same on PostgreSQL, when the test command provides one.
+#[tokio::test]
+async fn s3_lifecycle_pass_postgres() {
+    if !clients_present() {
+        return;
+    }
+    let Some(url) = pg_database().await else {
+        println!("skipped: no test PostgreSQL (run scripts/test)");
+        return;
+    };
+    lifecycle_pass(
+        Srv::start_with(|c| c.database_url = Some(url.clone())).await,
+        &url,
+    )
+    .await;
+}
+
+async fn lifecycle_pass(s: Srv, db_url: &str) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
@@ -859,6 +880,10 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
     del("logs/c", None).await;
     del("logs/c", Some(c1.clone())).await;
     let kept = put("keep/x").await;
+    let mut hist = Vec::new();
+    for _ in 0..5 {
+        hist.push(put("hist/h").await);
+    }
     let upload = |k: &'static str| {
         let aws = &aws;
         let key = &key;
@@ -937,6 +962,8 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
              "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 5}},
             {"ID": "markers", "Status": "Enabled", "Filter": {"Prefix": "logs/"},
              "Expiration": {"ExpiredObjectDeleteMarker": true}},
+            {"ID": "hist", "Status": "Enabled", "Filter": {"Prefix": "hist/"},
+             "NoncurrentVersionExpiration": {"NoncurrentDays": 1, "NewerNoncurrentVersions": 2}},
             {"ID": "off", "Status": "Disabled", "Filter": {"Prefix": ""},
              "Expiration": {"Days": 1}}
         ]})
@@ -977,7 +1004,7 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
         )
         .await,
     );
-    assert_eq!(got["Rules"].as_array().unwrap().len(), 3, "{got}");
+    assert_eq!(got["Rules"].as_array().unwrap().len(), 4, "{got}");
 
     // at once: only logs/c's marker, alone, is an expired delete marker
     let r = s.lifecycle_pass(now).await;
@@ -993,8 +1020,9 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
     );
 
     // 400 days later: logs/a expires behind a marker, logs/b's old version
-    // goes and then its marker, the old upload is aborted, tmp/old is
-    // deleted; the disabled rule does nothing
+    // goes and then its marker, hist/h keeps its current and two newest
+    // noncurrent versions, the old upload is aborted, tmp/old is deleted;
+    // the disabled rule does nothing
     let r = s.lifecycle_pass(now + 400 * DAY_MS).await;
     assert_eq!(
         (
@@ -1003,7 +1031,7 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
             r.markers_removed,
             r.uploads_aborted
         ),
-        (2, 1, 1, 1),
+        (2, 3, 1, 1),
         "{r:?}"
     );
     // 800 days later: logs/a's versions are noncurrent long enough, and
@@ -1026,13 +1054,22 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
         aws.ok(&key, &["s3api", "list-object-versions", "--bucket", "life"])
             .await,
     );
-    let listed: Vec<&str> = versions["Versions"]
+    let listed: Vec<(&str, &str)> = versions["Versions"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|v| v["Key"].as_str().unwrap())
+        .map(|v| (v["Key"].as_str().unwrap(), v["VersionId"].as_str().unwrap()))
         .collect();
-    assert_eq!(listed, ["keep/x"], "{versions}");
+    assert_eq!(
+        listed,
+        [
+            ("hist/h", hist[4].as_str()),
+            ("hist/h", hist[3].as_str()),
+            ("hist/h", hist[2].as_str()),
+            ("keep/x", kept.as_str())
+        ],
+        "{versions}"
+    );
     assert!(versions.get("DeleteMarkers").is_none(), "{versions}");
     let ups = json(
         aws.ok(
@@ -1058,8 +1095,8 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
     assert_eq!(plain["Contents"][0]["Key"], "other/z");
 
     // removed versions are crypto-shredded: no body file, no data key
-    let owners = data_key_owners(&s).await;
-    for v in [&a1, &a2, &b1, &c1] {
+    let owners = data_key_owners(db_url).await;
+    for v in [&a1, &a2, &b1, &c1, &hist[0], &hist[1]] {
         assert!(!body_file(&s, v).exists(), "body of {v} left on disk");
         assert!(!owners.contains(v), "data key of {v} left in the store");
     }
@@ -1078,7 +1115,7 @@ async fn s3_lifecycle_pass_expires_versions_and_audits() {
             .count()
     };
     assert_eq!(count("s3.lifecycle.expire_object"), 2);
-    assert_eq!(count("s3.lifecycle.delete_version"), 3);
+    assert_eq!(count("s3.lifecycle.delete_version"), 5);
     assert_eq!(count("s3.lifecycle.delete_marker"), 3);
     assert_eq!(count("s3.lifecycle.abort_upload"), 1);
     assert!(entries.iter().any(|e| {
