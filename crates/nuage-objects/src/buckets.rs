@@ -91,6 +91,7 @@ pub async fn create(
         generation: 1,
         created_at: now,
         updated_at: now,
+        settings: "{}".into(),
     };
     store.bucket_create(&row).await?;
     Ok(row)

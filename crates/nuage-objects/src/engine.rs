@@ -30,9 +30,11 @@ use nuage_core::{ApiError, ApiResult};
 use nuage_kms::aead::{self, SecretKey};
 use nuage_kms::stream::{self, StreamEncryptor, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
 use nuage_kms::{KeyUse, Kms, Purpose};
-use nuage_store::{BucketRow, ObjectRow, PartRow, Replaced, Store, UploadRow};
+use nuage_store::{BucketRow, ObjectRow, PartRow, Replaced, Store, UploadRow, WriteIf};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::checksum::{self, BodyCheck, Mismatch};
 
 mod versioning;
 pub use versioning::{valid_version_id, Found, VersionListing};
@@ -59,6 +61,14 @@ pub struct Meta {
     pub content_encoding: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub content_language: Option<String>,
+    /// The `Expires` header, as the client sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<String>,
+    /// Object tags (S3 allows ten).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub tags: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<checksum::Stored>,
 }
 
 #[derive(Debug, Clone)]
@@ -106,6 +116,8 @@ pub struct Opened {
 struct Written {
     total: u64,
     md5: [u8; 16],
+    /// The body's checksum (base64) in the algorithm of its `BodyCheck`.
+    checksum: String,
     guard: TempFile,
 }
 
@@ -159,6 +171,8 @@ pub enum BodyError {
     Timeout,
     /// The body does not match its Content-MD5.
     BadDigest,
+    /// The body does not match its additional checksum.
+    Checksum(Mismatch),
     Client(String),
 }
 
@@ -270,7 +284,7 @@ impl Engine {
         id: &str,
         final_path: PathBuf,
         mut body: S,
-        expect_md5: Option<&[u8]>,
+        check: &BodyCheck,
     ) -> Result<Written, PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -288,6 +302,7 @@ impl Engine {
         let cs = DEFAULT_CHUNK_SIZE;
         let mut buf: Vec<u8> = Vec::with_capacity(cs + TAG_LEN);
         let mut md5 = Md5::new();
+        let mut sum = check.algo.hasher();
         let mut total = 0u64;
         loop {
             let next = tokio::time::timeout(self.cfg.body_timeout, body.next())
@@ -300,6 +315,7 @@ impl Engine {
                 return Err(PutError::Body(BodyError::TooLarge));
             }
             md5.update(&piece);
+            sum.update(&piece);
             let mut rest = &piece[..];
             while !rest.is_empty() {
                 // A full buffer is sealed as non-final only once more bytes
@@ -318,9 +334,13 @@ impl Engine {
         out.write_all(&buf).await.map_err(io_err("write"))?;
         out.flush().await.map_err(io_err("write"))?;
         let md5: [u8; 16] = md5.finalize().into();
-        if expect_md5.is_some_and(|m| m != md5.as_slice()) {
+        if check.md5.as_deref().is_some_and(|m| m != md5.as_slice()) {
             return Err(PutError::Body(BodyError::BadDigest));
         }
+        let checksum = sum.finish();
+        check
+            .verify(&checksum)
+            .map_err(|m| PutError::Body(BodyError::Checksum(m)))?;
         let file = out.into_inner();
         file.sync_all().await.map_err(io_err("fsync"))?;
         drop(file);
@@ -339,7 +359,12 @@ impl Engine {
         sync_dir(&parent)
             .await
             .map_err(io_err("fsync a directory"))?;
-        Ok(Written { total, md5, guard })
+        Ok(Written {
+            total,
+            md5,
+            checksum,
+            guard,
+        })
     }
 
     fn seal_meta(
@@ -354,17 +379,22 @@ impl Engine {
         Ok(B64.encode(aead::wrap(key, &meta_aad(bucket_id, version_id), &plain)))
     }
 
-    /// Stores a new current version of `key` from `body`; returns also the
-    /// version id to report (None in a never-versioned bucket).
+    /// Stores a new current version of `key` from `body`, if `cond` still
+    /// holds when it commits (`precondition_failed` otherwise; a condition
+    /// on a missing key is `not_found`). The body's checksum joins `meta`.
+    /// Returns also the version id to report (None in a never-versioned
+    /// bucket).
+    #[allow(clippy::too_many_arguments)]
     pub async fn put<S, E>(
         &self,
         bucket: &BucketRow,
         key: &str,
         body: S,
         meta: &Meta,
-        expect_md5: Option<&[u8]>,
+        check: &BodyCheck,
+        cond: &WriteIf,
         why: &Purpose,
-    ) -> Result<(ObjectRow, KeyUse, Option<String>), PutError>
+    ) -> Result<(ObjectRow, Meta, KeyUse, Option<String>), PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -382,7 +412,7 @@ impl Engine {
                 &version_id,
                 self.body_path(&version_id),
                 body,
-                expect_md5,
+                check,
             )
             .await;
         let mut written = match written {
@@ -392,6 +422,12 @@ impl Engine {
                 return Err(e);
             }
         };
+        let mut meta = meta.clone();
+        meta.checksum = Some(checksum::Stored {
+            algorithm: check.algo,
+            value: written.checksum.clone(),
+            parts: None,
+        });
         let row = ObjectRow {
             version_id: version_id.clone(),
             bucket_id: bucket.id.clone(),
@@ -399,11 +435,11 @@ impl Engine {
             size: i64::try_from(written.total).map_err(|_| PutError::Body(BodyError::TooLarge))?,
             etag: hex::encode(written.md5),
             data_key_id: dk.id.clone(),
-            sealed_meta: self.seal_meta(&dk.key, &bucket.id, &version_id, meta)?,
+            sealed_meta: self.seal_meta(&dk.key, &bucket.id, &version_id, &meta)?,
             created_at: now_ms(),
             part_count: 0,
         };
-        let placed = match self.store.object_put(&row).await {
+        let placed = match self.store.object_put(&row, cond).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = self.kms.data_key_delete(&dk.id).await;
@@ -414,7 +450,7 @@ impl Engine {
         if let Some(old) = placed.replaced {
             self.discard(&old).await;
         }
-        Ok((row, used, placed.version_id))
+        Ok((row, meta, used, placed.version_id))
     }
 
     /// Starts a multipart upload of `key`: reserves the version id, its
@@ -457,7 +493,7 @@ impl Engine {
         up: &UploadRow,
         number: i64,
         body: S,
-        expect_md5: Option<&[u8]>,
+        check: &BodyCheck,
         why: &Purpose,
     ) -> Result<(PartRow, KeyUse), PutError>
     where
@@ -477,7 +513,7 @@ impl Engine {
                 &part_id,
                 self.part_path(&part_id),
                 body,
-                expect_md5,
+                check,
             )
             .await;
         let mut written = match written {
@@ -496,6 +532,7 @@ impl Engine {
             data_key_id: dk.id.clone(),
             version_id: None,
             created_at: now_ms(),
+            checksum: Some(format!("{}:{}", check.algo.name(), written.checksum)),
         };
         let replaced = match self.store.part_put(&row).await {
             Ok(r) => r,
@@ -519,8 +556,10 @@ impl Engine {
     /// Returns also the version id to report.
     pub async fn complete_upload(
         &self,
+        bucket: &BucketRow,
         up: &UploadRow,
         listed: &[(i64, String)],
+        why: &Purpose,
     ) -> ApiResult<(ObjectRow, Option<String>)> {
         if listed.is_empty() {
             return Err(ApiError::bad_request("malformed_xml", "no parts listed"));
@@ -572,6 +611,18 @@ impl Engine {
             total = total.saturating_add(p.size);
             chosen.push(p.part_id.clone());
         }
+        let sealed_meta = match composite_checksum(&found) {
+            Some(sum) => {
+                let (dek, _) = self
+                    .kms
+                    .unwrap(&bucket.project_id, &up.data_key_id, &up.version_id, why)
+                    .await?;
+                let mut meta = open_meta(&dek, &bucket.id, &up.version_id, &up.sealed_meta)?;
+                meta.checksum = Some(sum);
+                self.seal_meta(&dek, &bucket.id, &up.version_id, &meta)?
+            }
+            None => up.sealed_meta.clone(),
+        };
         let row = ObjectRow {
             version_id: up.version_id.clone(),
             bucket_id: up.bucket_id.clone(),
@@ -579,7 +630,7 @@ impl Engine {
             size: total,
             etag: format!("{}-{}", hex::encode(md5s.finalize()), listed.len()),
             data_key_id: up.data_key_id.clone(),
-            sealed_meta: up.sealed_meta.clone(),
+            sealed_meta,
             created_at: now_ms(),
             part_count: i64::try_from(listed.len()).unwrap_or(i64::MAX),
         };
@@ -655,13 +706,7 @@ impl Engine {
             .kms
             .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
             .await?;
-        let sealed = B64
-            .decode(&row.sealed_meta)
-            .map_err(|_| ApiError::internal("stored metadata is not base64"))?;
-        let plain = aead::unwrap(&dek, &meta_aad(&bucket.id, &row.version_id), &sealed)
-            .map_err(|_| ApiError::internal("stored metadata does not open"))?;
-        let meta: Meta = serde_json::from_slice(&plain)
-            .map_err(|_| ApiError::internal("stored metadata does not decode"))?;
+        let meta = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
         let parts = if row.part_count > 0 {
             self.store.version_parts(&row.version_id).await?
         } else {
@@ -678,6 +723,23 @@ impl Engine {
             },
             used,
         )))
+    }
+
+    /// Changes the metadata of the current version of `key` in place (tags
+    /// change without a new version); false when there is no such object.
+    pub async fn update_meta(
+        &self,
+        bucket: &BucketRow,
+        key: &str,
+        why: &Purpose,
+        f: impl FnOnce(&mut Meta),
+    ) -> ApiResult<bool> {
+        let Some((mut o, _)) = self.open_object(bucket, key, why).await? else {
+            return Ok(false);
+        };
+        f(&mut o.meta);
+        let sealed = self.seal_meta(&o.dek, &bucket.id, &o.row.version_id, &o.meta)?;
+        self.store.object_set_meta(&o.row.version_id, &sealed).await
     }
 
     /// Plaintext bytes `offset .. offset + len` of an opened version,
@@ -890,6 +952,53 @@ pub struct Listing {
     pub truncated: bool,
     /// The cursor to continue from when truncated.
     pub next: Option<String>,
+}
+
+/// Opens metadata sealed by `Engine::seal_meta`.
+fn open_meta(dek: &SecretKey, bucket_id: &str, version_id: &str, sealed: &str) -> ApiResult<Meta> {
+    let sealed = B64
+        .decode(sealed)
+        .map_err(|_| ApiError::internal("stored metadata is not base64"))?;
+    let plain = aead::unwrap(dek, &meta_aad(bucket_id, version_id), &sealed)
+        .map_err(|_| ApiError::internal("stored metadata does not open"))?;
+    serde_json::from_slice(&plain)
+        .map_err(|_| ApiError::internal("stored metadata does not decode"))
+}
+
+/// S3's composite checksum of a multipart object, when every part carries
+/// one of the same algorithm.
+fn composite_checksum(parts: &[&PartRow]) -> Option<checksum::Stored> {
+    let mut algo = None;
+    let mut values = Vec::with_capacity(parts.len());
+    for p in parts {
+        let (name, value) = p.checksum.as_deref()?.split_once(':')?;
+        let a = checksum::Algo::parse(name)?;
+        if algo.is_some_and(|x| x != a) {
+            return None;
+        }
+        algo = Some(a);
+        values.push(value.to_string());
+    }
+    match algo? {
+        // S3 keeps CRC64NVME of the whole object, never composite.
+        checksum::Algo::Crc64nvme => {
+            let pieces: Vec<(String, u64)> = values
+                .into_iter()
+                .zip(parts)
+                .map(|(v, p)| (v, u64::try_from(p.size).unwrap_or(0)))
+                .collect();
+            Some(checksum::Stored {
+                algorithm: checksum::Algo::Crc64nvme,
+                value: checksum::combine_crc64nvme(&pieces)?,
+                parts: None,
+            })
+        }
+        algo => Some(checksum::Stored {
+            algorithm: algo,
+            value: algo.composite(&values)?,
+            parts: Some(u32::try_from(parts.len()).ok()?),
+        }),
+    }
 }
 
 async fn sync_dir(dir: &Path) -> std::io::Result<()> {

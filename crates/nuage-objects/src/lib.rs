@@ -6,14 +6,18 @@
 //! - [`buckets`]: bucket lifecycle shared by the REST API and S3.
 //! - [`engine`]: bodies in files (temp, fsync, rename, then the metadata
 //!   commit), encrypted with the key service's stream format.
+//! - [`checksum`]: S3's additional checksums, checked before a commit.
+//! - [`settings`]: bucket settings S3 clients manage (tags, CORS, public read).
 //! - [`lifecycle`]: bucket lifecycle rules and the pass that applies them.
 //! - [`s3`]: the S3 endpoint (wire format and SigV4 by the `s3s` crate).
 
 pub mod buckets;
+pub mod checksum;
 pub mod engine;
 pub mod lifecycle;
 pub mod names;
 pub mod s3;
+pub mod settings;
 
 use nuage_iam::{ActionDef, Level};
 
@@ -35,6 +39,7 @@ pub const ACTIONS: &[ActionDef] = &[
     act("s3.get_bucket", Level::Read, READERS),
     act("s3.create_bucket", Level::Write, ADMINS),
     act("s3.delete_bucket", Level::Write, ADMINS),
+    act("s3.put_bucket_settings", Level::Write, ADMINS),
     act("s3.list_bucket", Level::Read, READERS),
     act("s3.get_object", Level::Read, READERS),
     act("s3.put_object", Level::Write, WRITERS),

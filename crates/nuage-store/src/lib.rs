@@ -41,7 +41,9 @@ pub use access_keys::AccessKeyAuth;
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
 pub use idempotency::StoredResponse;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
-pub use objects::{key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow};
+pub use objects::{
+    key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow, WriteIf,
+};
 pub use oidc::PendingLogin;
 pub use principals::{kind_label, Credentials};
 pub use role_bindings::EffectiveBinding;

@@ -27,6 +27,8 @@ pub struct BucketRow {
     pub generation: i64,
     pub created_at: i64,
     pub updated_at: i64,
+    /// S3-managed settings, a JSON document owned by `nuage-objects`.
+    pub settings: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,6 +72,19 @@ pub struct PartRow {
     pub data_key_id: String,
     pub version_id: Option<String>,
     pub created_at: i64,
+    /// The part's additional checksum, "ALGO:base64".
+    pub checksum: Option<String>,
+}
+
+/// The condition of a conditional write, checked in its transaction.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum WriteIf {
+    #[default]
+    Always,
+    /// `If-None-Match: *`: only when the key has no current object.
+    Absent,
+    /// `If-Match`: only over the current object with this ETag.
+    ETag(String),
 }
 
 /// A version that lost its place, with the parts of its body.
@@ -90,13 +105,14 @@ pub struct Completed {
 }
 
 pub(crate) const BUCKET_COLS: &str =
-    "id, org_id, project_id, name, key_id, key_name, created_by, generation, created_at, updated_at";
+    "id, org_id, project_id, name, key_id, key_name, created_by, generation, created_at, updated_at, \
+     settings";
 pub(crate) const OBJECT_COLS: &str = "version_id, bucket_id, object_key, size, etag, data_key_id, \
      sealed_meta, created_at, part_count";
 const UPLOAD_COLS: &str = "upload_id, bucket_id, object_key, version_id, data_key_id, \
      sealed_meta, created_by, created_at";
 pub(crate) const PART_COLS: &str =
-    "part_id, upload_id, part_number, size, etag, data_key_id, version_id, created_at";
+    "part_id, upload_id, part_number, size, etag, data_key_id, version_id, created_at, checksum";
 
 pub(crate) fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
     Ok(BucketRow {
@@ -110,6 +126,7 @@ pub(crate) fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
         generation: r.try_get("generation")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
+        settings: r.try_get("settings")?,
     })
 }
 
@@ -150,6 +167,7 @@ pub(crate) fn row_to_part(r: &AnyRow) -> Result<PartRow, sqlx::Error> {
         data_key_id: r.try_get("data_key_id")?,
         version_id: r.try_get("version_id")?,
         created_at: r.try_get("created_at")?,
+        checksum: r.try_get("checksum")?,
     })
 }
 
@@ -235,7 +253,8 @@ pub fn key_hex(key: &str) -> String {
 impl Store {
     pub async fn bucket_create(&self, b: &BucketRow) -> ApiResult<()> {
         sqlx::query(&format!(
-            "INSERT INTO buckets ({BUCKET_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)"
+            "INSERT INTO buckets ({BUCKET_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
         ))
         .bind(&b.id)
         .bind(&b.org_id)
@@ -247,6 +266,7 @@ impl Store {
         .bind(b.generation)
         .bind(b.created_at)
         .bind(b.updated_at)
+        .bind(&b.settings)
         .execute(&self.write)
         .await
         .map_err(insert_err("bucket", &b.name))?;
@@ -355,23 +375,81 @@ impl Store {
     /// caller removes its body once this has committed) and the version id
     /// to report (see `versions`). Concurrent writers of one key: the last
     /// to commit wins.
-    pub async fn object_put(&self, o: &ObjectRow) -> ApiResult<Placed> {
+    ///
+    /// `cond` is judged against the current version inside the same
+    /// transaction (a delete marker is no object): `precondition_failed`,
+    /// or `not_found` for an ETag condition on a key without an object.
+    pub async fn object_put(&self, o: &ObjectRow, cond: &WriteIf) -> ApiResult<Placed> {
         let mut tries = 0;
         loop {
             tries += 1;
-            match self.object_put_once(o).await {
+            match self.object_put_once(o, cond).await {
                 Err(e) if is_unique_violation(&e) && tries < 5 => continue,
-                r => return r.map_err(db_err),
+                Err(e) => return Err(db_err(e)),
+                Ok(r) => return r,
             }
         }
     }
 
-    async fn object_put_once(&self, o: &ObjectRow) -> Result<Placed, sqlx::Error> {
+    async fn object_put_once(
+        &self,
+        o: &ObjectRow,
+        cond: &WriteIf,
+    ) -> Result<ApiResult<Placed>, sqlx::Error> {
         let hex = key_hex(&o.key);
         let mut tx = self.write.begin().await?;
+        if *cond != WriteIf::Always {
+            let etag: Option<String> = sqlx::query_scalar(
+                "SELECT etag FROM objects WHERE bucket_id = $1 AND key_hex = $2 AND is_current = 1",
+            )
+            .bind(&o.bucket_id)
+            .bind(&hex)
+            .fetch_optional(&mut *tx)
+            .await?;
+            let refused = match (cond, etag) {
+                (WriteIf::Absent, Some(_)) => Some(ApiError::precondition_failed(
+                    "the key already has an object (If-None-Match: *)",
+                )),
+                (WriteIf::ETag(_), None) => Some(ApiError::not_found("object", &o.key)),
+                (WriteIf::ETag(want), Some(have)) if *want != have => Some(
+                    ApiError::precondition_failed("the object's ETag differs from If-Match"),
+                ),
+                _ => None,
+            };
+            if let Some(e) = refused {
+                return Ok(Err(e));
+            }
+        }
         let placed = place_version(&mut tx, o, &hex).await?;
         tx.commit().await?;
-        Ok(placed)
+        Ok(Ok(placed))
+    }
+
+    /// Replaces the sealed metadata of one version (tags change without a
+    /// new version); false when the version is gone.
+    pub async fn object_set_meta(&self, version_id: &str, sealed_meta: &str) -> ApiResult<bool> {
+        let done = sqlx::query("UPDATE objects SET sealed_meta = $1 WHERE version_id = $2")
+            .bind(sealed_meta)
+            .bind(version_id)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replaces a bucket's settings document.
+    pub async fn bucket_set_settings(&self, id: &str, settings: &str) -> ApiResult<()> {
+        let done = sqlx::query("UPDATE buckets SET settings = $1, updated_at = $2 WHERE id = $3")
+            .bind(settings)
+            .bind(nuage_core::time::now_ms())
+            .bind(id)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() != 1 {
+            return Err(ApiError::not_found("bucket", id));
+        }
+        Ok(())
     }
 
     /// Removes the current version of `key`, returning it.
@@ -541,7 +619,7 @@ impl Store {
                 .map_err(db_err)?;
         }
         sqlx::query(&format!(
-            "INSERT INTO multipart_parts ({PART_COLS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7)"
+            "INSERT INTO multipart_parts ({PART_COLS}) VALUES ($1, $2, $3, $4, $5, $6, NULL, $7, $8)"
         ))
         .bind(&p.part_id)
         .bind(&p.upload_id)
@@ -550,6 +628,7 @@ impl Store {
         .bind(&p.etag)
         .bind(&p.data_key_id)
         .bind(p.created_at)
+        .bind(&p.checksum)
         .execute(&mut *tx)
         .await
         .map_err(db_err)?;

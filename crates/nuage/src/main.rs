@@ -53,6 +53,13 @@ struct ServerArgs {
     /// S3 endpoint address.
     #[arg(long, default_value = "127.0.0.1:9000")]
     s3_listen: SocketAddr,
+    /// S3 domain for virtual-hosted addressing (`<bucket>.<domain>`);
+    /// requests to any other host name or an IP address are path-style.
+    #[arg(long, default_value = "s3.localhost")]
+    s3_domain: String,
+    /// Region name S3 reports (GetBucketLocation); clients may sign with any.
+    #[arg(long, default_value = "us-east-1")]
+    s3_region: String,
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     #[arg(long, requires = "tls_cert")]
@@ -189,6 +196,8 @@ async fn serve(a: ServerArgs) -> ExitCode {
     cfg.listen = a.listen;
     cfg.admin_listen = a.admin_listen;
     cfg.s3_listen = a.s3_listen;
+    cfg.s3.domain = Some(a.s3_domain);
+    cfg.s3.region = a.s3_region;
     cfg.tls_cert = a.tls_cert;
     cfg.tls_key = a.tls_key;
     cfg.allow_insecure_http = a.insecure_http;

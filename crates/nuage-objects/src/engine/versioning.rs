@@ -5,13 +5,12 @@
 //! it removed are discarded once its transaction has committed, so a
 //! removed version is crypto-shredded exactly like a replaced one.
 
-use base64::Engine as _;
 use nuage_core::time::now_ms;
-use nuage_core::{ApiError, ApiResult};
-use nuage_kms::{aead, KeyUse, Purpose};
+use nuage_core::ApiResult;
+use nuage_kms::{KeyUse, Purpose};
 use nuage_store::{BucketRow, Deleted, ObjectRow, VersionRow, NULL_VERSION};
 
-use super::{meta_aad, Engine, Meta, Opened, B64};
+use super::{open_meta, Engine, Opened};
 
 /// Whether `id` can name a version: "null" or one of ours (`obv_` and 32
 /// hex digits). Anything else is a client error, not a missing version.
@@ -58,13 +57,7 @@ impl Engine {
             .kms
             .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
             .await?;
-        let sealed = B64
-            .decode(&row.sealed_meta)
-            .map_err(|_| ApiError::internal("stored metadata is not base64"))?;
-        let plain = aead::unwrap(&dek, &meta_aad(&bucket.id, &row.version_id), &sealed)
-            .map_err(|_| ApiError::internal("stored metadata does not open"))?;
-        let meta: Meta = serde_json::from_slice(&plain)
-            .map_err(|_| ApiError::internal("stored metadata does not decode"))?;
+        let meta = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
         let parts = if row.part_count > 0 {
             self.store.version_parts(&row.version_id).await?
         } else {

@@ -1,7 +1,8 @@
 //! Authentication of S3 requests: `s3s` asks for the secret of an access key
 //! to check the signature; the principal behind the key is kept for the
-//! access check that follows, which refuses anonymous requests (public
-//! buckets come later) and hands the subject to the operations.
+//! access check that follows, which hands the subject to the operations.
+//! Anonymous requests pass this check only to read an object: the
+//! operation then serves them from a public-read bucket alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,10 @@ impl S3Auth for Auth {
     }
 }
 
+/// Marks an unsigned request (allowed to reach object reads only).
+#[derive(Clone, Copy)]
+pub struct Anonymous;
+
 pub struct Access {
     pub seen: Seen,
 }
@@ -74,6 +79,10 @@ pub struct Access {
 impl S3Access for Access {
     async fn check(&self, cx: &mut S3AccessContext<'_>) -> S3Result<()> {
         let Some(creds) = cx.credentials() else {
+            if matches!(cx.s3_op().name(), "GetObject" | "HeadObject") {
+                cx.extensions_mut().insert(Anonymous);
+                return Ok(());
+            }
             return Err(s3_error!(
                 AccessDenied,
                 "anonymous requests are refused: sign requests with an access key"

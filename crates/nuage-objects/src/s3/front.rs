@@ -8,27 +8,56 @@ use std::sync::Arc;
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::Response;
-use http::{HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use nuage_audit::log::AuditLog;
 use nuage_audit::pending::Finished;
 use nuage_iam::{Authenticator, Authorizer};
+use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
 
 use super::auth::{Access, Auth, Seen};
 use super::ops::Objects;
 use crate::engine::Engine;
+use crate::settings::{BucketSettings, CorsRule};
 
 #[derive(Debug, Clone)]
 pub struct S3Config {
     /// Returned by GetBucketLocation; clients sign with any region.
     pub region: String,
+    /// Base domain of virtual-hosted addressing (`bucket.<domain>`).
+    pub domain: Option<String>,
 }
 
 impl Default for S3Config {
     fn default() -> Self {
         S3Config {
             region: "us-east-1".into(),
+            domain: Some("s3.localhost".into()),
         }
+    }
+}
+
+/// Virtual-hosted addressing under one base domain. Unlike `s3s`'s own
+/// parsers, a host that is not under the domain (another name for the
+/// machine, `localhost`, …) is served path-style rather than refused.
+struct Hosts {
+    domain: String,
+}
+
+impl S3Host for Hosts {
+    fn parse_host_header<'a>(&'a self, host: &'a str) -> s3s::S3Result<VirtualHost<'a>> {
+        let name = match host.rsplit_once(':') {
+            Some((h, port)) if port.bytes().all(|b| b.is_ascii_digit()) => h,
+            _ => host,
+        };
+        let bucket = name
+            .strip_suffix(self.domain.as_str())
+            .and_then(|h| h.strip_suffix('.'))
+            .filter(|b| !b.is_empty());
+        Ok(match bucket {
+            Some(b) => VirtualHost::new(self.domain.as_str()).with_bucket(b),
+            None => VirtualHost::new(name),
+        })
     }
 }
 
@@ -47,6 +76,7 @@ pub struct S3Front {
     service: Arc<S3Service>,
     engine: Engine,
     audit: AuditLog,
+    domain: Option<String>,
 }
 
 impl S3Front {
@@ -58,16 +88,26 @@ impl S3Front {
         cfg: S3Config,
     ) -> S3Front {
         let seen = Seen::default();
-        let mut b = S3ServiceBuilder::new(Objects::new(engine.clone(), authz, cfg.region));
+        let domain = cfg
+            .domain
+            .as_deref()
+            .map(|d| d.trim_end_matches('.').to_ascii_lowercase());
+        let mut b = S3ServiceBuilder::new(Objects::new(engine.clone(), authz, cfg.region.clone()));
         b.set_auth(Auth {
             authn,
             seen: seen.clone(),
         });
         b.set_access(Access { seen });
+        if let Some(domain) = &domain {
+            b.set_host(Hosts {
+                domain: domain.clone(),
+            });
+        }
         S3Front {
             service: Arc::new(b.build()),
             engine,
             audit,
+            domain,
         }
     }
 
@@ -91,8 +131,131 @@ fn xml_error(status: StatusCode, code: &str, message: &str, request_id: &str) ->
     r
 }
 
+/// The bucket a request addresses, virtual-hosted or path-style.
+fn bucket_of(domain: Option<&str>, headers: &HeaderMap, path: &str) -> Option<String> {
+    let host = headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok());
+    if let (Some(host), Some(domain)) = (host, domain) {
+        let name = host.rsplit_once(':').map_or(host, |(h, _)| h);
+        if let Some(b) = name
+            .to_ascii_lowercase()
+            .strip_suffix(domain)
+            .and_then(|h| h.strip_suffix('.'))
+            .filter(|b| !b.is_empty())
+        {
+            return Some(b.to_string());
+        }
+    }
+    path.trim_start_matches('/')
+        .split('/')
+        .next()
+        .filter(|b| !b.is_empty())
+        .map(str::to_string)
+}
+
+/// The bucket's CORS rule for `origin` and `method`, if any.
+async fn cors_rule(
+    front: &S3Front,
+    bucket: &str,
+    origin: &str,
+    method: &str,
+    headers: &[String],
+) -> Option<CorsRule> {
+    let b = front.engine.store().bucket_get(bucket).await.ok()??;
+    let s = BucketSettings::of(&b).ok()?;
+    s.cors_match(origin, method, headers).cloned()
+}
+
+fn allow_origin(rule: &CorsRule, origin: &str) -> String {
+    if rule.allowed_origins.iter().any(|o| o == "*") {
+        "*".into()
+    } else {
+        origin.to_string()
+    }
+}
+
+/// Answers a CORS preflight from the bucket's rules (no credentials: a
+/// browser sends none with a preflight).
+async fn preflight(
+    front: &S3Front,
+    headers: &HeaderMap,
+    bucket: Option<String>,
+    rid: &str,
+) -> Response {
+    let get = |n: &str| {
+        headers
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let (Some(origin), Some(method)) = (get("origin"), get("access-control-request-method")) else {
+        return xml_error(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Insufficient information. Origin request header needed.",
+            rid,
+        );
+    };
+    let asked: Vec<String> = get("access-control-request-headers")
+        .unwrap_or_default()
+        .split(',')
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .collect();
+    let rule = match &bucket {
+        Some(b) => cors_rule(front, b, &origin, &method, &asked).await,
+        None => None,
+    };
+    let Some(rule) = rule else {
+        return xml_error(
+            StatusCode::FORBIDDEN,
+            "AccessForbidden",
+            "CORSResponse: This CORS request is not allowed. This is usually because the \
+             evalution of Origin, request method / Access-Control-Request-Method or \
+             Access-Control-Request-Headers are not whitelisted by the resource's CORS spec.",
+            rid,
+        );
+    };
+    let mut r = Response::new(axum::body::Body::empty());
+    let h = r.headers_mut();
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    put("access-control-allow-origin", allow_origin(&rule, &origin));
+    put(
+        "access-control-allow-methods",
+        rule.allowed_methods.join(", "),
+    );
+    if !asked.is_empty() {
+        put("access-control-allow-headers", asked.join(", "));
+    }
+    if !rule.expose_headers.is_empty() {
+        put(
+            "access-control-expose-headers",
+            rule.expose_headers.join(", "),
+        );
+    }
+    if let Some(age) = rule.max_age_seconds {
+        put("access-control-max-age", age.to_string());
+    }
+    put(
+        "vary",
+        "Origin, Access-Control-Request-Headers, Access-Control-Request-Method".into(),
+    );
+    r
+}
+
 async fn handle(State(front): State<S3Front>, req: Request) -> Response {
     let request_id = format!("req_{}", uuid::Uuid::now_v7().simple());
+    let bucket = bucket_of(front.domain.as_deref(), req.headers(), req.uri().path());
+    let origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let source = req
@@ -102,7 +265,10 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
         .unwrap_or_else(|| "unknown".to_string());
 
     let slot = Slot::default();
-    let mut response = if front.engine.kms().is_sealed() {
+    let mut response = if req.method() == http::Method::OPTIONS {
+        slot.update(|a| a.action = Some("s3.cors_preflight".into()));
+        preflight(&front, req.headers(), bucket.clone(), &request_id).await
+    } else if front.engine.kms().is_sealed() {
         slot.update(|a| a.decision = Some("error"));
         xml_error(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -151,6 +317,23 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
     }
     if let Ok(v) = HeaderValue::from_str(&request_id) {
         response.headers_mut().insert("x-amz-request-id", v);
+    }
+    // A cross-origin request gets the CORS headers of the rule it matches.
+    if let (Some(origin), Some(bucket)) = (origin, bucket) {
+        if method != "OPTIONS" {
+            if let Some(rule) = cors_rule(&front, &bucket, &origin, &method, &[]).await {
+                let h = response.headers_mut();
+                if let Ok(v) = HeaderValue::from_str(&allow_origin(&rule, &origin)) {
+                    h.insert("access-control-allow-origin", v);
+                }
+                if let Ok(v) = HeaderValue::from_str(&rule.expose_headers.join(", ")) {
+                    if !rule.expose_headers.is_empty() {
+                        h.insert("access-control-expose-headers", v);
+                    }
+                }
+                h.insert("vary", HeaderValue::from_static("Origin"));
+            }
+        }
     }
     response
 }

@@ -6,10 +6,15 @@
 //!   audit entry written before the response leaves);
 //! - [`auth`]: access keys to principals, anonymous requests refused;
 //! - [`ops`]: the S3 operations, each authorized by the platform's
-//!   authorizer against the bucket's project.
+//!   authorizer against the bucket's project; [`tagging`], [`copy`] and
+//!   [`bucket_settings`] hold more of them, [`conditions`] what requests say about bodies.
 
 mod auth;
+mod bucket_settings;
+mod conditions;
+mod copy;
 mod front;
 mod ops;
+mod tagging;
 
 pub use front::{S3Config, S3Front};

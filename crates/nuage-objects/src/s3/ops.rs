@@ -14,8 +14,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use nuage_core::model::kms::Justification;
@@ -23,23 +21,29 @@ use nuage_core::time::now_ms;
 use nuage_core::ApiError;
 use nuage_iam::{Authorizer, Env, Subject, Target};
 use nuage_kms::{KeyUse, Purpose};
-use nuage_store::BucketRow;
+use nuage_store::{BucketRow, WriteIf};
 use s3s::dto::*;
 use s3s::{s3_error, S3Error, S3ErrorCode, S3Request, S3Response, S3Result, S3};
 
+use super::auth::Anonymous;
+use super::conditions::{body_check, Claimed, Conditions};
 use super::front::ReqCtx;
+use super::tagging;
 use crate::buckets;
+use crate::checksum::{self, Algo, Mismatch};
 use crate::engine::{BodyError, Engine, Listing, Meta, PutError, MAX_PART_NUMBER};
+use crate::settings::BucketSettings;
 
 mod lifecycle;
 mod versioning;
+pub(super) use versioning::read_action;
 
 /// Header naming the project of a CreateBucket when the organization has
 /// several (S3 has no notion of projects).
 const PROJECT_HEADER: &str = "x-nuage-project";
 
 pub struct Objects {
-    engine: Engine,
+    pub(super) engine: Engine,
     authz: Arc<Authorizer>,
     region: String,
 }
@@ -55,18 +59,26 @@ impl Objects {
 }
 
 /// The authenticated caller of one request.
-struct Call {
-    subject: Subject,
+pub(super) struct Call {
+    /// `None` for an anonymous read (see [`Call::of_public`]).
+    subject: Option<Subject>,
     ctx: ReqCtx,
 }
 
 impl Call {
-    fn of<T>(req: &S3Request<T>) -> S3Result<Call> {
-        let subject = req
-            .extensions
-            .get::<Subject>()
-            .cloned()
-            .ok_or_else(|| s3_error!(AccessDenied, "not authenticated"))?;
+    /// The signed caller of a request.
+    pub(super) fn of<T>(req: &S3Request<T>) -> S3Result<Call> {
+        let call = Call::of_public(req)?;
+        call.who()?;
+        Ok(call)
+    }
+
+    /// The caller of an object read, which may be anonymous.
+    pub(super) fn of_public<T>(req: &S3Request<T>) -> S3Result<Call> {
+        let subject = req.extensions.get::<Subject>().cloned();
+        if subject.is_none() && req.extensions.get::<Anonymous>().is_none() {
+            return Err(s3_error!(AccessDenied, "not authenticated"));
+        }
         let ctx = req
             .extensions
             .get::<ReqCtx>()
@@ -75,43 +87,55 @@ impl Call {
         Ok(Call { subject, ctx })
     }
 
-    fn org_id(&self) -> &str {
-        &self.subject.principal.org_id
+    pub(super) fn who(&self) -> S3Result<&Subject> {
+        self.subject.as_ref().ok_or_else(|| {
+            s3_error!(
+                AccessDenied,
+                "anonymous requests may only read objects of public-read buckets"
+            )
+        })
     }
 
-    fn note(&self, action: &str, resource: String) {
+    /// The caller's organization ("" for anonymous callers, who own nothing).
+    pub(super) fn org_id(&self) -> &str {
+        self.subject
+            .as_ref()
+            .map_or("", |s| s.principal.org_id.as_str())
+    }
+
+    pub(super) fn note(&self, action: &str, resource: String) {
         self.ctx.slot.update(|a| {
             a.action = Some(action.to_string());
             a.resource = Some(resource);
         });
     }
 
-    fn decided(&self, decision: &'static str, policies: Vec<String>) {
+    pub(super) fn decided(&self, decision: &'static str, policies: Vec<String>) {
         self.ctx.slot.update(|a| {
             a.decision = Some(decision);
             a.policies = policies;
         });
     }
 
-    fn detail(&self, name: &str, value: &str) {
+    pub(super) fn detail(&self, name: &str, value: &str) {
         self.ctx
             .slot
             .update(|a| drop(a.details.insert(name.to_string(), value.to_string())));
     }
 
-    fn record_use(&self, used: &KeyUse) {
+    pub(super) fn record_use(&self, used: &KeyUse) {
         self.ctx.slot.update(|a| a.details.extend(used.details()));
     }
 
-    fn purpose(&self) -> Purpose {
+    pub(super) fn purpose(&self) -> Purpose {
         Purpose {
             justification: Justification::ServiceForPrincipal,
-            principal: Some(self.subject.principal.id.clone()),
+            principal: self.subject.as_ref().map(|s| s.principal.id.clone()),
             request_id: Some(self.ctx.request_id.clone()),
         }
     }
 
-    fn env(&self) -> Env {
+    pub(super) fn env(&self) -> Env {
         Env {
             source_ip: self.ctx.source.clone(),
             now_secs: now_ms() / 1000,
@@ -133,7 +157,7 @@ fn tag(rid: Option<String>) -> impl FnOnce(S3Error) -> S3Error {
 }
 
 /// The S3 form of a platform error.
-fn s3_err(e: ApiError) -> S3Error {
+pub(super) fn s3_err(e: ApiError) -> S3Error {
     match (e.status.as_u16(), e.code) {
         (
             _,
@@ -172,12 +196,12 @@ fn s3_err(e: ApiError) -> S3Error {
     }
 }
 
-fn timestamp(ms: i64) -> Timestamp {
+pub(super) fn timestamp(ms: i64) -> Timestamp {
     let t = SystemTime::UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
     Timestamp::from(t)
 }
 
-fn no_such_bucket(name: &str) -> S3Error {
+pub(super) fn no_such_bucket(name: &str) -> S3Error {
     S3Error::with_message(
         S3ErrorCode::NoSuchBucket,
         format!("The specified bucket does not exist: {name}"),
@@ -207,9 +231,26 @@ impl Stream for Body {
     }
 }
 
-fn put_err(e: PutError) -> S3Error {
+pub(super) fn put_err(e: PutError) -> S3Error {
     match e {
         PutError::Api(e) if e.code == "not_found" => s3_error!(NoSuchUpload),
+        PutError::Api(e) if e.code == "precondition_failed" => {
+            S3Error::with_message(S3ErrorCode::PreconditionFailed, e.detail)
+        }
+        PutError::Body(BodyError::Checksum(Mismatch::Differs(a))) => S3Error::with_message(
+            S3ErrorCode::BadDigest,
+            format!(
+                "The {} you specified did not match the calculated checksum.",
+                a.name()
+            ),
+        ),
+        PutError::Body(BodyError::Checksum(Mismatch::MissingTrailer(a))) => S3Error::with_message(
+            S3ErrorCode::InvalidRequest,
+            format!(
+                "the announced {} trailer is missing or malformed",
+                a.header()
+            ),
+        ),
         PutError::Api(e) => s3_err(e),
         PutError::Body(BodyError::TooLarge) => s3_error!(EntityTooLarge),
         PutError::Body(BodyError::Timeout) => s3_error!(RequestTimeout),
@@ -220,35 +261,143 @@ fn put_err(e: PutError) -> S3Error {
     }
 }
 
-fn content_md5(m: Option<String>) -> S3Result<Option<Vec<u8>>> {
-    match m {
-        Some(m) => Ok(Some(
-            B64.decode(m.trim()).map_err(|_| s3_error!(InvalidDigest))?,
-        )),
-        None => Ok(None),
+/// An anonymous caller's bucket: only an object read of a public-read
+/// bucket passes. A private bucket and a missing one answer alike.
+fn public_bucket(
+    call: &Call,
+    action: &'static str,
+    found: Option<BucketRow>,
+) -> S3Result<BucketRow> {
+    let public = found.filter(|b| {
+        action == "s3.get_object" && BucketSettings::of(b).is_ok_and(|s| s.public_read)
+    });
+    match public {
+        Some(b) => {
+            call.ctx.slot.update(|a| {
+                a.log_id = Some(b.org_id.clone());
+                a.principal_name = "anonymous".into();
+            });
+            call.decided("allow", vec!["public-read".into()]);
+            Ok(b)
+        }
+        None => {
+            call.decided("deny", Vec::new());
+            Err(s3_error!(AccessDenied, "Access Denied"))
+        }
     }
 }
 
-fn sse() -> Option<ServerSideEncryption> {
+/// The store condition of a conditional PUT.
+fn write_condition(
+    if_match: Option<&ETagCondition>,
+    if_none_match: Option<&ETagCondition>,
+) -> S3Result<WriteIf> {
+    match (if_match, if_none_match) {
+        (Some(_), Some(_)) => Err(s3_error!(
+            NotImplemented,
+            "If-Match and If-None-Match together are not supported on writes"
+        )),
+        (Some(ETagCondition::ETag(e)), None) => Ok(WriteIf::ETag(e.value().to_string())),
+        (Some(ETagCondition::Any), None) => Err(s3_error!(
+            NotImplemented,
+            "If-Match: * is not supported on writes"
+        )),
+        (None, Some(ETagCondition::Any)) => Ok(WriteIf::Absent),
+        (None, Some(ETagCondition::ETag(_))) => Err(s3_error!(
+            NotImplemented,
+            "If-None-Match on writes takes only '*'"
+        )),
+        (None, None) => Ok(WriteIf::Always),
+    }
+}
+
+/// An HTTP date (`Expires`), as stored.
+pub(super) fn http_date(t: &Timestamp) -> String {
+    let mut out = Vec::new();
+    match t.format(TimestampFormat::HttpDate, &mut out) {
+        Ok(()) => String::from_utf8_lossy(&out).to_string(),
+        Err(_) => String::new(),
+    }
+}
+
+fn parse_http_date(s: &str) -> Option<Timestamp> {
+    Timestamp::parse(TimestampFormat::HttpDate, s).ok()
+}
+
+fn wants_checksum(mode: &Option<ChecksumMode>) -> bool {
+    mode.as_ref()
+        .is_some_and(|m| m.as_str() == ChecksumMode::ENABLED)
+}
+
+fn tag_count(tags: &BTreeMap<String, String>) -> Option<i32> {
+    (!tags.is_empty()).then(|| i32::try_from(tags.len()).unwrap_or(i32::MAX))
+}
+
+/// A stored checksum spread over S3's per-algorithm fields.
+#[derive(Default)]
+pub(super) struct Sums {
+    pub crc32: Option<String>,
+    pub crc32c: Option<String>,
+    pub crc64nvme: Option<String>,
+    pub sha1: Option<String>,
+    pub sha256: Option<String>,
+    pub kind: Option<ChecksumType>,
+}
+
+impl Sums {
+    pub(super) fn of(c: Option<&checksum::Stored>) -> Sums {
+        let Some(c) = c else {
+            return Sums::default();
+        };
+        let mut s = Sums::at(c.algorithm, c.wire());
+        s.kind = Some(ChecksumType::from(c.kind().to_string()));
+        s
+    }
+
+    fn at(algo: Algo, value: String) -> Sums {
+        let mut s = Sums::default();
+        let slot = match algo {
+            Algo::Crc32 => &mut s.crc32,
+            Algo::Crc32c => &mut s.crc32c,
+            Algo::Crc64nvme => &mut s.crc64nvme,
+            Algo::Sha1 => &mut s.sha1,
+            Algo::Sha256 => &mut s.sha256,
+        };
+        *slot = Some(value);
+        s
+    }
+
+    /// A part's checksum ("ALGO:value" in its row).
+    pub(super) fn of_part(p: &nuage_store::PartRow) -> Sums {
+        p.checksum
+            .as_deref()
+            .and_then(|c| c.split_once(':'))
+            .and_then(|(a, v)| Some(Sums::at(Algo::parse(a)?, v.to_string())))
+            .unwrap_or_default()
+    }
+}
+
+pub(super) fn sse() -> Option<ServerSideEncryption> {
     Some(ServerSideEncryption::from_static(
         ServerSideEncryption::AWS_KMS,
     ))
 }
 
-fn etag_matches(cond: &ETagCondition, etag: &str) -> bool {
-    match cond {
-        ETagCondition::Any => true,
-        ETagCondition::ETag(e) => e.value() == etag,
-    }
-}
-
 impl Objects {
     /// Resolves `name` for `action`: missing and foreign buckets are
     /// NoSuchBucket, a refusal is AccessDenied; both reach the audit entry.
-    async fn bucket(&self, call: &Call, action: &'static str, name: &str) -> S3Result<BucketRow> {
+    pub(super) async fn bucket(
+        &self,
+        call: &Call,
+        action: &'static str,
+        name: &str,
+    ) -> S3Result<BucketRow> {
         call.note(action, format!("bucket:{name}"));
         let store = self.engine.store();
         let found = store.bucket_get(name).await.map_err(s3_err)?;
+        if call.subject.is_none() {
+            return public_bucket(call, action, found);
+        }
         let Some(b) = found.filter(|b| b.org_id == call.org_id()) else {
             call.decided("deny", Vec::new());
             return Err(no_such_bucket(name));
@@ -268,10 +417,15 @@ impl Objects {
         Ok(b)
     }
 
-    async fn decide(&self, call: &Call, action: &'static str, target: &Target) -> S3Result<()> {
+    pub(super) async fn decide(
+        &self,
+        call: &Call,
+        action: &'static str,
+        target: &Target,
+    ) -> S3Result<()> {
         let d = self
             .authz
-            .decide(&call.subject, action, target, &call.env())
+            .decide(call.who()?, action, target, &call.env())
             .await
             .map_err(s3_err)?;
         call.decided(if d.allowed { "allow" } else { "deny" }, d.policies);
@@ -282,7 +436,7 @@ impl Objects {
                 S3ErrorCode::AccessDenied,
                 format!(
                     "{} may not {action} on {}",
-                    call.subject.principal.name,
+                    call.who()?.principal.name,
                     target.label()
                 ),
             ))
@@ -314,7 +468,7 @@ impl Objects {
                         let d = self
                             .authz
                             .decide(
-                                &call.subject,
+                                call.who()?,
                                 "s3.list_buckets",
                                 &Target::project(&p.org_id, &p.id, &p.name),
                                 &call.env(),
@@ -343,7 +497,7 @@ impl Objects {
             buckets: Some(out),
             owner: Some(Owner {
                 id: Some(call.org_id().to_string()),
-                display_name: call.subject.org.as_ref().map(|o| o.name.clone()),
+                display_name: call.who()?.org.as_ref().map(|o| o.name.clone()),
             }),
             ..Default::default()
         }))
@@ -408,7 +562,7 @@ impl Objects {
             self.engine.kms(),
             &project,
             &name,
-            &call.subject.principal.id,
+            &call.who()?.principal.id,
         )
         .await
         {
@@ -442,6 +596,20 @@ impl Objects {
         if input.key.len() > 1024 {
             return Err(s3_error!(KeyTooLongError));
         }
+        let check = body_check(
+            input.content_md5.as_deref(),
+            Claimed {
+                algorithm: input.checksum_algorithm.as_ref().map(|a| a.as_str()),
+                crc32: input.checksum_crc32.as_ref(),
+                crc32c: input.checksum_crc32c.as_ref(),
+                crc64nvme: input.checksum_crc64nvme.as_ref(),
+                sha1: input.checksum_sha1.as_ref(),
+                sha256: input.checksum_sha256.as_ref(),
+            },
+            &req.headers,
+            req.trailing_headers.as_ref(),
+        )?;
+        let cond = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let meta = Meta {
             user: input.metadata.unwrap_or_default().into_iter().collect(),
             content_type: input.content_type,
@@ -449,44 +617,40 @@ impl Objects {
             cache_control: input.cache_control,
             content_encoding: input.content_encoding,
             content_language: input.content_language,
-        };
-        let expect_md5 = match input.content_md5 {
-            Some(m) => Some(B64.decode(m.trim()).map_err(|_| s3_error!(InvalidDigest))?),
-            None => None,
+            expires: input.expires.as_ref().map(http_date),
+            tags: match &input.tagging {
+                Some(t) => tagging::parse_header(t)?,
+                None => BTreeMap::new(),
+            },
+            checksum: None,
         };
         let body = input
             .body
             .map(|b| b.boxed())
             .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
-        let (row, used, version) = self
+        let (row, meta, used, version) = self
             .engine
-            .put(
-                &b,
-                &input.key,
-                body,
-                &meta,
-                expect_md5.as_deref(),
-                &call.purpose(),
-            )
+            .put(&b, &input.key, body, &meta, &check, &cond, &call.purpose())
             .await
             .map_err(|e| match e {
-                PutError::Api(e) => s3_err(e),
-                PutError::Body(BodyError::TooLarge) => s3_error!(EntityTooLarge),
-                PutError::Body(BodyError::Timeout) => s3_error!(RequestTimeout),
-                PutError::Body(BodyError::BadDigest) => s3_error!(BadDigest),
-                PutError::Body(BodyError::Client(m)) => {
-                    S3Error::with_message(S3ErrorCode::IncompleteBody, m)
-                }
+                // If-Match on a key without an object.
+                PutError::Api(e) if e.code == "not_found" => s3_error!(NoSuchKey),
+                e => put_err(e),
             })?;
         call.record_use(&used);
         call.detail("version_id", &row.version_id);
+        let sums = Sums::of(meta.checksum.as_ref());
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(row.etag)),
             version_id: version,
-            server_side_encryption: Some(ServerSideEncryption::from_static(
-                ServerSideEncryption::AWS_KMS,
-            )),
+            server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
+            checksum_crc32: sums.crc32,
+            checksum_crc32c: sums.crc32c,
+            checksum_crc64nvme: sums.crc64nvme,
+            checksum_sha1: sums.sha1,
+            checksum_sha256: sums.sha256,
+            checksum_type: sums.kind,
             ..Default::default()
         }))
     }
@@ -495,25 +659,22 @@ impl Objects {
         &self,
         req: S3Request<GetObjectInput>,
     ) -> S3Result<S3Response<GetObjectOutput>> {
-        let call = Call::of(&req)?;
+        let call = Call::of_public(&req)?;
         let input = req.input;
-        let action = versioning::read_action(&input.version_id);
+        let action = versioning::read_action(input.version_id.is_some());
         let b = self.bucket(&call, action, &input.bucket).await?;
         call.note(action, format!("bucket:{}/{}", b.name, input.key));
         let (o, used, version) = self
             .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
             .await?;
         call.record_use(&used);
-        if let Some(c) = &input.if_match {
-            if !etag_matches(c, &o.row.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
+        Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
         }
-        if let Some(c) = &input.if_none_match {
-            if etag_matches(c, &o.row.etag) {
-                return Err(s3_error!(NotModified));
-            }
-        }
+        .check_read(&o.row.etag, o.row.created_at)?;
         let size = u64::try_from(o.row.size).unwrap_or(0);
         let (start, len, content_range) = match input.range {
             None => (0, size, None),
@@ -537,7 +698,21 @@ impl Objects {
             }
         });
         let m = o.meta;
+        // The checksum covers the whole object: a range gets none.
+        let sums = Sums::of(
+            m.checksum
+                .as_ref()
+                .filter(|_| wants_checksum(&input.checksum_mode) && len == size),
+        );
         Ok(S3Response::new(GetObjectOutput {
+            checksum_crc32: sums.crc32,
+            checksum_crc32c: sums.crc32c,
+            checksum_crc64nvme: sums.crc64nvme,
+            checksum_sha1: sums.sha1,
+            checksum_sha256: sums.sha256,
+            checksum_type: sums.kind,
+            tag_count: tag_count(&m.tags),
+            expires: m.expires.as_deref().and_then(parse_http_date),
             body: Some(StreamingBlob::wrap(Body(rx))),
             content_length: Some(i64::try_from(len).unwrap_or(0)),
             content_range,
@@ -563,27 +738,36 @@ impl Objects {
         &self,
         req: S3Request<HeadObjectInput>,
     ) -> S3Result<S3Response<HeadObjectOutput>> {
-        let call = Call::of(&req)?;
+        let call = Call::of_public(&req)?;
         let input = req.input;
-        let action = versioning::read_action(&input.version_id);
+        let action = versioning::read_action(input.version_id.is_some());
         let b = self.bucket(&call, action, &input.bucket).await?;
         call.note(action, format!("bucket:{}/{}", b.name, input.key));
         let (o, used, version) = self
             .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
             .await?;
         call.record_use(&used);
-        if let Some(c) = &input.if_match {
-            if !etag_matches(c, &o.row.etag) {
-                return Err(s3_error!(PreconditionFailed));
-            }
+        Conditions {
+            if_match: input.if_match.as_ref(),
+            if_none_match: input.if_none_match.as_ref(),
+            if_modified_since: input.if_modified_since.as_ref(),
+            if_unmodified_since: input.if_unmodified_since.as_ref(),
         }
-        if let Some(c) = &input.if_none_match {
-            if etag_matches(c, &o.row.etag) {
-                return Err(s3_error!(NotModified));
-            }
-        }
+        .check_read(&o.row.etag, o.row.created_at)?;
         let m = o.meta;
+        let sums = Sums::of(
+            m.checksum
+                .as_ref()
+                .filter(|_| wants_checksum(&input.checksum_mode)),
+        );
         Ok(S3Response::new(HeadObjectOutput {
+            checksum_crc32: sums.crc32,
+            checksum_crc32c: sums.crc32c,
+            checksum_crc64nvme: sums.crc64nvme,
+            checksum_sha1: sums.sha1,
+            checksum_sha256: sums.sha256,
+            checksum_type: sums.kind,
+            expires: m.expires.as_deref().and_then(parse_http_date),
             content_length: Some(o.row.size),
             accept_ranges: Some("bytes".into()),
             e_tag: Some(ETag::Strong(o.row.etag.clone())),
@@ -636,6 +820,12 @@ impl Objects {
             cache_control: input.cache_control,
             content_encoding: input.content_encoding,
             content_language: input.content_language,
+            expires: input.expires.as_ref().map(http_date),
+            tags: match &input.tagging {
+                Some(t) => tagging::parse_header(t)?,
+                None => BTreeMap::new(),
+            },
+            checksum: None,
         };
         let (up, used) = self
             .engine
@@ -643,7 +833,7 @@ impl Objects {
                 &b,
                 &input.key,
                 &meta,
-                &call.subject.principal.id,
+                &call.who()?.principal.id,
                 &call.purpose(),
             )
             .await
@@ -678,26 +868,37 @@ impl Objects {
             ));
         }
         let up = self.upload(&b, &input.key, &input.upload_id).await?;
-        let expect_md5 = content_md5(input.content_md5)?;
+        let check = body_check(
+            input.content_md5.as_deref(),
+            Claimed {
+                algorithm: input.checksum_algorithm.as_ref().map(|a| a.as_str()),
+                crc32: input.checksum_crc32.as_ref(),
+                crc32c: input.checksum_crc32c.as_ref(),
+                crc64nvme: input.checksum_crc64nvme.as_ref(),
+                sha1: input.checksum_sha1.as_ref(),
+                sha256: input.checksum_sha256.as_ref(),
+            },
+            &req.headers,
+            req.trailing_headers.as_ref(),
+        )?;
         let body = input
             .body
             .map(|b| b.boxed())
             .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
         let (part, used) = self
             .engine
-            .upload_part(
-                &b,
-                &up,
-                number,
-                body,
-                expect_md5.as_deref(),
-                &call.purpose(),
-            )
+            .upload_part(&b, &up, number, body, &check, &call.purpose())
             .await
             .map_err(put_err)?;
         call.record_use(&used);
+        let sums = Sums::of_part(&part);
         Ok(S3Response::new(UploadPartOutput {
             e_tag: Some(ETag::Strong(part.etag)),
+            checksum_crc32: sums.crc32,
+            checksum_crc32c: sums.crc32c,
+            checksum_crc64nvme: sums.crc64nvme,
+            checksum_sha1: sums.sha1,
+            checksum_sha256: sums.sha256,
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
             ..Default::default()
@@ -724,14 +925,14 @@ impl Objects {
                 _ => Err(s3_error!(MalformedXML, "a part lacks its number or ETag")),
             })
             .collect::<S3Result<Vec<_>>>()?;
-        let (row, version) =
-            self.engine
-                .complete_upload(&up, &listed)
-                .await
-                .map_err(|e| match e.code {
-                    "not_found" => s3_error!(NoSuchUpload),
-                    _ => s3_err(e),
-                })?;
+        let (row, version) = self
+            .engine
+            .complete_upload(&b, &up, &listed, &call.purpose())
+            .await
+            .map_err(|e| match e.code {
+                "not_found" => s3_error!(NoSuchUpload),
+                _ => s3_err(e),
+            })?;
         call.detail("version_id", &row.version_id);
         Ok(S3Response::new(CompleteMultipartUploadOutput {
             bucket: Some(b.name.clone()),
@@ -1209,12 +1410,64 @@ impl S3 for Objects {
             .map_err(tag(rid))
     }
 
+    async fn get_object_tagging(
+        &self,
+        req: S3Request<GetObjectTaggingInput>,
+    ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
+        let rid = request_id(&req);
+        self.get_object_tagging_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn put_object_tagging(
+        &self,
+        req: S3Request<PutObjectTaggingInput>,
+    ) -> S3Result<S3Response<PutObjectTaggingOutput>> {
+        let rid = request_id(&req);
+        self.put_object_tagging_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn delete_object_tagging(
+        &self,
+        req: S3Request<DeleteObjectTaggingInput>,
+    ) -> S3Result<S3Response<DeleteObjectTaggingOutput>> {
+        let rid = request_id(&req);
+        self.delete_object_tagging_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
     async fn get_bucket_versioning(
         &self,
         req: S3Request<GetBucketVersioningInput>,
     ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
         let rid = request_id(&req);
         self.get_bucket_versioning_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
+    async fn get_bucket_tagging(
+        &self,
+        req: S3Request<GetBucketTaggingInput>,
+    ) -> S3Result<S3Response<GetBucketTaggingOutput>> {
+        let rid = request_id(&req);
+        self.get_bucket_tagging_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn put_bucket_tagging(
+        &self,
+        req: S3Request<PutBucketTaggingInput>,
+    ) -> S3Result<S3Response<PutBucketTaggingOutput>> {
+        let rid = request_id(&req);
+        self.put_bucket_tagging_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn delete_bucket_tagging(
+        &self,
+        req: S3Request<DeleteBucketTaggingInput>,
+    ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
+        let rid = request_id(&req);
+        self.delete_bucket_tagging_inner(req)
             .await
             .map_err(tag(rid))
     }
@@ -1227,6 +1480,93 @@ impl S3 for Objects {
         self.put_bucket_versioning_inner(req)
             .await
             .map_err(tag(rid))
+    }
+
+    async fn copy_object(
+        &self,
+        req: S3Request<CopyObjectInput>,
+    ) -> S3Result<S3Response<CopyObjectOutput>> {
+        let rid = request_id(&req);
+        self.copy_object_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn upload_part_copy(
+        &self,
+        req: S3Request<UploadPartCopyInput>,
+    ) -> S3Result<S3Response<UploadPartCopyOutput>> {
+        let rid = request_id(&req);
+        self.upload_part_copy_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_encryption(
+        &self,
+        req: S3Request<GetBucketEncryptionInput>,
+    ) -> S3Result<S3Response<GetBucketEncryptionOutput>> {
+        let rid = request_id(&req);
+        let r = async {
+            let call = Call::of(&req)?;
+            let b = self
+                .bucket(&call, "s3.get_bucket", &req.input.bucket)
+                .await?;
+            // Always on: every object under a data key wrapped by the
+            // project key the bucket was created with.
+            Ok(S3Response::new(GetBucketEncryptionOutput {
+                server_side_encryption_configuration: Some(ServerSideEncryptionConfiguration {
+                    rules: vec![ServerSideEncryptionRule {
+                        apply_server_side_encryption_by_default: Some(
+                            ServerSideEncryptionByDefault {
+                                kms_master_key_id: Some(b.key_id.clone()),
+                                sse_algorithm: ServerSideEncryption::from_static(
+                                    ServerSideEncryption::AWS_KMS,
+                                ),
+                            },
+                        ),
+                        bucket_key_enabled: Some(true),
+                    }],
+                }),
+            }))
+        };
+        r.await.map_err(tag(rid))
+    }
+
+    async fn put_bucket_acl(
+        &self,
+        req: S3Request<PutBucketAclInput>,
+    ) -> S3Result<S3Response<PutBucketAclOutput>> {
+        let rid = request_id(&req);
+        self.put_bucket_acl_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_acl(
+        &self,
+        req: S3Request<GetBucketAclInput>,
+    ) -> S3Result<S3Response<GetBucketAclOutput>> {
+        let rid = request_id(&req);
+        self.get_bucket_acl_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn put_bucket_cors(
+        &self,
+        req: S3Request<PutBucketCorsInput>,
+    ) -> S3Result<S3Response<PutBucketCorsOutput>> {
+        let rid = request_id(&req);
+        self.put_bucket_cors_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_cors(
+        &self,
+        req: S3Request<GetBucketCorsInput>,
+    ) -> S3Result<S3Response<GetBucketCorsOutput>> {
+        let rid = request_id(&req);
+        self.get_bucket_cors_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn delete_bucket_cors(
+        &self,
+        req: S3Request<DeleteBucketCorsInput>,
+    ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
+        let rid = request_id(&req);
+        self.delete_bucket_cors_inner(req).await.map_err(tag(rid))
     }
 
     async fn list_object_versions(

@@ -363,17 +363,31 @@ async fn s3_boto3_suite_postgres() {
     boto3_suite(Srv::start_with(|c| c.database_url = Some(url.clone())).await).await;
 }
 
+/// Conditional requests, checksums, copies and tagging with boto3.
+#[tokio::test]
+async fn s3_boto3_objects() {
+    if !clients_present() {
+        return;
+    }
+    run_boto3(Srv::start().await, "boto3_objects.py").await;
+}
+
 async fn boto3_suite(s: Srv) {
     run_boto3(s, "boto3_suite.py").await;
 }
 
 /// Runs one boto3 script of `tests/s3/` against `s` with the access key
-/// of a fresh organization "acme" (project "web"); the script must print
+/// of a fresh organization "acme" (project "web") and one of another
+/// organization "rival" (`S3_OTHER_*`); the script must print
 /// "<script name without .py>: ok".
 pub(crate) async fn run_boto3(s: Srv, script: &str) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
+    // A second tenant, for isolation checks.
+    let rival_owner = s.org("rival").await;
+    project(&s, "rival", &rival_owner, "web").await;
+    let rival = access_key(&s, "rival", &rival_owner).await;
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/s3")
         .join(script);
@@ -388,6 +402,8 @@ pub(crate) async fn run_boto3(s: Srv, script: &str) {
         .env("S3_ENDPOINT", &s.s3)
         .env("S3_KEY_ID", &key.id)
         .env("S3_SECRET", &key.secret)
+        .env("S3_OTHER_KEY_ID", &rival.id)
+        .env("S3_OTHER_SECRET", &rival.secret)
         .env("NUAGE_API", &s.tenant)
         .env("NUAGE_TOKEN", &owner)
         .output()

@@ -20,8 +20,8 @@ use super::{enc, is_url, s3_err, timestamp, url_encode, Call, Objects};
 use crate::engine::{valid_version_id, Found, Opened};
 
 /// The action of a read: naming a version needs its own permission.
-pub(super) fn read_action(version_id: &Option<String>) -> &'static str {
-    if version_id.is_some() {
+pub(in crate::s3) fn read_action(names_version: bool) -> &'static str {
+    if names_version {
         "s3.get_object_version"
     } else {
         "s3.get_object"
@@ -73,7 +73,7 @@ impl Objects {
     /// Opens the latest version of `key` (or `version_id`) for a GET or
     /// HEAD; a delete marker or a missing key is the S3 error with the
     /// marker headers. Returns also the version id to report.
-    pub(super) async fn open_for_read(
+    pub(in crate::s3) async fn open_for_read(
         &self,
         call: &Call,
         b: &BucketRow,
