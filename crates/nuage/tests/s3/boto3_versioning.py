@@ -202,6 +202,35 @@ assert by[("p/c", None)]["DeleteMarker"] is True and by[("p/c", None)]["DeleteMa
 assert body("p/b") == b"p/b1"
 assert code_of(s3.get_object, Bucket=B, Key="p/c") == "NoSuchKey"
 
+# CopyObject: the copy is a new version and the source version is reported;
+# copying a named older version onto its own key restores it
+src = [s3.put_object(Bucket=B, Key="cp/src", Body=b"c%d" % i)["VersionId"] for i in (1, 2)]
+cp = s3.copy_object(Bucket=B, Key="cp/dst",
+                    CopySource={"Bucket": B, "Key": "cp/src", "VersionId": src[0]})
+assert cp["CopySourceVersionId"] == src[0] and cp["VersionId"] not in src, cp
+assert body("cp/dst") == b"c1" and body("cp/dst", VersionId=cp["VersionId"]) == b"c1"
+cp2 = s3.copy_object(Bucket=B, Key="cp/dst", CopySource={"Bucket": B, "Key": "cp/src"})
+assert cp2["CopySourceVersionId"] == src[1] and cp2["VersionId"] != cp["VersionId"], cp2
+assert body("cp/dst") == b"c2" and body("cp/dst", VersionId=cp["VersionId"]) == b"c1"
+r = s3.copy_object(Bucket=B, Key="cp/src",
+                   CopySource={"Bucket": B, "Key": "cp/src", "VersionId": src[0]})
+assert r["VersionId"] not in src and body("cp/src") == b"c1", r
+assert len(s3.list_object_versions(Bucket=B, Prefix="cp/src")["Versions"]) == 3
+assert code_of(s3.copy_object, Bucket=B, Key="cp/x", CopySource={
+    "Bucket": B, "Key": "cp/src", "VersionId": "obv_" + "0" * 32}) == "NoSuchVersion"
+# behind a delete marker the key is gone for copies, and absent for a
+# conditional PUT (If-None-Match: *)
+s3.delete_object(Bucket=B, Key="cp/src")
+assert code_of(s3.copy_object, Bucket=B, Key="cp/x",
+               CopySource={"Bucket": B, "Key": "cp/src"}) == "NoSuchKey"
+s3.put_object(Bucket=B, Key="cp/src", Body=b"again", IfNoneMatch="*")
+assert code_of(s3.put_object, Bucket=B, Key="cp/src", Body=b"no",
+               IfNoneMatch="*") == "PreconditionFailed"
+assert body("cp/src") == b"again"
+# tags belong to the current version
+s3.put_object_tagging(Bucket=B, Key="cp/src", Tagging={"TagSet": [{"Key": "t", "Value": "1"}]})
+assert s3.get_object_tagging(Bucket=B, Key="cp/src")["TagSet"] == [{"Key": "t", "Value": "1"}]
+
 # suspended: new writes are the "null" version, replacing the previous one
 s3.put_bucket_versioning(Bucket=B, VersioningConfiguration={"Status": "Suspended"})
 assert s3.get_bucket_versioning(Bucket=B)["Status"] == "Suspended"
