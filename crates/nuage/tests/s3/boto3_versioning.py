@@ -6,6 +6,7 @@ lifecycle rules' validation. Run by crates/nuage/tests/api/s3.rs; prints
 
 import datetime
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import boto3
 from botocore.config import Config
@@ -230,6 +231,21 @@ assert body("cp/src") == b"again"
 # tags belong to the current version
 s3.put_object_tagging(Bucket=B, Key="cp/src", Tagging={"TagSet": [{"Key": "t", "Value": "1"}]})
 assert s3.get_object_tagging(Bucket=B, Key="cp/src")["TagSet"] == [{"Key": "t", "Value": "1"}]
+
+# concurrent writers of one key: every version kept, exactly one latest,
+# and the latest is what a plain GET reads
+def writer(n):
+    return [s3.put_object(Bucket=B, Key="race", Body=b"w%d-%d" % (n, i))["VersionId"]
+            for i in range(5)]
+
+
+with ThreadPoolExecutor(8) as pool:
+    written = [v for vs in pool.map(writer, range(8)) for v in vs]
+race = s3.list_object_versions(Bucket=B, Prefix="race")["Versions"]
+assert sorted(v["VersionId"] for v in race) == sorted(written), race
+latest = [v for v in race if v["IsLatest"]]
+assert len(latest) == 1 and race[0] == latest[0], race
+assert s3.get_object(Bucket=B, Key="race")["VersionId"] == latest[0]["VersionId"]
 
 # suspended: new writes are the "null" version, replacing the previous one
 s3.put_bucket_versioning(Bucket=B, VersioningConfiguration={"Status": "Suspended"})
