@@ -45,6 +45,16 @@ impl std::fmt::Debug for SecretKey {
     }
 }
 
+/// A key derived from two independent keys (HKDF-SHA256, `a` as salt,
+/// `b` as input keying material, `info` naming the use): recovering it
+/// takes both, which is how a client-held key is layered over a data key.
+pub fn derive_from_both(a: &SecretKey, b: &SecretKey, info: &[u8]) -> SecretKey {
+    let hk = Hkdf::<Sha256>::new(Some(a.expose()), b.expose());
+    let mut okm = Zeroizing::new([0u8; KEY_LEN]);
+    let _ = hk.expand(info, okm.as_mut());
+    SecretKey(okm)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("decryption failed: wrong key, wrong owner or altered data")]
 pub struct OpenError;

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 
 use crate::checksum::{self, BodyCheck, Mismatch};
+use crate::sse_c::{self, CustomerKey, SseC};
 
 mod versioning;
 pub use versioning::{valid_version_id, Found, VersionListing};
@@ -69,6 +70,9 @@ pub struct Meta {
     pub tags: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checksum: Option<checksum::Stored>,
+    /// Set when the body is also under a client-held key (SSE-C).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sse_c: Option<SseC>,
 }
 
 #[derive(Debug, Clone)]
@@ -109,6 +113,18 @@ pub struct Opened {
     parts: Vec<PartRow>,
     project_id: String,
     why: Purpose,
+    /// The client's key of an SSE-C object, once [`Opened::unlock`]ed.
+    customer: Option<CustomerKey>,
+}
+
+impl Opened {
+    /// Checks the request's SSE-C key against the object's (both or
+    /// neither) and keeps it for reading the body.
+    pub fn unlock(&mut self, key: Option<&CustomerKey>) -> ApiResult<()> {
+        sse_c::check(self.meta.sse_c.as_ref(), key, &self.dek)?;
+        self.customer = key.cloned();
+        Ok(())
+    }
 }
 
 /// A body written durably under its final name but not yet referenced by
@@ -393,6 +409,7 @@ impl Engine {
         meta: &Meta,
         check: &BodyCheck,
         cond: &WriteIf,
+        customer: Option<&CustomerKey>,
         why: &Purpose,
     ) -> Result<(ObjectRow, Meta, KeyUse, Option<String>), PutError>
     where
@@ -405,9 +422,10 @@ impl Engine {
             .data_key(&bucket.project_id, &bucket.key_id, &version_id, why)
             .await?;
         let aad = body_aad(&bucket.id, &version_id);
+        let body_key = customer.map_or_else(|| dk.key.clone(), |c| c.body_key(&dk.key));
         let written = self
             .write_body(
-                &dk.key,
+                &body_key,
                 &aad,
                 &version_id,
                 self.body_path(&version_id),
@@ -423,6 +441,7 @@ impl Engine {
             }
         };
         let mut meta = meta.clone();
+        meta.sse_c = customer.map(|c| c.record(&dk.key));
         meta.checksum = Some(checksum::Stored {
             algorithm: check.algo,
             value: written.checksum.clone(),
@@ -461,6 +480,7 @@ impl Engine {
         key: &str,
         meta: &Meta,
         created_by: &str,
+        customer: Option<&CustomerKey>,
         why: &Purpose,
     ) -> ApiResult<(UploadRow, KeyUse)> {
         let version_id = format!("obv_{}", uuid::Uuid::now_v7().simple());
@@ -468,6 +488,9 @@ impl Engine {
             .kms
             .data_key(&bucket.project_id, &bucket.key_id, &version_id, why)
             .await?;
+        let mut meta = meta.clone();
+        meta.sse_c = customer.map(|c| c.record(&dk.key));
+        let meta = &meta;
         let up = UploadRow {
             upload_id: format!("mpu_{}", uuid::Uuid::new_v4().simple()),
             bucket_id: bucket.id.clone(),
@@ -487,6 +510,7 @@ impl Engine {
 
     /// Stores part `number` of an upload (replacing an earlier one of the
     /// same number). An upload gone meanwhile is `not_found`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn upload_part<S, E>(
         &self,
         bucket: &BucketRow,
@@ -494,21 +518,30 @@ impl Engine {
         number: i64,
         body: S,
         check: &BodyCheck,
+        customer: Option<&CustomerKey>,
         why: &Purpose,
     ) -> Result<(PartRow, KeyUse), PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        // Parts of an SSE-C upload take the key the upload was created with.
+        let (udek, _) = self
+            .kms
+            .unwrap(&bucket.project_id, &up.data_key_id, &up.version_id, why)
+            .await?;
+        let umeta = open_meta(&udek, &bucket.id, &up.version_id, &up.sealed_meta)?;
+        sse_c::check(umeta.sse_c.as_ref(), customer, &udek)?;
         let part_id = format!("obp_{}", uuid::Uuid::now_v7().simple());
         let (dk, used) = self
             .kms
             .data_key(&bucket.project_id, &bucket.key_id, &part_id, why)
             .await?;
         let aad = part_aad(&bucket.id, &part_id);
+        let body_key = customer.map_or_else(|| dk.key.clone(), |c| c.body_key(&dk.key));
         let written = self
             .write_body(
-                &dk.key,
+                &body_key,
                 &aad,
                 &part_id,
                 self.part_path(&part_id),
@@ -702,6 +735,16 @@ impl Engine {
         let Some(row) = self.store.object_get(&bucket.id, key).await? else {
             return Ok(None);
         };
+        self.open_row(bucket, row, why).await.map(Some)
+    }
+
+    /// Opens a stored version row (not a delete marker) for reading.
+    pub(crate) async fn open_row(
+        &self,
+        bucket: &BucketRow,
+        row: ObjectRow,
+        why: &Purpose,
+    ) -> ApiResult<(Opened, KeyUse)> {
         let (dek, used) = self
             .kms
             .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
@@ -712,7 +755,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        Ok(Some((
+        Ok((
             Opened {
                 row,
                 meta,
@@ -720,9 +763,10 @@ impl Engine {
                 parts,
                 project_id: bucket.project_id.clone(),
                 why: why.clone(),
+                customer: None,
             },
             used,
-        )))
+        ))
     }
 
     /// Changes the metadata of the current version of `key` in place (tags
@@ -771,6 +815,7 @@ impl Engine {
         struct St {
             segs: Vec<Segment>,
             cur: Option<Cur>,
+            customer: Option<CustomerKey>,
             kms: Kms,
             project_id: String,
             why: Purpose,
@@ -806,6 +851,7 @@ impl Engine {
         let st = St {
             segs,
             cur: None,
+            customer: o.customer.clone(),
             kms: self.kms.clone(),
             project_id: o.project_id.clone(),
             why: o.why.clone(),
@@ -832,6 +878,10 @@ impl Engine {
                             .map_err(|e| std::io::Error::other(e.detail))?
                             .0
                     }
+                };
+                let dek = match &st.customer {
+                    Some(c) => c.body_key(&dek),
+                    None => dek,
                 };
                 let mut file = tokio::fs::File::open(&seg.path).await?;
                 let mut h = vec![0u8; HEADER_LEN];

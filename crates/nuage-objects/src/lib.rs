@@ -7,6 +7,7 @@
 //! - [`engine`]: bodies in files (temp, fsync, rename, then the metadata
 //!   commit), encrypted with the key service's stream format.
 //! - [`checksum`]: S3's additional checksums, checked before a commit.
+//! - [`sse_c`]: client-held keys layered over the platform's encryption.
 //! - [`settings`]: bucket settings S3 clients manage (tags, CORS, public read).
 //! - [`lifecycle`]: bucket lifecycle rules and the pass that applies them.
 //! - [`s3`]: the S3 endpoint (wire format and SigV4 by the `s3s` crate).
@@ -18,6 +19,7 @@ pub mod lifecycle;
 pub mod names;
 pub mod s3;
 pub mod settings;
+pub mod sse_c;
 
 use nuage_iam::{ActionDef, Level};
 

@@ -8,9 +8,9 @@
 use nuage_core::time::now_ms;
 use nuage_core::ApiResult;
 use nuage_kms::{KeyUse, Purpose};
-use nuage_store::{BucketRow, Deleted, ObjectRow, VersionRow, NULL_VERSION};
+use nuage_store::{BucketRow, Deleted, VersionRow, NULL_VERSION};
 
-use super::{open_meta, Engine, Opened};
+use super::{Engine, Opened};
 
 /// Whether `id` can name a version: "null" or one of ours (`obv_` and 32
 /// hex digits). Anything else is a client error, not a missing version.
@@ -46,36 +46,6 @@ fn new_version_id() -> String {
 }
 
 impl Engine {
-    /// Opens a stored version row (not a marker) for reading.
-    async fn open_row(
-        &self,
-        bucket: &BucketRow,
-        row: ObjectRow,
-        why: &Purpose,
-    ) -> ApiResult<(Opened, KeyUse)> {
-        let (dek, used) = self
-            .kms
-            .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
-            .await?;
-        let meta = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
-        let parts = if row.part_count > 0 {
-            self.store.version_parts(&row.version_id).await?
-        } else {
-            Vec::new()
-        };
-        Ok((
-            Opened {
-                row,
-                meta,
-                dek,
-                parts,
-                project_id: bucket.project_id.clone(),
-                why: why.clone(),
-            },
-            used,
-        ))
-    }
-
     /// The latest version of `key`, or the version `version_id` of it.
     pub async fn open_version(
         &self,

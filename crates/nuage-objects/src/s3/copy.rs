@@ -11,10 +11,11 @@ use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
 
 use super::conditions::Conditions;
-use super::ops::{put_err, s3_err, sse, timestamp, Call, Objects, Sums};
+use super::ops::{customer_key, put_err, s3_err, sse, timestamp, Call, Objects, Sums};
 use super::tagging;
 use crate::checksum::{Algo, BodyCheck};
 use crate::engine::{Meta, Opened, MAX_PART_NUMBER};
+use crate::sse_c::CustomerKey;
 
 /// S3's limit for one CopyObject (larger objects copy by UploadPartCopy).
 const MAX_COPY: i64 = 5 * 1024 * 1024 * 1024;
@@ -57,10 +58,15 @@ pub(super) fn copy_range(range: &str, size: u64) -> S3Result<(u64, u64)> {
 
 impl Objects {
     /// Resolves and opens a copy source for `call`.
-    async fn source(&self, call: &Call, src: &CopySource) -> S3Result<Source> {
+    async fn source(
+        &self,
+        call: &Call,
+        src: &CopySource,
+        key: Option<&CustomerKey>,
+    ) -> S3Result<Source> {
         let CopySource::Bucket {
             bucket,
-            key,
+            key: name,
             version_id,
         } = src
         else {
@@ -69,11 +75,12 @@ impl Objects {
         let b = self
             .bucket(call, super::ops::read_action(version_id.is_some()), bucket)
             .await?;
-        call.detail("copy_source", &format!("{bucket}/{key}"));
-        let (o, used, version) = self
-            .open_for_read(call, &b, key, version_id.as_deref())
+        call.detail("copy_source", &format!("{bucket}/{name}"));
+        let (mut o, used, version) = self
+            .open_for_read(call, &b, name, version_id.as_deref())
             .await?;
         call.record_use(&used);
+        o.unlock(key).map_err(s3_err)?;
         Ok(Source {
             bucket: b,
             object: o,
@@ -99,7 +106,19 @@ impl Objects {
         if input.key.len() > 1024 {
             return Err(s3_error!(KeyTooLongError));
         }
-        let src = self.source(&call, &input.copy_source).await?;
+        let source_key = customer_key(
+            &input.copy_source_sse_customer_algorithm,
+            &input.copy_source_sse_customer_key,
+            &input.copy_source_sse_customer_key_md5,
+        )?;
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
+        let src = self
+            .source(&call, &input.copy_source, source_key.as_ref())
+            .await?;
         let o = &src.object;
         Conditions {
             if_match: input.copy_source_if_match.as_ref(),
@@ -152,10 +171,12 @@ impl Objects {
                 expires: input.expires.as_ref().map(super::ops::http_date),
                 tags: BTreeMap::new(),
                 checksum: None,
+                sse_c: None,
             }
         } else {
             Meta {
                 checksum: None,
+                sse_c: None,
                 ..o.meta.clone()
             }
         };
@@ -192,6 +213,7 @@ impl Objects {
                 &meta,
                 &check,
                 &nuage_store::WriteIf::Always,
+                ck.as_ref(),
                 &call.purpose(),
             )
             .await
@@ -214,6 +236,8 @@ impl Objects {
             version_id: version,
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             ..Default::default()
         }))
     }
@@ -231,7 +255,19 @@ impl Objects {
                 "part numbers run from 1 to {MAX_PART_NUMBER}"
             ));
         }
-        let src = self.source(&call, &input.copy_source).await?;
+        let source_key = customer_key(
+            &input.copy_source_sse_customer_algorithm,
+            &input.copy_source_sse_customer_key,
+            &input.copy_source_sse_customer_key_md5,
+        )?;
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
+        let src = self
+            .source(&call, &input.copy_source, source_key.as_ref())
+            .await?;
         let o = &src.object;
         Conditions {
             if_match: input.copy_source_if_match.as_ref(),
@@ -271,6 +307,7 @@ impl Objects {
                 number,
                 body,
                 &BodyCheck::default(),
+                ck.as_ref(),
                 &call.purpose(),
             )
             .await
@@ -289,6 +326,8 @@ impl Objects {
             }),
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             ..Default::default()
         }))
     }

@@ -33,6 +33,7 @@ use crate::buckets;
 use crate::checksum::{self, Algo, Mismatch};
 use crate::engine::{BodyError, Engine, Listing, Meta, PutError, MAX_PART_NUMBER};
 use crate::settings::BucketSettings;
+use crate::sse_c::CustomerKey;
 
 mod lifecycle;
 mod versioning;
@@ -259,6 +260,16 @@ pub(super) fn put_err(e: PutError) -> S3Error {
             S3Error::with_message(S3ErrorCode::IncompleteBody, m)
         }
     }
+}
+
+/// The SSE-C key of a request, from its three headers (all or none).
+pub(super) fn customer_key(
+    algorithm: &Option<String>,
+    key: &Option<String>,
+    key_md5: &Option<String>,
+) -> S3Result<Option<CustomerKey>> {
+    CustomerKey::from_headers(algorithm.as_deref(), key.as_deref(), key_md5.as_deref())
+        .map_err(s3_err)
 }
 
 /// An anonymous caller's bucket: only an object read of a public-read
@@ -609,6 +620,11 @@ impl Objects {
             &req.headers,
             req.trailing_headers.as_ref(),
         )?;
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
         let cond = write_condition(input.if_match.as_ref(), input.if_none_match.as_ref())?;
         let meta = Meta {
             user: input.metadata.unwrap_or_default().into_iter().collect(),
@@ -623,6 +639,7 @@ impl Objects {
                 None => BTreeMap::new(),
             },
             checksum: None,
+            sse_c: None,
         };
         let body = input
             .body
@@ -630,7 +647,16 @@ impl Objects {
             .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
         let (row, meta, used, version) = self
             .engine
-            .put(&b, &input.key, body, &meta, &check, &cond, &call.purpose())
+            .put(
+                &b,
+                &input.key,
+                body,
+                &meta,
+                &check,
+                &cond,
+                ck.as_ref(),
+                &call.purpose(),
+            )
             .await
             .map_err(|e| match e {
                 // If-Match on a key without an object.
@@ -651,6 +677,8 @@ impl Objects {
             checksum_sha1: sums.sha1,
             checksum_sha256: sums.sha256,
             checksum_type: sums.kind,
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             ..Default::default()
         }))
     }
@@ -664,10 +692,16 @@ impl Objects {
         let action = versioning::read_action(input.version_id.is_some());
         let b = self.bucket(&call, action, &input.bucket).await?;
         call.note(action, format!("bucket:{}/{}", b.name, input.key));
-        let (o, used, version) = self
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
+        let (mut o, used, version) = self
             .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
             .await?;
         call.record_use(&used);
+        o.unlock(ck.as_ref()).map_err(s3_err)?;
         Conditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -712,6 +746,8 @@ impl Objects {
             checksum_sha256: sums.sha256,
             checksum_type: sums.kind,
             tag_count: tag_count(&m.tags),
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             expires: m.expires.as_deref().and_then(parse_http_date),
             body: Some(StreamingBlob::wrap(Body(rx))),
             content_length: Some(i64::try_from(len).unwrap_or(0)),
@@ -743,10 +779,16 @@ impl Objects {
         let action = versioning::read_action(input.version_id.is_some());
         let b = self.bucket(&call, action, &input.bucket).await?;
         call.note(action, format!("bucket:{}/{}", b.name, input.key));
-        let (o, used, version) = self
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
+        let (mut o, used, version) = self
             .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
             .await?;
         call.record_use(&used);
+        o.unlock(ck.as_ref()).map_err(s3_err)?;
         Conditions {
             if_match: input.if_match.as_ref(),
             if_none_match: input.if_none_match.as_ref(),
@@ -767,6 +809,8 @@ impl Objects {
             checksum_sha1: sums.sha1,
             checksum_sha256: sums.sha256,
             checksum_type: sums.kind,
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             expires: m.expires.as_deref().and_then(parse_http_date),
             content_length: Some(o.row.size),
             accept_ranges: Some("bytes".into()),
@@ -813,6 +857,11 @@ impl Objects {
         if input.key.len() > 1024 {
             return Err(s3_error!(KeyTooLongError));
         }
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
         let meta = Meta {
             user: input.metadata.unwrap_or_default().into_iter().collect(),
             content_type: input.content_type,
@@ -826,6 +875,7 @@ impl Objects {
                 None => BTreeMap::new(),
             },
             checksum: None,
+            sse_c: None,
         };
         let (up, used) = self
             .engine
@@ -834,6 +884,7 @@ impl Objects {
                 &input.key,
                 &meta,
                 &call.who()?.principal.id,
+                ck.as_ref(),
                 &call.purpose(),
             )
             .await
@@ -846,6 +897,8 @@ impl Objects {
             upload_id: Some(up.upload_id),
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             ..Default::default()
         }))
     }
@@ -868,6 +921,11 @@ impl Objects {
             ));
         }
         let up = self.upload(&b, &input.key, &input.upload_id).await?;
+        let ck = customer_key(
+            &input.sse_customer_algorithm,
+            &input.sse_customer_key,
+            &input.sse_customer_key_md5,
+        )?;
         let check = body_check(
             input.content_md5.as_deref(),
             Claimed {
@@ -887,7 +945,7 @@ impl Objects {
             .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
         let (part, used) = self
             .engine
-            .upload_part(&b, &up, number, body, &check, &call.purpose())
+            .upload_part(&b, &up, number, body, &check, ck.as_ref(), &call.purpose())
             .await
             .map_err(put_err)?;
         call.record_use(&used);
@@ -901,6 +959,8 @@ impl Objects {
             checksum_sha256: sums.sha256,
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
+            sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
+            sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             ..Default::default()
         }))
     }

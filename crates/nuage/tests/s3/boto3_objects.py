@@ -267,6 +267,44 @@ assert signed_cors == ["https://app.example.com"], signed_cors
 s3.delete_bucket_cors(Bucket=B)
 assert code_of(s3.get_bucket_cors, Bucket=B) == "NoSuchCORSConfiguration"
 
+# ---- SSE-C: a client-held key layered over the project key ---------------------------------------
+ck = bytes(range(32))
+wrong = bytes(range(1, 33))
+sse = {"SSECustomerAlgorithm": "AES256", "SSECustomerKey": ck}
+r = s3.put_object(Bucket=B, Key="ssec.bin", Body=data, **sse)
+assert r["SSECustomerKeyMD5"] == b64(hashlib.md5(ck).digest()), r
+assert s3.get_object(Bucket=B, Key="ssec.bin", **sse)["Body"].read() == data
+assert s3.head_object(Bucket=B, Key="ssec.bin", **sse)["ContentLength"] == len(data)
+assert error_of(s3.get_object, Bucket=B, Key="ssec.bin") == ("InvalidRequest", 400)
+assert error_of(s3.head_object, Bucket=B, Key="ssec.bin")[1] == 400
+assert error_of(s3.get_object, Bucket=B, Key="ssec.bin", SSECustomerAlgorithm="AES256",
+                SSECustomerKey=wrong) == ("AccessDenied", 403)
+assert error_of(s3.get_object, Bucket=B, Key="c.txt", **sse) == ("InvalidRequest", 400)
+part = s3.get_object(Bucket=B, Key="ssec.bin", Range="bytes=100-199", **sse)["Body"].read()
+assert part == data[100:200]
+# multipart under SSE-C: every part needs the upload's key
+up = s3.create_multipart_upload(Bucket=B, Key="ssec-mp.bin", **sse)
+uid = up["UploadId"]
+assert code_of(s3.upload_part, Bucket=B, Key="ssec-mp.bin", UploadId=uid, PartNumber=1,
+               Body=b"x") == "InvalidRequest"
+assert code_of(s3.upload_part, Bucket=B, Key="ssec-mp.bin", UploadId=uid, PartNumber=1, Body=b"x",
+               SSECustomerAlgorithm="AES256", SSECustomerKey=wrong) == "AccessDenied"
+e1 = s3.upload_part(Bucket=B, Key="ssec-mp.bin", UploadId=uid, PartNumber=1, Body=big[:5 * MiB], **sse)["ETag"]
+e2 = s3.upload_part(Bucket=B, Key="ssec-mp.bin", UploadId=uid, PartNumber=2, Body=b"tail", **sse)["ETag"]
+s3.complete_multipart_upload(Bucket=B, Key="ssec-mp.bin", UploadId=uid, MultipartUpload={"Parts": [
+    {"PartNumber": 1, "ETag": e1}, {"PartNumber": 2, "ETag": e2}]})
+got = s3.get_object(Bucket=B, Key="ssec-mp.bin", Range=f"bytes={5 * MiB - 3}-{5 * MiB + 1}", **sse)["Body"].read()
+assert got == big[5 * MiB - 3:5 * MiB] + b"ta", got
+assert code_of(s3.get_object, Bucket=B, Key="ssec-mp.bin") == "InvalidRequest"
+# copies: SSE-C source to a plain target, and a plain source to an SSE-C target
+s3.copy_object(Bucket=B, Key="ssec-plain.bin", CopySource=f"{B}/ssec.bin",
+               CopySourceSSECustomerAlgorithm="AES256", CopySourceSSECustomerKey=ck)
+assert s3.get_object(Bucket=B, Key="ssec-plain.bin")["Body"].read() == data
+assert code_of(s3.copy_object, Bucket=B, Key="x", CopySource=f"{B}/ssec.bin") == "InvalidRequest"
+s3.copy_object(Bucket=B, Key="ssec-again.bin", CopySource=f"{B}/src.bin", **sse)
+assert s3.get_object(Bucket=B, Key="ssec-again.bin", **sse)["Body"].read() == data
+assert code_of(s3.get_object, Bucket=B, Key="ssec-again.bin") == "InvalidRequest"
+
 # ---- another organization learns nothing about these buckets -----------------------------------
 rival = boto3.client(
     "s3",
