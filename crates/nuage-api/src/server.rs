@@ -69,6 +69,8 @@ pub struct ServerConfig {
     pub kms: KmsConfig,
     /// How often keys whose destruction date passed are destroyed.
     pub key_sweep_every: Duration,
+    /// How often bucket lifecycle rules are applied.
+    pub lifecycle_every: Duration,
 }
 
 /// The seal key file sits beside the data directory, never inside it:
@@ -104,6 +106,7 @@ impl ServerConfig {
             seal: SealConfig::KeyFile(default_seal_key_file(&data_dir)),
             kms: KmsConfig::default(),
             key_sweep_every: Duration::from_secs(60),
+            lifecycle_every: Duration::from_secs(3600),
             data_dir,
         }
     }
@@ -145,10 +148,17 @@ pub struct RunningServer {
     audit: AuditTasks,
     maintenance: JoinHandle<()>,
     key_sweeper: JoinHandle<()>,
+    lifecycle: nuage_objects::lifecycle::Lifecycle,
+    lifecycle_task: JoinHandle<()>,
     store: Store,
 }
 
 impl RunningServer {
+    /// The bucket lifecycle runner (tests run a pass at a chosen time).
+    pub fn lifecycle(&self) -> &nuage_objects::lifecycle::Lifecycle {
+        &self.lifecycle
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to
     /// 30 s), flushes the audit log and signs a last checkpoint.
     pub async fn shutdown(self) {
@@ -162,6 +172,8 @@ impl RunningServer {
         }
         self.maintenance.abort();
         self.key_sweeper.abort();
+        self.lifecycle_task.abort();
+        drop(self.lifecycle);
         self.audit.shutdown().await;
         self.store.close().await;
     }
@@ -371,6 +383,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
             Err(e) => tracing::warn!(error = %e.detail, "object storage garbage collection failed"),
         }
     });
+    let lifecycle = nuage_objects::lifecycle::Lifecycle::new(engine.clone(), audit.clone());
+    let lifecycle_task = tokio::spawn(lifecycle.clone().run_every(cfg.lifecycle_every));
     let s3_app = nuage_objects::S3Front::new(
         engine,
         authn.clone(),
@@ -440,6 +454,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         audit: audit_tasks,
         maintenance,
         key_sweeper,
+        lifecycle,
+        lifecycle_task,
         store,
     })
 }

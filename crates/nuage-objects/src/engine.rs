@@ -37,6 +37,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use crate::checksum::{self, BodyCheck, Mismatch};
 use crate::sse_c::{self, CustomerKey, SseC};
 
+mod versioning;
+pub use versioning::{valid_version_id, Found, VersionListing};
+
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
 
@@ -405,6 +408,8 @@ impl Engine {
     /// Stores a new current version of `key` from `body`, if `cond` still
     /// holds when it commits (`precondition_failed` otherwise; a condition
     /// on a missing key is `not_found`). The body's checksum joins `meta`.
+    /// Returns also the version id to report (None in a never-versioned
+    /// bucket).
     #[allow(clippy::too_many_arguments)]
     pub async fn put<S, E>(
         &self,
@@ -416,7 +421,7 @@ impl Engine {
         cond: &WriteIf,
         customer: Option<&CustomerKey>,
         why: &Purpose,
-    ) -> Result<(ObjectRow, Meta, KeyUse), PutError>
+    ) -> Result<(ObjectRow, Meta, KeyUse, Option<String>), PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
@@ -463,7 +468,7 @@ impl Engine {
             created_at: now_ms(),
             part_count: 0,
         };
-        let replaced = match self.store.object_put(&row, cond).await {
+        let placed = match self.store.object_put(&row, cond).await {
             Ok(r) => r,
             Err(e) => {
                 let _ = self.kms.data_key_delete(&dk.id).await;
@@ -471,10 +476,10 @@ impl Engine {
             }
         };
         written.guard.0 = None;
-        if let Some(old) = replaced {
+        if let Some(old) = placed.replaced {
             self.discard(&old).await;
         }
-        Ok((row, meta, used))
+        Ok((row, meta, used, placed.version_id))
     }
 
     /// Starts a multipart upload of `key`: reserves the version id, its
@@ -591,13 +596,14 @@ impl Engine {
     /// the object current in one metadata transaction. Errors carry the S3
     /// meaning in their code: `invalid_part`, `invalid_part_order`,
     /// `entity_too_small`, `malformed_xml`, `not_found` (the upload).
+    /// Returns also the version id to report.
     pub async fn complete_upload(
         &self,
         bucket: &BucketRow,
         up: &UploadRow,
         listed: &[(i64, String)],
         why: &Purpose,
-    ) -> ApiResult<ObjectRow> {
+    ) -> ApiResult<(ObjectRow, Option<String>)> {
         if listed.is_empty() {
             return Err(ApiError::bad_request("malformed_xml", "no parts listed"));
         }
@@ -685,7 +691,7 @@ impl Engine {
         if let Some(old) = done.replaced {
             self.discard(&old).await;
         }
-        Ok(row)
+        Ok((row, done.version_id))
     }
 
     /// Aborts an upload: its rows, part files and data keys go. False when
@@ -739,6 +745,16 @@ impl Engine {
         let Some(row) = self.store.object_get(&bucket.id, key).await? else {
             return Ok(None);
         };
+        self.open_row(bucket, row, why).await.map(Some)
+    }
+
+    /// Opens a stored version row (not a delete marker) for reading.
+    pub(crate) async fn open_row(
+        &self,
+        bucket: &BucketRow,
+        row: ObjectRow,
+        why: &Purpose,
+    ) -> ApiResult<(Opened, KeyUse)> {
         let (dek, used) = self
             .kms
             .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
@@ -749,7 +765,7 @@ impl Engine {
         } else {
             Vec::new()
         };
-        Ok(Some((
+        Ok((
             Opened {
                 row,
                 meta,
@@ -760,7 +776,7 @@ impl Engine {
                 customer: None,
             },
             used,
-        )))
+        ))
     }
 
     /// Changes the metadata of the current version of `key` in place (tags

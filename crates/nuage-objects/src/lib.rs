@@ -9,11 +9,13 @@
 //! - [`checksum`]: S3's additional checksums, checked before a commit.
 //! - [`sse_c`]: client-held keys layered over the platform's encryption.
 //! - [`settings`]: bucket settings S3 clients manage (tags, CORS, public read).
+//! - [`lifecycle`]: bucket lifecycle rules and the pass that applies them.
 //! - [`s3`]: the S3 endpoint (wire format and SigV4 by the `s3s` crate).
 
 pub mod buckets;
 pub mod checksum;
 pub mod engine;
+pub mod lifecycle;
 pub mod names;
 pub mod s3;
 pub mod settings;
@@ -44,4 +46,13 @@ pub const ACTIONS: &[ActionDef] = &[
     act("s3.get_object", Level::Read, READERS),
     act("s3.put_object", Level::Write, WRITERS),
     act("s3.delete_object", Level::Write, WRITERS),
+    // Versioning and lifecycle: configuration is the bucket admin's; so is
+    // removing a version for good, which versioning exists to prevent.
+    act("s3.get_bucket_versioning", Level::Read, READERS),
+    act("s3.put_bucket_versioning", Level::Write, ADMINS),
+    act("s3.get_lifecycle", Level::Read, READERS),
+    act("s3.put_lifecycle", Level::Write, ADMINS),
+    act("s3.list_bucket_versions", Level::Read, READERS),
+    act("s3.get_object_version", Level::Read, READERS),
+    act("s3.delete_object_version", Level::Write, ADMINS),
 ];

@@ -25,6 +25,7 @@ mod principals;
 mod projects;
 mod role_bindings;
 mod tokens;
+mod versions;
 
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,7 @@ pub use oidc::PendingLogin;
 pub use principals::{kind_label, Credentials};
 pub use role_bindings::EffectiveBinding;
 pub use tokens::{NewToken, TokenAuth};
+pub use versions::{Deleted, Placed, RemovedVersion, VersionRow, Versioning, NULL_VERSION};
 
 static MIGRATOR: Migrator = sqlx::migrate!("./migrations");
 

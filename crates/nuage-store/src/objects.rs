@@ -11,6 +11,7 @@ use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::versions::{place_version, Placed};
 use crate::{db_err, insert_err, is_unique_violation, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,19 +100,21 @@ pub struct Replaced {
 pub struct Completed {
     pub replaced: Option<Replaced>,
     pub unused: Vec<PartRow>,
+    /// The version id to report (None in a never-versioned bucket).
+    pub version_id: Option<String>,
 }
 
-const BUCKET_COLS: &str =
+pub(crate) const BUCKET_COLS: &str =
     "id, org_id, project_id, name, key_id, key_name, created_by, generation, created_at, updated_at, \
      settings";
-const OBJECT_COLS: &str = "version_id, bucket_id, object_key, size, etag, data_key_id, \
+pub(crate) const OBJECT_COLS: &str = "version_id, bucket_id, object_key, size, etag, data_key_id, \
      sealed_meta, created_at, part_count";
 const UPLOAD_COLS: &str = "upload_id, bucket_id, object_key, version_id, data_key_id, \
      sealed_meta, created_by, created_at";
-const PART_COLS: &str =
+pub(crate) const PART_COLS: &str =
     "part_id, upload_id, part_number, size, etag, data_key_id, version_id, created_at, checksum";
 
-fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
+pub(crate) fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
     Ok(BucketRow {
         id: r.try_get("id")?,
         org_id: r.try_get("org_id")?,
@@ -127,7 +130,7 @@ fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
     })
 }
 
-fn row_to_object(r: &AnyRow) -> Result<ObjectRow, sqlx::Error> {
+pub(crate) fn row_to_object(r: &AnyRow) -> Result<ObjectRow, sqlx::Error> {
     Ok(ObjectRow {
         version_id: r.try_get("version_id")?,
         bucket_id: r.try_get("bucket_id")?,
@@ -154,7 +157,7 @@ fn row_to_upload(r: &AnyRow) -> Result<UploadRow, sqlx::Error> {
     })
 }
 
-fn row_to_part(r: &AnyRow) -> Result<PartRow, sqlx::Error> {
+pub(crate) fn row_to_part(r: &AnyRow) -> Result<PartRow, sqlx::Error> {
     Ok(PartRow {
         part_id: r.try_get("part_id")?,
         upload_id: r.try_get("upload_id")?,
@@ -170,7 +173,7 @@ fn row_to_part(r: &AnyRow) -> Result<PartRow, sqlx::Error> {
 
 /// Removes the current version of a key (and the rows of its parts) inside
 /// the caller's transaction, returning what was removed.
-async fn take_current(
+pub(crate) async fn take_current(
     conn: &mut sqlx::AnyConnection,
     bucket_id: &str,
     hex: &str,
@@ -211,7 +214,7 @@ async fn take_current(
     Ok(Some(Replaced { row, parts }))
 }
 
-async fn insert_object(
+pub(crate) async fn insert_object(
     conn: &mut sqlx::AnyConnection,
     o: &ObjectRow,
     hex: &str,
@@ -369,13 +372,14 @@ impl Store {
 
     /// Makes `o` the current version of its key in one transaction and
     /// returns the version it replaced (unversioned buckets drop it; the
-    /// caller removes its body once this has committed). Concurrent writers
-    /// of one key: the last to commit wins.
+    /// caller removes its body once this has committed) and the version id
+    /// to report (see `versions`). Concurrent writers of one key: the last
+    /// to commit wins.
     ///
     /// `cond` is judged against the current version inside the same
-    /// transaction: `precondition_failed`, or `not_found` for an ETag
-    /// condition on a key without an object.
-    pub async fn object_put(&self, o: &ObjectRow, cond: &WriteIf) -> ApiResult<Option<Replaced>> {
+    /// transaction (a delete marker is no object): `precondition_failed`,
+    /// or `not_found` for an ETag condition on a key without an object.
+    pub async fn object_put(&self, o: &ObjectRow, cond: &WriteIf) -> ApiResult<Placed> {
         let mut tries = 0;
         loop {
             tries += 1;
@@ -391,7 +395,7 @@ impl Store {
         &self,
         o: &ObjectRow,
         cond: &WriteIf,
-    ) -> Result<ApiResult<Option<Replaced>>, sqlx::Error> {
+    ) -> Result<ApiResult<Placed>, sqlx::Error> {
         let hex = key_hex(&o.key);
         let mut tx = self.write.begin().await?;
         if *cond != WriteIf::Always {
@@ -416,10 +420,9 @@ impl Store {
                 return Ok(Err(e));
             }
         }
-        let old = take_current(&mut tx, &o.bucket_id, &hex).await?;
-        insert_object(&mut tx, o, &hex).await?;
+        let placed = place_version(&mut tx, o, &hex).await?;
         tx.commit().await?;
-        Ok(Ok(old))
+        Ok(Ok(placed))
     }
 
     /// Replaces the sealed metadata of one version (tags change without a
@@ -828,12 +831,13 @@ impl Store {
                 .await
                 .map_err(Err)?;
         }
-        let replaced = take_current(&mut tx, &o.bucket_id, &hex)
-            .await
-            .map_err(Err)?;
-        insert_object(&mut tx, o, &hex).await.map_err(Err)?;
+        let placed = place_version(&mut tx, o, &hex).await.map_err(Err)?;
         tx.commit().await.map_err(Err)?;
-        Ok(Completed { replaced, unused })
+        Ok(Completed {
+            replaced: placed.replaced,
+            unused,
+            version_id: placed.version_id,
+        })
     }
 
     /// Whether a part row exists: part files without one are leftovers.

@@ -24,6 +24,8 @@ const MAX_COPY: i64 = 5 * 1024 * 1024 * 1024;
 struct Source {
     bucket: nuage_store::BucketRow,
     object: Opened,
+    /// The source's version id to report (versioned source buckets).
+    version: Option<String>,
 }
 
 /// A `bytes=first-last` copy range within an object of `size` bytes.
@@ -70,25 +72,19 @@ impl Objects {
         else {
             return Err(s3_error!(NotImplemented, "access point copy sources"));
         };
-        let b = self.bucket(call, "s3.get_object", bucket).await?;
+        let b = self
+            .bucket(call, super::ops::read_action(version_id.is_some()), bucket)
+            .await?;
         call.detail("copy_source", &format!("{bucket}/{name}"));
-        let (mut o, used) = self
-            .engine
-            .open_object(&b, name, &call.purpose())
-            .await
-            .map_err(s3_err)?
-            .ok_or_else(|| s3_error!(NoSuchKey, "The specified copy source key does not exist"))?;
+        let (mut o, used, version) = self
+            .open_for_read(call, &b, name, version_id.as_deref())
+            .await?;
         call.record_use(&used);
         o.unlock(key).map_err(s3_err)?;
-        if version_id
-            .as_deref()
-            .is_some_and(|v| v != "null" && v != o.row.version_id)
-        {
-            return Err(s3_error!(NoSuchVersion));
-        }
         Ok(Source {
             bucket: b,
             object: o,
+            version,
         })
     }
 
@@ -148,7 +144,15 @@ impl Objects {
             .tagging_directive
             .as_ref()
             .is_some_and(|d| d.as_str() == TaggingDirective::REPLACE);
-        if src.bucket.id == b.id && o.row.key == input.key && !replace_meta {
+        // Copying a named version onto its key restores it (versioned buckets).
+        let named = matches!(
+            &input.copy_source,
+            CopySource::Bucket {
+                version_id: Some(_),
+                ..
+            }
+        );
+        if src.bucket.id == b.id && o.row.key == input.key && !replace_meta && !named {
             return Err(s3_error!(
                 InvalidRequest,
                 "This copy request is illegal because it is trying to copy an object to itself \
@@ -200,7 +204,7 @@ impl Objects {
         };
         let size = u64::try_from(o.row.size).unwrap_or(0);
         let body = self.source_body(o, 0, size);
-        let (row, meta, used) = self
+        let (row, meta, used, version) = self
             .engine
             .put(
                 &b,
@@ -228,6 +232,8 @@ impl Objects {
                 checksum_sha256: sums.sha256,
                 checksum_type: sums.kind,
             }),
+            copy_source_version_id: src.version.clone(),
+            version_id: version,
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
             sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),

@@ -35,6 +35,10 @@ use crate::engine::{BodyError, Engine, Listing, Meta, PutError, MAX_PART_NUMBER}
 use crate::settings::BucketSettings;
 use crate::sse_c::CustomerKey;
 
+mod lifecycle;
+mod versioning;
+pub(super) use versioning::read_action;
+
 /// Header naming the project of a CreateBucket when the organization has
 /// several (S3 has no notion of projects).
 const PROJECT_HEADER: &str = "x-nuage-project";
@@ -641,7 +645,7 @@ impl Objects {
             .body
             .map(|b| b.boxed())
             .unwrap_or_else(|| futures::stream::empty::<Result<Bytes, s3s::StdError>>().boxed());
-        let (row, meta, used) = self
+        let (row, meta, used, version) = self
             .engine
             .put(
                 &b,
@@ -664,6 +668,7 @@ impl Objects {
         let sums = Sums::of(meta.checksum.as_ref());
         Ok(S3Response::new(PutObjectOutput {
             e_tag: Some(ETag::Strong(row.etag)),
+            version_id: version,
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
             checksum_crc32: sums.crc32,
@@ -684,19 +689,17 @@ impl Objects {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let call = Call::of_public(&req)?;
         let input = req.input;
-        let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
-        call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
+        let action = versioning::read_action(input.version_id.is_some());
+        let b = self.bucket(&call, action, &input.bucket).await?;
+        call.note(action, format!("bucket:{}/{}", b.name, input.key));
         let ck = customer_key(
             &input.sse_customer_algorithm,
             &input.sse_customer_key,
             &input.sse_customer_key_md5,
         )?;
-        let (mut o, used) = self
-            .engine
-            .open_object(&b, &input.key, &call.purpose())
-            .await
-            .map_err(s3_err)?
-            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let (mut o, used, version) = self
+            .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
+            .await?;
         call.record_use(&used);
         o.unlock(ck.as_ref()).map_err(s3_err)?;
         Conditions {
@@ -752,6 +755,7 @@ impl Objects {
             accept_ranges: Some("bytes".into()),
             e_tag: Some(ETag::Strong(o.row.etag.clone())),
             last_modified: Some(timestamp(o.row.created_at)),
+            version_id: version,
             metadata: (!m.user.is_empty()).then(|| m.user.into_iter().collect()),
             content_type: m.content_type,
             content_disposition: m.content_disposition,
@@ -772,19 +776,17 @@ impl Objects {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let call = Call::of_public(&req)?;
         let input = req.input;
-        let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
-        call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
+        let action = versioning::read_action(input.version_id.is_some());
+        let b = self.bucket(&call, action, &input.bucket).await?;
+        call.note(action, format!("bucket:{}/{}", b.name, input.key));
         let ck = customer_key(
             &input.sse_customer_algorithm,
             &input.sse_customer_key,
             &input.sse_customer_key_md5,
         )?;
-        let (mut o, used) = self
-            .engine
-            .open_object(&b, &input.key, &call.purpose())
-            .await
-            .map_err(s3_err)?
-            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let (mut o, used, version) = self
+            .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
+            .await?;
         call.record_use(&used);
         o.unlock(ck.as_ref()).map_err(s3_err)?;
         Conditions {
@@ -814,6 +816,7 @@ impl Objects {
             accept_ranges: Some("bytes".into()),
             e_tag: Some(ETag::Strong(o.row.etag.clone())),
             last_modified: Some(timestamp(o.row.created_at)),
+            version_id: version,
             metadata: (!m.user.is_empty()).then(|| m.user.into_iter().collect()),
             content_type: m.content_type,
             content_disposition: m.content_disposition,
@@ -982,7 +985,7 @@ impl Objects {
                 _ => Err(s3_error!(MalformedXML, "a part lacks its number or ETag")),
             })
             .collect::<S3Result<Vec<_>>>()?;
-        let row = self
+        let (row, version) = self
             .engine
             .complete_upload(&b, &up, &listed, &call.purpose())
             .await
@@ -996,6 +999,7 @@ impl Objects {
             key: Some(row.key.clone()),
             e_tag: Some(ETag::Strong(row.etag)),
             location: Some(format!("/{}/{}", b.name, row.key)),
+            version_id: version,
             server_side_encryption: sse(),
             ssekms_key_id: Some(b.key_id.clone()),
             ..Default::default()
@@ -1350,20 +1354,7 @@ impl S3 for Objects {
         req: S3Request<DeleteObjectInput>,
     ) -> S3Result<S3Response<DeleteObjectOutput>> {
         let rid = request_id(&req);
-        let r = async {
-            let call = Call::of(&req)?;
-            let input = &req.input;
-            let b = self
-                .bucket(&call, "s3.delete_object", &input.bucket)
-                .await?;
-            call.note(
-                "s3.delete_object",
-                format!("bucket:{}/{}", b.name, input.key),
-            );
-            self.engine.delete(&b, &input.key).await.map_err(s3_err)?;
-            Ok(S3Response::new(DeleteObjectOutput::default()))
-        };
-        r.await.map_err(tag(rid))
+        self.delete_object_inner(req).await.map_err(tag(rid))
     }
 
     async fn delete_objects(
@@ -1371,44 +1362,7 @@ impl S3 for Objects {
         req: S3Request<DeleteObjectsInput>,
     ) -> S3Result<S3Response<DeleteObjectsOutput>> {
         let rid = request_id(&req);
-        let r = async {
-            let call = Call::of(&req)?;
-            let input = &req.input;
-            let b = self
-                .bucket(&call, "s3.delete_object", &input.bucket)
-                .await?;
-            if input.delete.objects.len() > 1000 {
-                return Err(s3_error!(MalformedXML, "at most 1000 keys per request"));
-            }
-            let quiet = input.delete.quiet.unwrap_or(false);
-            let mut deleted = Vec::new();
-            let mut errors = Vec::new();
-            for o in &input.delete.objects {
-                match self.engine.delete(&b, &o.key).await {
-                    Ok(_) if quiet => {}
-                    Ok(_) => deleted.push(DeletedObject {
-                        key: Some(o.key.clone()),
-                        ..Default::default()
-                    }),
-                    Err(e) => {
-                        tracing::warn!(error = %e.detail, "batch delete of one key failed");
-                        errors.push(Error {
-                            key: Some(o.key.clone()),
-                            code: Some("InternalError".into()),
-                            message: Some("the object could not be deleted".into()),
-                            ..Default::default()
-                        })
-                    }
-                }
-            }
-            call.detail("keys", &input.delete.objects.len().to_string());
-            Ok(S3Response::new(DeleteObjectsOutput {
-                deleted: Some(deleted),
-                errors: (!errors.is_empty()).then_some(errors),
-                ..Default::default()
-            }))
-        };
-        r.await.map_err(tag(rid))
+        self.delete_objects_inner(req).await.map_err(tag(rid))
     }
 
     async fn list_objects_v2(
@@ -1593,6 +1547,16 @@ impl S3 for Objects {
             .map_err(tag(rid))
     }
 
+    async fn get_bucket_versioning(
+        &self,
+        req: S3Request<GetBucketVersioningInput>,
+    ) -> S3Result<S3Response<GetBucketVersioningOutput>> {
+        let rid = request_id(&req);
+        self.get_bucket_versioning_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
     async fn get_bucket_tagging(
         &self,
         req: S3Request<GetBucketTaggingInput>,
@@ -1615,6 +1579,16 @@ impl S3 for Objects {
     ) -> S3Result<S3Response<DeleteBucketTaggingOutput>> {
         let rid = request_id(&req);
         self.delete_bucket_tagging_inner(req)
+            .await
+            .map_err(tag(rid))
+    }
+
+    async fn put_bucket_versioning(
+        &self,
+        req: S3Request<PutBucketVersioningInput>,
+    ) -> S3Result<S3Response<PutBucketVersioningOutput>> {
+        let rid = request_id(&req);
+        self.put_bucket_versioning_inner(req)
             .await
             .map_err(tag(rid))
     }
@@ -1704,5 +1678,37 @@ impl S3 for Objects {
     ) -> S3Result<S3Response<DeleteBucketCorsOutput>> {
         let rid = request_id(&req);
         self.delete_bucket_cors_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn list_object_versions(
+        &self,
+        req: S3Request<ListObjectVersionsInput>,
+    ) -> S3Result<S3Response<ListObjectVersionsOutput>> {
+        let rid = request_id(&req);
+        self.list_object_versions_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn put_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<PutBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<PutBucketLifecycleConfigurationOutput>> {
+        let rid = request_id(&req);
+        self.put_lifecycle_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn get_bucket_lifecycle_configuration(
+        &self,
+        req: S3Request<GetBucketLifecycleConfigurationInput>,
+    ) -> S3Result<S3Response<GetBucketLifecycleConfigurationOutput>> {
+        let rid = request_id(&req);
+        self.get_lifecycle_inner(req).await.map_err(tag(rid))
+    }
+
+    async fn delete_bucket_lifecycle(
+        &self,
+        req: S3Request<DeleteBucketLifecycleInput>,
+    ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
+        let rid = request_id(&req);
+        self.delete_lifecycle_inner(req).await.map_err(tag(rid))
     }
 }

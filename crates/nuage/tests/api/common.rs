@@ -104,6 +104,12 @@ impl Srv {
         }
     }
 
+    /// Runs one bucket lifecycle pass as if the time were `now_ms`.
+    pub async fn lifecycle_pass(&self, now_ms: i64) -> nuage_objects::lifecycle::Report {
+        let r = self.running.as_ref().expect("server running");
+        r.lifecycle().run(now_ms).await.expect("lifecycle pass")
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
             r.shutdown().await;

@@ -840,3 +840,550 @@ async fn s3_gc_removes_orphan_data_keys() {
     assert_eq!(left, ["dek_other", "dek_young"]);
     s.shutdown().await;
 }
+
+/// Versioning through boto3: version ids, delete markers, reads and
+/// deletes of one version, ListObjectVersions pagination, suspension and
+/// lifecycle configuration checks (tests/s3/boto3_versioning.py).
+#[tokio::test]
+async fn s3_boto3_versioning() {
+    if !clients_present() {
+        return;
+    }
+    run_boto3(Srv::start().await, "boto3_versioning.py").await;
+}
+
+/// The same on PostgreSQL, whose partial indexes and row locks the
+/// versioning queries rely on, when the test command provides one.
+#[tokio::test]
+async fn s3_boto3_versioning_postgres() {
+    if !clients_present() {
+        return;
+    }
+    let Some(url) = pg_database().await else {
+        println!("skipped: no test PostgreSQL (run scripts/test)");
+        return;
+    };
+    run_boto3(
+        Srv::start_with(|c| c.database_url = Some(url.clone())).await,
+        "boto3_versioning.py",
+    )
+    .await;
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// Data key owners (object version and part ids) in the key service's table.
+async fn data_key_owners(db_url: &str) -> Vec<String> {
+    use sqlx::{Connection, Row};
+    sqlx::any::install_default_drivers();
+    let mut c = sqlx::AnyConnection::connect(db_url).await.unwrap();
+    sqlx::query("SELECT owner FROM kms_data_keys")
+        .fetch_all(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<String, _>("owner"))
+        .collect()
+}
+
+fn body_file(s: &Srv, version_id: &str) -> PathBuf {
+    let fan = &version_id[version_id.len() - 2..];
+    s.data_dir.join("objects/bodies").join(fan).join(version_id)
+}
+
+/// Lifecycle rules set with aws-cli, applied by passes run "days later":
+/// current versions expire behind a delete marker (versioned bucket) or
+/// for good (unversioned), noncurrent versions and lone delete markers go,
+/// old multipart uploads are aborted; bodies and data keys are removed,
+/// keys outside the rules' prefixes are untouched, and every action is in
+/// the organization's audit log.
+#[tokio::test]
+async fn s3_lifecycle_pass_expires_versions_and_audits() {
+    if !clients_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let url = format!("sqlite://{}", s.data_dir.join("nuage.db").display());
+    lifecycle_pass(s, &url).await;
+}
+
+/// The same on PostgreSQL, when the test command provides one.
+#[tokio::test]
+async fn s3_lifecycle_pass_postgres() {
+    if !clients_present() {
+        return;
+    }
+    let Some(url) = pg_database().await else {
+        println!("skipped: no test PostgreSQL (run scripts/test)");
+        return;
+    };
+    lifecycle_pass(
+        Srv::start_with(|c| c.database_url = Some(url.clone())).await,
+        &url,
+    )
+    .await;
+}
+
+async fn lifecycle_pass(s: Srv, db_url: &str) {
+    let owner = s.org("acme").await;
+    project(&s, "acme", &owner, "web").await;
+    let key = access_key(&s, "acme", &owner).await;
+    let aws = Aws::new(&s);
+    let json = |out: String| -> Value { serde_json::from_str(&out).unwrap() };
+    std::fs::write(aws.path("body.txt"), b"some body").unwrap();
+    let body = aws.path("body.txt");
+
+    aws.ok(&key, &["s3", "mb", "s3://life"]).await;
+    aws.ok(
+        &key,
+        &[
+            "s3api",
+            "put-bucket-versioning",
+            "--bucket",
+            "life",
+            "--versioning-configuration",
+            "Status=Enabled",
+        ],
+    )
+    .await;
+    let put = |k: &'static str| {
+        let aws = &aws;
+        let key = &key;
+        let body = body.clone();
+        async move {
+            let out = aws
+                .ok(
+                    key,
+                    &[
+                        "s3api",
+                        "put-object",
+                        "--bucket",
+                        "life",
+                        "--key",
+                        k,
+                        "--body",
+                        &body,
+                    ],
+                )
+                .await;
+            json(out)["VersionId"].as_str().unwrap().to_string()
+        }
+    };
+    let del = |k: &'static str, v: Option<String>| {
+        let aws = &aws;
+        let key = &key;
+        async move {
+            let mut args = vec!["s3api", "delete-object", "--bucket", "life", "--key", k];
+            if let Some(v) = &v {
+                args.extend(["--version-id", v.as_str()]);
+            }
+            aws.ok(key, &args).await
+        }
+    };
+    let a1 = put("logs/a").await;
+    let a2 = put("logs/a").await;
+    let b1 = put("logs/b").await;
+    del("logs/b", None).await;
+    let c1 = put("logs/c").await;
+    del("logs/c", None).await;
+    del("logs/c", Some(c1.clone())).await;
+    let kept = put("keep/x").await;
+    let mut hist = Vec::new();
+    for _ in 0..5 {
+        hist.push(put("hist/h").await);
+    }
+    let upload = |k: &'static str| {
+        let aws = &aws;
+        let key = &key;
+        let body = body.clone();
+        async move {
+            let out = aws
+                .ok(
+                    key,
+                    &[
+                        "s3api",
+                        "create-multipart-upload",
+                        "--bucket",
+                        "life",
+                        "--key",
+                        k,
+                    ],
+                )
+                .await;
+            let id = json(out)["UploadId"].as_str().unwrap().to_string();
+            aws.ok(
+                key,
+                &[
+                    "s3api",
+                    "upload-part",
+                    "--bucket",
+                    "life",
+                    "--key",
+                    k,
+                    "--part-number",
+                    "1",
+                    "--upload-id",
+                    &id,
+                    "--body",
+                    &body,
+                ],
+            )
+            .await;
+            id
+        }
+    };
+    let old_upload = upload("logs/big").await;
+    let kept_upload = upload("keep/big").await;
+    assert_eq!(files_under(&s.data_dir.join("objects/parts")).len(), 2);
+
+    // an unversioned bucket whose tmp/ expires at a date
+    aws.ok(&key, &["s3", "mb", "s3://plain"]).await;
+    for k in ["tmp/old", "other/z"] {
+        aws.ok(
+            &key,
+            &[
+                "s3api",
+                "put-object",
+                "--bucket",
+                "plain",
+                "--key",
+                k,
+                "--body",
+                &body,
+            ],
+        )
+        .await;
+    }
+    let now = nuage_core::time::now_ms();
+    let date_ms = (now / DAY_MS + 200) * DAY_MS;
+    let date = time::OffsetDateTime::from_unix_timestamp(date_ms / 1000)
+        .unwrap()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+
+    std::fs::write(
+        aws.path("life.json"),
+        json!({"Rules": [
+            {"ID": "logs", "Status": "Enabled", "Filter": {"Prefix": "logs/"},
+             "Expiration": {"Days": 30},
+             "NoncurrentVersionExpiration": {"NoncurrentDays": 10},
+             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 5}},
+            {"ID": "markers", "Status": "Enabled", "Filter": {"Prefix": "logs/"},
+             "Expiration": {"ExpiredObjectDeleteMarker": true}},
+            {"ID": "hist", "Status": "Enabled", "Filter": {"Prefix": "hist/"},
+             "NoncurrentVersionExpiration": {"NoncurrentDays": 1, "NewerNoncurrentVersions": 2}},
+            {"ID": "off", "Status": "Disabled", "Filter": {"Prefix": ""},
+             "Expiration": {"Days": 1}}
+        ]})
+        .to_string(),
+    )
+    .unwrap();
+    std::fs::write(
+        aws.path("plain.json"),
+        json!({"Rules": [{"ID": "tmp", "Status": "Enabled", "Filter": {"Prefix": "tmp/"},
+                          "Expiration": {"Date": date}}]})
+        .to_string(),
+    )
+    .unwrap();
+    for (bucket, file) in [("life", "life.json"), ("plain", "plain.json")] {
+        let f = format!("file://{}", aws.path(file));
+        aws.ok(
+            &key,
+            &[
+                "s3api",
+                "put-bucket-lifecycle-configuration",
+                "--bucket",
+                bucket,
+                "--lifecycle-configuration",
+                &f,
+            ],
+        )
+        .await;
+    }
+    let got = json(
+        aws.ok(
+            &key,
+            &[
+                "s3api",
+                "get-bucket-lifecycle-configuration",
+                "--bucket",
+                "life",
+            ],
+        )
+        .await,
+    );
+    assert_eq!(got["Rules"].as_array().unwrap().len(), 4, "{got}");
+
+    // at once: only logs/c's marker, alone, is an expired delete marker
+    let r = s.lifecycle_pass(now).await;
+    assert_eq!(
+        (
+            r.expired,
+            r.noncurrent_removed,
+            r.markers_removed,
+            r.uploads_aborted
+        ),
+        (0, 0, 1, 0),
+        "{r:?}"
+    );
+
+    // 400 days later: logs/a expires behind a marker, logs/b's old version
+    // goes and then its marker, hist/h keeps its current and two newest
+    // noncurrent versions, the old upload is aborted, tmp/old is deleted;
+    // the disabled rule does nothing
+    let r = s.lifecycle_pass(now + 400 * DAY_MS).await;
+    assert_eq!(
+        (
+            r.expired,
+            r.noncurrent_removed,
+            r.markers_removed,
+            r.uploads_aborted
+        ),
+        (2, 3, 1, 1),
+        "{r:?}"
+    );
+    // 800 days later: logs/a's versions are noncurrent long enough, and
+    // its marker is then alone
+    let r = s.lifecycle_pass(now + 800 * DAY_MS).await;
+    assert_eq!(
+        (
+            r.expired,
+            r.noncurrent_removed,
+            r.markers_removed,
+            r.uploads_aborted
+        ),
+        (0, 2, 1, 0),
+        "{r:?}"
+    );
+    let r = s.lifecycle_pass(now + 1200 * DAY_MS).await;
+    assert_eq!(r, Default::default(), "a pass with nothing left to do");
+
+    let versions = json(
+        aws.ok(&key, &["s3api", "list-object-versions", "--bucket", "life"])
+            .await,
+    );
+    let listed: Vec<(&str, &str)> = versions["Versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| (v["Key"].as_str().unwrap(), v["VersionId"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            ("hist/h", hist[4].as_str()),
+            ("hist/h", hist[3].as_str()),
+            ("hist/h", hist[2].as_str()),
+            ("keep/x", kept.as_str())
+        ],
+        "{versions}"
+    );
+    assert!(versions.get("DeleteMarkers").is_none(), "{versions}");
+    let ups = json(
+        aws.ok(
+            &key,
+            &["s3api", "list-multipart-uploads", "--bucket", "life"],
+        )
+        .await,
+    );
+    let ups: Vec<&str> = ups["Uploads"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["UploadId"].as_str().unwrap())
+        .collect();
+    assert_eq!(ups, [kept_upload.as_str()]);
+    assert!(!ups.contains(&old_upload.as_str()));
+    assert_eq!(files_under(&s.data_dir.join("objects/parts")).len(), 1);
+    let plain = json(
+        aws.ok(&key, &["s3api", "list-objects-v2", "--bucket", "plain"])
+            .await,
+    );
+    assert_eq!(plain["Contents"].as_array().unwrap().len(), 1, "{plain}");
+    assert_eq!(plain["Contents"][0]["Key"], "other/z");
+
+    // removed versions are crypto-shredded: no body file, no data key
+    let owners = data_key_owners(db_url).await;
+    for v in [&a1, &a2, &b1, &c1, &hist[0], &hist[1]] {
+        assert!(!body_file(&s, v).exists(), "body of {v} left on disk");
+        assert!(!owners.contains(v), "data key of {v} left in the store");
+    }
+    assert!(body_file(&s, &kept).exists());
+    assert!(owners.contains(&kept));
+
+    // every action is audited, as the lifecycle rules' doing
+    let entries = audit_entries(&s, "acme", &owner).await;
+    let count = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| {
+                let r = &e["record"];
+                r["action"] == action && r["principal"] == "system" && r["decision"] == "allow"
+            })
+            .count()
+    };
+    assert_eq!(count("s3.lifecycle.expire_object"), 2);
+    assert_eq!(count("s3.lifecycle.delete_version"), 5);
+    assert_eq!(count("s3.lifecycle.delete_marker"), 3);
+    assert_eq!(count("s3.lifecycle.abort_upload"), 1);
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.lifecycle.delete_version"
+            && r["resource"] == "bucket:life/logs/b"
+            && r["details"]["version_id"] == json!(b1)
+            && r["policies"] == json!(["lifecycle:logs"])
+    }));
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.lifecycle.expire_object" && r["resource"] == "bucket:plain/tmp/old"
+    }));
+    s.shutdown().await;
+}
+
+/// Who may do what with versions: an object writer adds versions and
+/// delete markers but cannot erase a version or change the bucket's
+/// versioning or lifecycle (bucket admin); a reader reads old versions;
+/// another organization learns nothing. Refusals are audited.
+#[tokio::test]
+async fn s3_versioning_authz_and_isolation() {
+    if !clients_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    project(&s, "acme", &owner, "web").await;
+    let key = access_key(&s, "acme", &owner).await;
+    let writer = s.user("acme", &owner, "wri", Some("object-writer")).await;
+    let wkey = access_key(&s, "acme", &writer).await;
+    let reader = s.user("acme", &owner, "rea", Some("object-reader")).await;
+    let rkey = access_key(&s, "acme", &reader).await;
+    let other = s.org("globex").await;
+    project(&s, "globex", &other, "ops").await;
+    let okey = access_key(&s, "globex", &other).await;
+    let aws = Aws::new(&s);
+    std::fs::write(aws.path("b.txt"), b"body").unwrap();
+    let body = aws.path("b.txt");
+    let bucket = ["--bucket", "vers"];
+
+    aws.ok(&key, &["s3", "mb", "s3://vers"]).await;
+    let enable = [
+        "s3api",
+        "put-bucket-versioning",
+        "--bucket",
+        "vers",
+        "--versioning-configuration",
+        "Status=Enabled",
+    ];
+    aws.fails(&wkey, &enable, "AccessDenied").await;
+    aws.ok(&key, &enable).await;
+    let put = [
+        "s3api",
+        "put-object",
+        "--bucket",
+        "vers",
+        "--key",
+        "k",
+        "--body",
+        &body,
+    ];
+    let v1: Value = serde_json::from_str(&aws.ok(&wkey, &put).await).unwrap();
+    let v1 = v1["VersionId"].as_str().unwrap().to_string();
+    aws.ok(&wkey, &put).await;
+    let marker: Value = serde_json::from_str(
+        &aws.ok(
+            &wkey,
+            &["s3api", "delete-object", "--bucket", "vers", "--key", "k"],
+        )
+        .await,
+    )
+    .unwrap();
+    assert_eq!(marker["DeleteMarker"], true, "{marker}");
+    let erase = [
+        "s3api",
+        "delete-object",
+        "--bucket",
+        "vers",
+        "--key",
+        "k",
+        "--version-id",
+        &v1,
+    ];
+    aws.fails(&wkey, &erase, "AccessDenied").await;
+    aws.fails(&rkey, &erase, "AccessDenied").await;
+    std::fs::write(
+        aws.path("l.json"),
+        json!({"Rules": [{"ID": "x", "Status": "Enabled", "Filter": {"Prefix": ""},
+                          "Expiration": {"Days": 1}}]})
+        .to_string(),
+    )
+    .unwrap();
+    let lc = format!("file://{}", aws.path("l.json"));
+    let put_lc = [
+        "s3api",
+        "put-bucket-lifecycle-configuration",
+        "--bucket",
+        "vers",
+        "--lifecycle-configuration",
+        &lc,
+    ];
+    aws.fails(&wkey, &put_lc, "AccessDenied").await;
+    let get_old = [
+        "s3api",
+        "get-object",
+        "--bucket",
+        "vers",
+        "--key",
+        "k",
+        "--version-id",
+        &v1,
+        &aws.path("old.txt"),
+    ];
+    for k in [&key, &wkey, &rkey] {
+        aws.ok(
+            k,
+            &[&["s3api", "get-bucket-versioning"][..], &bucket[..]].concat(),
+        )
+        .await;
+        let l = aws
+            .ok(
+                k,
+                &[&["s3api", "list-object-versions"][..], &bucket[..]].concat(),
+            )
+            .await;
+        assert!(l.contains(&v1), "{l}");
+        aws.ok(k, &get_old).await;
+    }
+    assert_eq!(std::fs::read(aws.path("old.txt")).unwrap(), b"body");
+
+    // another organization: the same answer as a missing bucket
+    for args in [
+        &[&["s3api", "get-bucket-versioning"][..], &bucket[..]].concat()[..],
+        &[&["s3api", "list-object-versions"][..], &bucket[..]].concat()[..],
+        &enable[..],
+        &erase[..],
+        &get_old[..],
+        &put_lc[..],
+    ] {
+        aws.fails(&okey, args, "NoSuchBucket").await;
+    }
+
+    // the bucket admin (here the owner) may erase the version and set rules
+    aws.ok(&key, &erase).await;
+    aws.ok(&key, &put_lc).await;
+    let entries = audit_entries(&s, "acme", &owner).await;
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.delete_object_version" && r["decision"] == "deny" && r["status"] == 403
+    }));
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.delete_object_version"
+            && r["decision"] == "allow"
+            && r["details"]["version_id"] == json!(v1)
+    }));
+    assert!(entries.iter().any(|e| {
+        let r = &e["record"];
+        r["action"] == "s3.put_bucket_versioning" && r["decision"] == "deny"
+    }));
+    s.shutdown().await;
+}
