@@ -29,6 +29,49 @@ pub struct Bucket {
     #[serde(with = "nuage_core::time::rfc3339")]
     #[schema(value_type = String, format = DateTime)]
     pub created_at: i64,
+    /// What the bucket holds (every version and delete marker).
+    pub usage: StorageUsage,
+    pub quota: StorageQuota,
+}
+
+/// Bytes and objects stored.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+pub struct StorageUsage {
+    pub bytes: i64,
+    pub objects: i64,
+}
+
+/// Limits on what may be stored; absent means none.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct StorageQuota {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_objects: Option<i64>,
+}
+
+impl StorageQuota {
+    /// From stored values (0: none).
+    pub fn from_stored(bytes: i64, objects: i64) -> Self {
+        StorageQuota {
+            max_bytes: (bytes > 0).then_some(bytes),
+            max_objects: (objects > 0).then_some(objects),
+        }
+    }
+
+    /// The stored form, refusing values that are not positive.
+    pub fn to_stored(self) -> ApiResult<(i64, i64)> {
+        for v in [self.max_bytes, self.max_objects].into_iter().flatten() {
+            if v <= 0 {
+                return Err(ApiError::bad_request(
+                    "invalid_quota",
+                    "a quota is a positive number (leave it out for none)",
+                ));
+            }
+        }
+        Ok((self.max_bytes.unwrap_or(0), self.max_objects.unwrap_or(0)))
+    }
 }
 
 impl From<&BucketRow> for Bucket {
@@ -42,6 +85,11 @@ impl From<&BucketRow> for Bucket {
             key_id: b.key_id.clone(),
             created_by: b.created_by.clone(),
             created_at: b.created_at,
+            usage: StorageUsage {
+                bytes: b.used_bytes,
+                objects: b.used_objects,
+            },
+            quota: StorageQuota::from_stored(b.quota_bytes, b.quota_objects),
         }
     }
 }
@@ -92,6 +140,10 @@ pub async fn create(
         created_at: now,
         updated_at: now,
         settings: "{}".into(),
+        used_bytes: 0,
+        used_objects: 0,
+        quota_bytes: 0,
+        quota_objects: 0,
     };
     store.bucket_create(&row).await?;
     Ok(row)

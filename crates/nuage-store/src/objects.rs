@@ -29,6 +29,12 @@ pub struct BucketRow {
     pub updated_at: i64,
     /// S3-managed settings, a JSON document owned by `nuage-objects`.
     pub settings: String,
+    /// What the bucket holds: every version and delete marker.
+    pub used_bytes: i64,
+    pub used_objects: i64,
+    /// 0: no quota.
+    pub quota_bytes: i64,
+    pub quota_objects: i64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +112,7 @@ pub struct Completed {
 
 pub(crate) const BUCKET_COLS: &str =
     "id, org_id, project_id, name, key_id, key_name, created_by, generation, created_at, updated_at, \
-     settings";
+     settings, used_bytes, used_objects, quota_bytes, quota_objects";
 pub(crate) const OBJECT_COLS: &str = "version_id, bucket_id, object_key, size, etag, data_key_id, \
      sealed_meta, created_at, part_count";
 const UPLOAD_COLS: &str = "upload_id, bucket_id, object_key, version_id, data_key_id, \
@@ -127,6 +133,10 @@ pub(crate) fn row_to_bucket(r: &AnyRow) -> Result<BucketRow, sqlx::Error> {
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         settings: r.try_get("settings")?,
+        used_bytes: r.try_get("used_bytes")?,
+        used_objects: r.try_get("used_objects")?,
+        quota_bytes: r.try_get("quota_bytes")?,
+        quota_objects: r.try_get("quota_objects")?,
     })
 }
 
@@ -171,6 +181,80 @@ pub(crate) fn row_to_part(r: &AnyRow) -> Result<PartRow, sqlx::Error> {
     })
 }
 
+/// Counts `bytes` and `objects` (negative to release) against a bucket's
+/// usage, inside the caller's transaction.
+pub(crate) async fn account(
+    conn: &mut sqlx::AnyConnection,
+    bucket_id: &str,
+    bytes: i64,
+    objects: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE buckets SET used_bytes = used_bytes + $1, used_objects = used_objects + $2 \
+         WHERE id = $3",
+    )
+    .bind(bytes)
+    .bind(objects)
+    .bind(bucket_id)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// After a write in the caller's transaction: the quota the bucket or its
+/// project now exceeds, if any (the caller rolls back).
+pub(crate) async fn over_quota(
+    conn: &mut sqlx::AnyConnection,
+    bucket_id: &str,
+) -> Result<Option<ApiError>, sqlx::Error> {
+    let Some(r) = sqlx::query(
+        "SELECT b.used_bytes, b.used_objects, b.quota_bytes, b.quota_objects, \
+           p.storage_quota_bytes, p.storage_quota_objects, \
+           CAST((SELECT COALESCE(SUM(x.used_bytes), 0) FROM buckets x \
+                 WHERE x.project_id = b.project_id) AS BIGINT) AS project_bytes, \
+           CAST((SELECT COALESCE(SUM(x.used_objects), 0) FROM buckets x \
+                 WHERE x.project_id = b.project_id) AS BIGINT) AS project_objects \
+         FROM buckets b JOIN projects p ON p.id = b.project_id WHERE b.id = $1",
+    )
+    .bind(bucket_id)
+    .fetch_optional(&mut *conn)
+    .await?
+    else {
+        return Ok(None);
+    };
+    let get = |c: &str| r.try_get::<i64, _>(c);
+    let checks = [
+        ("bucket", "bytes", get("used_bytes")?, get("quota_bytes")?),
+        (
+            "bucket",
+            "objects",
+            get("used_objects")?,
+            get("quota_objects")?,
+        ),
+        (
+            "project",
+            "bytes",
+            get("project_bytes")?,
+            get("storage_quota_bytes")?,
+        ),
+        (
+            "project",
+            "objects",
+            get("project_objects")?,
+            get("storage_quota_objects")?,
+        ),
+    ];
+    Ok(checks
+        .into_iter()
+        .find(|(_, _, used, quota)| *quota > 0 && used > quota)
+        .map(|(scope, what, _, quota)| {
+            ApiError::forbidden(format!(
+                "this write would exceed the {scope}'s quota of {quota} {what}"
+            ))
+            .with_code("quota_exceeded")
+        }))
+}
+
 /// Removes the current version of a key (and the rows of its parts) inside
 /// the caller's transaction, returning what was removed.
 pub(crate) async fn take_current(
@@ -195,6 +279,7 @@ pub(crate) async fn take_current(
         .bind(&row.version_id)
         .execute(&mut *conn)
         .await?;
+    account(conn, bucket_id, -row.size, -1).await?;
     let mut parts = Vec::new();
     if row.part_count > 0 {
         parts = sqlx::query(&format!(
@@ -236,7 +321,7 @@ pub(crate) async fn insert_object(
     .bind(o.part_count)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    account(conn, &o.bucket_id, o.size, 1).await
 }
 
 /// The sort key of an object key: its bytes in lowercase hex.
@@ -252,10 +337,11 @@ pub fn key_hex(key: &str) -> String {
 
 impl Store {
     pub async fn bucket_create(&self, b: &BucketRow) -> ApiResult<()> {
-        sqlx::query(&format!(
-            "INSERT INTO buckets ({BUCKET_COLS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)"
-        ))
+        sqlx::query(
+            "INSERT INTO buckets (id, org_id, project_id, name, key_id, key_name, created_by, \
+             generation, created_at, updated_at, settings) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+        )
         .bind(&b.id)
         .bind(&b.org_id)
         .bind(&b.project_id)
@@ -421,6 +507,9 @@ impl Store {
             }
         }
         let placed = place_version(&mut tx, o, &hex).await?;
+        if let Some(e) = over_quota(&mut tx, &o.bucket_id).await? {
+            return Ok(Err(e));
+        }
         tx.commit().await?;
         Ok(Ok(placed))
     }
@@ -435,6 +524,72 @@ impl Store {
             .await
             .map_err(db_err)?;
         Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets a bucket's quota (0: none). Lowering it below the usage only
+    /// refuses further writes.
+    pub async fn bucket_set_quota(&self, id: &str, bytes: i64, objects: i64) -> ApiResult<()> {
+        let done = sqlx::query(
+            "UPDATE buckets SET quota_bytes = $1, quota_objects = $2, updated_at = $3 WHERE id = $4",
+        )
+        .bind(bytes)
+        .bind(objects)
+        .bind(nuage_core::time::now_ms())
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() != 1 {
+            return Err(ApiError::not_found("bucket", id));
+        }
+        Ok(())
+    }
+
+    /// A project's object storage: (used bytes, used objects, quota bytes,
+    /// quota objects), usage summed over its buckets.
+    pub async fn project_storage(&self, project_id: &str) -> ApiResult<(i64, i64, i64, i64)> {
+        let r = sqlx::query(
+            "SELECT p.storage_quota_bytes, p.storage_quota_objects, \
+               CAST((SELECT COALESCE(SUM(b.used_bytes), 0) FROM buckets b \
+                     WHERE b.project_id = p.id) AS BIGINT) AS used_bytes, \
+               CAST((SELECT COALESCE(SUM(b.used_objects), 0) FROM buckets b \
+                     WHERE b.project_id = p.id) AS BIGINT) AS used_objects \
+             FROM projects p WHERE p.id = $1",
+        )
+        .bind(project_id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?
+        .ok_or_else(|| ApiError::not_found("project", project_id))?;
+        let get = |c: &str| r.try_get::<i64, _>(c).map_err(db_err);
+        Ok((
+            get("used_bytes")?,
+            get("used_objects")?,
+            get("storage_quota_bytes")?,
+            get("storage_quota_objects")?,
+        ))
+    }
+
+    /// Sets a project's object storage quota (0: none).
+    pub async fn project_set_storage_quota(
+        &self,
+        project_id: &str,
+        bytes: i64,
+        objects: i64,
+    ) -> ApiResult<()> {
+        let done = sqlx::query(
+            "UPDATE projects SET storage_quota_bytes = $1, storage_quota_objects = $2 WHERE id = $3",
+        )
+        .bind(bytes)
+        .bind(objects)
+        .bind(project_id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() != 1 {
+            return Err(ApiError::not_found("project", project_id));
+        }
+        Ok(())
     }
 
     /// Replaces a bucket's settings document.
@@ -832,6 +987,9 @@ impl Store {
                 .map_err(Err)?;
         }
         let placed = place_version(&mut tx, o, &hex).await.map_err(Err)?;
+        if let Some(e) = over_quota(&mut tx, &o.bucket_id).await.map_err(Err)? {
+            return Err(Ok(e));
+        }
         tx.commit().await.map_err(Err)?;
         Ok(Completed {
             replaced: placed.replaced,

@@ -18,7 +18,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::objects::{
-    insert_object, row_to_bucket, row_to_object, row_to_part, take_current, BUCKET_COLS,
+    account, insert_object, row_to_bucket, row_to_object, row_to_part, take_current, BUCKET_COLS,
     OBJECT_COLS, PART_COLS,
 };
 use crate::{db_err, is_unique_violation, key_hex, BucketRow, ObjectRow, PartRow, Replaced, Store};
@@ -184,6 +184,7 @@ async fn remove_row(
         .bind(&v.row.version_id)
         .execute(&mut *conn)
         .await?;
+    account(conn, &v.row.bucket_id, -v.row.size, -1).await?;
     let mut parts = Vec::new();
     if v.row.part_count > 0 {
         parts = sqlx::query(&format!(
@@ -256,7 +257,7 @@ async fn insert_latest(
     .bind(seq)
     .execute(&mut *conn)
     .await?;
-    Ok(())
+    account(conn, &o.bucket_id, o.size, 1).await
 }
 
 /// Makes `o` the latest version of its key as the bucket's versioning

@@ -231,6 +231,40 @@ pub async fn update_org(
     Ok(Tagged(StatusCode::OK, o, g))
 }
 
+/// Set a project's object storage quota (bytes and objects over all its
+/// buckets; `{}` removes it). Writes that would exceed it are refused.
+#[utoipa::path(put, path = "/admin/v1/orgs/{org}/projects/{project}/storage-quota", tag = "operator",
+    request_body = nuage_objects::buckets::StorageQuota,
+    params(("org" = String, Path, description = "Organization name or id"),
+        ("project" = String, Path, description = "Project name or id")),
+    responses((status = 200, body = crate::routes::buckets::ProjectStorage), (status = 400, body = Problem),
+        (status = 404, body = Problem)))]
+pub async fn set_project_storage_quota(
+    ctx: Ctx,
+    Path((name, project)): Path<(String, String)>,
+    Body(q): Body<nuage_objects::buckets::StorageQuota>,
+) -> HandlerResult<Json<crate::routes::buckets::ProjectStorage>> {
+    ctx.allow_operator(
+        "project.update_storage_quota",
+        &format!("org:{name}/project:{project}"),
+    );
+    let o = org(&ctx, &name).await?;
+    let p = ctx
+        .state
+        .store
+        .project_get(&o.id, &project)
+        .await?
+        .ok_or_else(|| ApiError::not_found("project", &project))?;
+    let (bytes, objects) = q.to_stored()?;
+    ctx.state
+        .store
+        .project_set_storage_quota(&p.id, bytes, objects)
+        .await?;
+    Ok(Json(
+        crate::routes::buckets::ProjectStorage::of(&ctx, &p.id).await?,
+    ))
+}
+
 /// Delete an organization that holds no project.
 #[utoipa::path(delete, path = "/admin/v1/orgs/{org}", tag = "operator",
     params(("org" = String, Path, description = "Organization name or id")),

@@ -7,6 +7,7 @@ use http::StatusCode;
 use nuage_core::page::{Page, PageParams};
 use nuage_core::ApiError;
 use nuage_iam::Target;
+use nuage_objects::buckets::{StorageQuota, StorageUsage};
 use nuage_objects::Bucket;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -19,6 +20,50 @@ use crate::problem::{HandlerResult, Problem};
 pub struct CreateBucket {
     /// Unique in the installation; S3 DNS rules (3–63 of a-z, 0-9, '-', '.').
     pub name: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBucket {
+    /// Replaces the bucket's quota (`{}` removes it). Writes that would
+    /// exceed it are refused; lowering it below the usage deletes nothing.
+    #[serde(default)]
+    pub quota: Option<StorageQuota>,
+}
+
+/// A project's object storage: usage summed over its buckets, and the
+/// quota its operator set.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ProjectStorage {
+    pub usage: StorageUsage,
+    pub quota: StorageQuota,
+}
+
+impl ProjectStorage {
+    pub(crate) async fn of(ctx: &Ctx, project_id: &str) -> Result<ProjectStorage, ApiError> {
+        let (bytes, objects, qb, qo) = ctx.state.store.project_storage(project_id).await?;
+        Ok(ProjectStorage {
+            usage: StorageUsage { bytes, objects },
+            quota: StorageQuota::from_stored(qb, qo),
+        })
+    }
+}
+
+#[utoipa::path(get, path = "/v1/orgs/{org}/projects/{project}/storage", tag = "buckets",
+    params(("org" = String, Path, description = "Organization name or id"),
+        ("project" = String, Path, description = "Project name or id")),
+    responses((status = 200, body = ProjectStorage), (status = 404, body = Problem)))]
+pub async fn project_storage(
+    ctx: Ctx,
+    Path((_org, project)): Path<(String, String)>,
+) -> HandlerResult<Json<ProjectStorage>> {
+    let p = ctx.project(&project).await?;
+    ctx.authorize(
+        "s3.list_buckets",
+        &Target::project(&p.org_id, &p.id, &p.name),
+    )
+    .await?;
+    Ok(Json(ProjectStorage::of(&ctx, &p.id).await?))
 }
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/projects/{project}/buckets", tag = "buckets",
@@ -101,6 +146,32 @@ pub async fn get(
 ) -> HandlerResult<Json<Bucket>> {
     let (target, b) = find(&ctx, &project, &bucket).await?;
     ctx.authorize("s3.get_bucket", &target).await?;
+    Ok(Json(b))
+}
+
+#[utoipa::path(patch, path = "/v1/orgs/{org}/projects/{project}/buckets/{bucket}", tag = "buckets",
+    request_body = UpdateBucket,
+    params(("org" = String, Path, description = "Organization name or id"),
+        ("project" = String, Path, description = "Project name or id"),
+        ("bucket" = String, Path, description = "Bucket name")),
+    responses((status = 200, body = Bucket), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn update(
+    ctx: Ctx,
+    Path((_org, project, bucket)): Path<(String, String, String)>,
+    Body(body): Body<UpdateBucket>,
+) -> HandlerResult<Json<Bucket>> {
+    let (target, b) = find(&ctx, &project, &bucket).await?;
+    ctx.authorize("s3.put_bucket_settings", &target).await?;
+    if let Some(q) = body.quota {
+        let (bytes, objects) = q.to_stored()?;
+        ctx.state
+            .store
+            .bucket_set_quota(&b.id, bytes, objects)
+            .await?;
+        ctx.record_detail("quota_bytes", &bytes.to_string());
+        ctx.record_detail("quota_objects", &objects.to_string());
+    }
+    let (_, b) = find(&ctx, &project, &bucket).await?;
     Ok(Json(b))
 }
 

@@ -40,7 +40,8 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(projects::list, projects::create))
         .routes(routes!(projects::get, projects::update, projects::delete))
         .routes(routes!(buckets::list, buckets::create))
-        .routes(routes!(buckets::get, buckets::delete))
+        .routes(routes!(buckets::get, buckets::update, buckets::delete))
+        .routes(routes!(buckets::project_storage))
         .routes(routes!(principals::list_users, principals::create_user))
         .routes(routes!(
             principals::get_user,
@@ -165,6 +166,7 @@ fn admin_authenticated() -> OpenApiRouter<AppState> {
             admin::update_org,
             admin::delete_org
         ))
+        .routes(routes!(admin::set_project_storage_quota))
         .routes(routes!(admin::list_operators, admin::create_operator))
         .routes(routes!(admin::delete_operator))
         .routes(routes!(admin::list_tokens, admin::create_token))

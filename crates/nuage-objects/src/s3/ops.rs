@@ -171,6 +171,12 @@ pub(super) fn s3_err(e: ApiError) -> S3Error {
                 format!("the bucket's encryption key refuses this use: {}", e.detail),
             )
         }
+        (403, "quota_exceeded") => {
+            let mut s =
+                S3Error::with_message(S3ErrorCode::Custom("QuotaExceeded".into()), e.detail);
+            s.set_status_code(http::StatusCode::FORBIDDEN);
+            s
+        }
         (401, _) => S3Error::with_message(S3ErrorCode::InvalidAccessKeyId, e.detail),
         (403, _) => S3Error::with_message(S3ErrorCode::AccessDenied, e.detail),
         (503, _) => S3Error::with_message(S3ErrorCode::ServiceUnavailable, e.detail),

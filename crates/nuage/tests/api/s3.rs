@@ -363,6 +363,16 @@ async fn s3_boto3_suite_postgres() {
     boto3_suite(Srv::start_with(|c| c.database_url = Some(url.clone())).await).await;
 }
 
+/// Bucket and project storage quotas, set over the REST APIs, enforced on
+/// S3 writes.
+#[tokio::test]
+async fn s3_boto3_quotas() {
+    if !clients_present() {
+        return;
+    }
+    run_boto3(Srv::start().await, "boto3_quotas.py").await;
+}
+
 /// Conditional requests, checksums, copies and tagging with boto3.
 #[tokio::test]
 async fn s3_boto3_objects() {
@@ -405,6 +415,8 @@ pub(crate) async fn run_boto3(s: Srv, script: &str) {
         .env("S3_OTHER_KEY_ID", &rival.id)
         .env("S3_OTHER_SECRET", &rival.secret)
         .env("NUAGE_API", &s.tenant)
+        .env("NUAGE_ADMIN", &s.admin)
+        .env("NUAGE_ADMIN_TOKEN", &s.bootstrap)
         .env("NUAGE_TOKEN", &owner)
         .output()
         .await
