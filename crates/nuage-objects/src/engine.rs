@@ -43,6 +43,9 @@ pub use versioning::{valid_version_id, Found, VersionListing};
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
 
+/// Age after which a data key without its version or part is garbage.
+const ORPHAN_KEY_AGE_MS: i64 = 24 * 3600 * 1000;
+
 /// Part numbers S3 clients may use.
 pub const MAX_PART_NUMBER: i64 = 10_000;
 
@@ -247,8 +250,11 @@ impl Engine {
     }
 
     /// Removes what crashes left behind: temporary files, bodies no version
-    /// row refers to, and part files no part row refers to. Only files older than `before` are touched,
-    /// so requests running meanwhile are safe.
+    /// row refers to, part files no part row refers to (all older than
+    /// `before`, so requests running meanwhile are safe), and data keys
+    /// drawn for versions or parts that never committed — only those older
+    /// than a day, since another server sharing the database may still be
+    /// receiving a body. The second count includes those keys.
     pub async fn collect_garbage(&self, before: SystemTime) -> ApiResult<(u64, u64)> {
         let old = |p: &Path| {
             std::fs::metadata(p)
@@ -288,7 +294,11 @@ impl Engine {
                 }
             }
         }
-        Ok((temps, orphans))
+        let keys = self
+            .store
+            .object_orphan_data_keys_delete(now_ms() - ORPHAN_KEY_AGE_MS)
+            .await?;
+        Ok((temps, orphans + keys))
     }
 
     /// Streams `body` through the chunked AEAD into a temporary file, then

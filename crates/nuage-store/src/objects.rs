@@ -491,6 +491,27 @@ impl Store {
             .map_err(db_err)
     }
 
+    /// Deletes the data keys of object versions and parts that never got
+    /// their row (a crash between drawing the key and the commit), created
+    /// before `before_ms`; returns how many went.
+    pub async fn object_orphan_data_keys_delete(&self, before_ms: i64) -> ApiResult<u64> {
+        let done = sqlx::query(
+            "DELETE FROM kms_data_keys WHERE created_at < $1 AND ( \
+               (substr(owner, 1, 4) = 'obv_' \
+                 AND NOT EXISTS (SELECT 1 FROM objects o WHERE o.version_id = kms_data_keys.owner) \
+                 AND NOT EXISTS (SELECT 1 FROM multipart_uploads u \
+                                 WHERE u.version_id = kms_data_keys.owner)) \
+               OR (substr(owner, 1, 4) = 'obp_' \
+                 AND NOT EXISTS (SELECT 1 FROM multipart_parts p \
+                                 WHERE p.part_id = kms_data_keys.owner)))",
+        )
+        .bind(before_ms)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected())
+    }
+
     /// Whether a version row exists: bodies without one are crash leftovers.
     pub async fn object_version_exists(&self, version_id: &str) -> ApiResult<bool> {
         let row = sqlx::query("SELECT version_id FROM objects WHERE version_id = $1")

@@ -1084,44 +1084,95 @@ impl Objects {
         let input = req.input;
         let b = self.bucket(&call, "s3.list_bucket", &input.bucket).await?;
         let max = input.max_uploads.unwrap_or(1000).clamp(0, 1000);
-        let prefix_hex = nuage_store::key_hex(input.prefix.as_deref().unwrap_or(""));
+        let want = usize::try_from(max).unwrap_or(0);
+        let prefix = input.prefix.clone().unwrap_or_default();
+        let prefix_hex = nuage_store::key_hex(&prefix);
+        let delimiter = input.delimiter.clone().filter(|d| !d.is_empty());
         // After the key marker: uploads of later keys, or of that key with
-        // a later upload id when an upload id marker is given.
-        let after_hex = input
-            .key_marker
-            .as_deref()
-            .map(nuage_store::key_hex)
-            .unwrap_or_default();
-        let after_upload = input
+        // a later upload id when an upload id marker is given. A marker
+        // that is a common prefix skips everything under it.
+        let mut after_hex = match input.key_marker.as_deref() {
+            Some(m) if delimiter.as_deref().is_some_and(|d| m.ends_with(d)) => {
+                format!("{}g", nuage_store::key_hex(m))
+            }
+            Some(m) => nuage_store::key_hex(m),
+            None => String::new(),
+        };
+        let mut after_upload = input
             .upload_id_marker
-            .as_deref()
+            .clone()
             .filter(|_| input.key_marker.is_some());
-        let mut ups = self
-            .engine
-            .store()
-            .upload_list(
-                &b.id,
-                &prefix_hex,
-                &after_hex,
-                after_upload,
-                i64::from(max) + 1,
-            )
-            .await
-            .map_err(s3_err)?;
-        let truncated = ups.len() > usize::try_from(max).unwrap_or(0);
-        ups.truncate(usize::try_from(max).unwrap_or(0));
-        let last = ups.last().filter(|_| truncated);
+        let mut uploads = Vec::new();
+        let mut prefixes: Vec<String> = Vec::new();
+        // The last entry returned: (key or common prefix, upload id).
+        let mut last: Option<(String, Option<String>)> = None;
+        let mut truncated = false;
+        'pages: loop {
+            let page = self
+                .engine
+                .store()
+                .upload_list(
+                    &b.id,
+                    &prefix_hex,
+                    &after_hex,
+                    after_upload.as_deref(),
+                    i64::from(max) + 1,
+                )
+                .await
+                .map_err(s3_err)?;
+            let n = page.len();
+            for u in page {
+                if uploads.len() + prefixes.len() == want {
+                    truncated = true;
+                    break 'pages;
+                }
+                let common = delimiter.as_deref().and_then(|d| {
+                    u.key
+                        .get(prefix.len()..)
+                        .and_then(|rest| rest.find(d))
+                        .map(|i| u.key[..prefix.len() + i + d.len()].to_string())
+                });
+                match common {
+                    Some(cp) => {
+                        // Skip every upload under this prefix, then page on.
+                        after_hex = format!("{}g", nuage_store::key_hex(&cp));
+                        after_upload = None;
+                        last = Some((cp.clone(), None));
+                        prefixes.push(cp);
+                        continue 'pages;
+                    }
+                    None => {
+                        after_hex = nuage_store::key_hex(&u.key);
+                        after_upload = Some(u.upload_id.clone());
+                        last = Some((u.key.clone(), Some(u.upload_id.clone())));
+                        uploads.push(u);
+                    }
+                }
+            }
+            if n <= want || n == 0 {
+                break;
+            }
+        }
+        let next = last.filter(|_| truncated);
         Ok(S3Response::new(ListMultipartUploadsOutput {
             bucket: Some(b.name.clone()),
             prefix: input.prefix,
+            delimiter: input.delimiter,
             key_marker: input.key_marker,
             upload_id_marker: input.upload_id_marker,
             max_uploads: Some(max),
             is_truncated: Some(truncated),
-            next_key_marker: last.map(|u| u.key.clone()),
-            next_upload_id_marker: last.map(|u| u.upload_id.clone()),
+            next_key_marker: next.as_ref().map(|(k, _)| k.clone()),
+            next_upload_id_marker: next.and_then(|(_, u)| u),
+            common_prefixes: (!prefixes.is_empty()).then(|| {
+                prefixes
+                    .into_iter()
+                    .map(|p| CommonPrefix { prefix: Some(p) })
+                    .collect()
+            }),
             uploads: Some(
-                ups.iter()
+                uploads
+                    .iter()
                     .map(|u| MultipartUpload {
                         key: Some(u.key.clone()),
                         upload_id: Some(u.upload_id.clone()),

@@ -267,6 +267,25 @@ assert signed_cors == ["https://app.example.com"], signed_cors
 s3.delete_bucket_cors(Bucket=B)
 assert code_of(s3.get_bucket_cors, Bucket=B) == "NoSuchCORSConfiguration"
 
+# ---- ListMultipartUploads with a delimiter, page by page ----------------------------------------
+ids = {k: s3.create_multipart_upload(Bucket=B, Key=k)["UploadId"]
+       for k in ["mpl/a/1", "mpl/a/2", "mpl/b/1", "mpl/c", "mpl/d"]}
+l = s3.list_multipart_uploads(Bucket=B, Prefix="mpl/", Delimiter="/")
+assert [p["Prefix"] for p in l["CommonPrefixes"]] == ["mpl/a/", "mpl/b/"], l
+assert [u["Key"] for u in l["Uploads"]] == ["mpl/c", "mpl/d"] and not l["IsTruncated"], l
+seen, kw = [], {}
+while True:
+    page = s3.list_multipart_uploads(Bucket=B, Prefix="mpl/", Delimiter="/", MaxUploads=1, **kw)
+    seen += [p["Prefix"] for p in page.get("CommonPrefixes", [])] + [u["Key"] for u in page.get("Uploads", [])]
+    if not page["IsTruncated"]:
+        break
+    kw = {"KeyMarker": page["NextKeyMarker"]}
+    if page.get("NextUploadIdMarker"):
+        kw["UploadIdMarker"] = page["NextUploadIdMarker"]
+assert seen == ["mpl/a/", "mpl/b/", "mpl/c", "mpl/d"], seen
+for k, uid in ids.items():
+    s3.abort_multipart_upload(Bucket=B, Key=k, UploadId=uid)
+
 # ---- SSE-C: a client-held key layered over the project key ---------------------------------------
 ck = bytes(range(32))
 wrong = bytes(range(1, 33))
