@@ -749,6 +749,98 @@ async fn s3_gc_removes_orphan_part_files() {
     s.shutdown().await;
 }
 
+/// Data keys drawn for versions or parts that never committed (a crash
+/// mid-PUT) are deleted at start once a day old; younger ones may belong
+/// to a body another server is still receiving, and keys of live objects
+/// stay.
+#[tokio::test]
+async fn s3_gc_removes_orphan_data_keys() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let s = Srv::start_with(|c| {
+        c.data_dir = data.clone();
+        c.seal = nuage_kms::root::SealConfig::KeyFile(dir.path().join("seal.key"));
+    })
+    .await;
+    let owner = s.org("acme").await;
+    project(&s, "acme", &owner, "web").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/buckets",
+            &owner,
+            Some(json!({"name": "gc-keys"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    s.shutdown().await;
+
+    let url = format!("sqlite://{}", data.join("nuage.db").display());
+    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    let (key_id, version): (String, i64) =
+        sqlx::query_as("SELECT key_id, key_version FROM kms_data_keys LIMIT 1")
+            .fetch_optional(&mut db)
+            .await
+            .unwrap()
+            .unwrap_or_default();
+    let key_id = if key_id.is_empty() {
+        let (id,): (String,) = sqlx::query_as("SELECT id FROM kms_keys LIMIT 1")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+        id
+    } else {
+        key_id
+    };
+    let now = nuage_core::time::now_ms();
+    for (id, owner, at) in [
+        ("dek_old_version", "obv_crashed", now - 2 * 86_400_000),
+        ("dek_old_part", "obp_crashed", now - 2 * 86_400_000),
+        ("dek_young", "obv_in_flight", now),
+        ("dek_other", "something_else", 0),
+    ] {
+        sqlx::query(
+            "INSERT INTO kms_data_keys (id, key_id, key_version, owner, wrapped, created_at) \
+             VALUES ($1, $2, $3, $4, 'x', $5)",
+        )
+        .bind(id)
+        .bind(&key_id)
+        .bind(version.max(1))
+        .bind(owner)
+        .bind(at)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    db.close().await.unwrap();
+
+    let s = Srv::start_with(|c| {
+        c.data_dir = data.clone();
+        c.seal = nuage_kms::root::SealConfig::KeyFile(dir.path().join("seal.key"));
+    })
+    .await;
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
+        left = sqlx::query_as::<_, (String,)>(
+            "SELECT id FROM kms_data_keys WHERE id LIKE 'dek_%' ORDER BY id",
+        )
+        .fetch_all(&mut db)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(id,)| id)
+        .collect();
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(left, ["dek_other", "dek_young"]);
+    s.shutdown().await;
+}
+
 /// Versioning through boto3: version ids, delete markers, reads and
 /// deletes of one version, ListObjectVersions pagination, suspension and
 /// lifecycle configuration checks (tests/s3/boto3_versioning.py).
@@ -1293,97 +1385,5 @@ async fn s3_versioning_authz_and_isolation() {
         let r = &e["record"];
         r["action"] == "s3.put_bucket_versioning" && r["decision"] == "deny"
     }));
-    s.shutdown().await;
-}
-
-/// Data keys drawn for versions or parts that never committed (a crash
-/// mid-PUT) are deleted at start once a day old; younger ones may belong
-/// to a body another server is still receiving, and keys of live objects
-/// stay.
-#[tokio::test]
-async fn s3_gc_removes_orphan_data_keys() {
-    use sqlx::Connection;
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let s = Srv::start_with(|c| {
-        c.data_dir = data.clone();
-        c.seal = nuage_kms::root::SealConfig::KeyFile(dir.path().join("seal.key"));
-    })
-    .await;
-    let owner = s.org("acme").await;
-    project(&s, "acme", &owner, "web").await;
-    let r = s
-        .t(
-            Method::POST,
-            "/v1/orgs/acme/projects/web/buckets",
-            &owner,
-            Some(json!({"name": "gc-keys"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    s.shutdown().await;
-
-    let url = format!("sqlite://{}", data.join("nuage.db").display());
-    let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-    let (key_id, version): (String, i64) =
-        sqlx::query_as("SELECT key_id, key_version FROM kms_data_keys LIMIT 1")
-            .fetch_optional(&mut db)
-            .await
-            .unwrap()
-            .unwrap_or_default();
-    let key_id = if key_id.is_empty() {
-        let (id,): (String,) = sqlx::query_as("SELECT id FROM kms_keys LIMIT 1")
-            .fetch_one(&mut db)
-            .await
-            .unwrap();
-        id
-    } else {
-        key_id
-    };
-    let now = nuage_core::time::now_ms();
-    for (id, owner, at) in [
-        ("dek_old_version", "obv_crashed", now - 2 * 86_400_000),
-        ("dek_old_part", "obp_crashed", now - 2 * 86_400_000),
-        ("dek_young", "obv_in_flight", now),
-        ("dek_other", "something_else", 0),
-    ] {
-        sqlx::query(
-            "INSERT INTO kms_data_keys (id, key_id, key_version, owner, wrapped, created_at) \
-             VALUES ($1, $2, $3, $4, 'x', $5)",
-        )
-        .bind(id)
-        .bind(&key_id)
-        .bind(version.max(1))
-        .bind(owner)
-        .bind(at)
-        .execute(&mut db)
-        .await
-        .unwrap();
-    }
-    db.close().await.unwrap();
-
-    let s = Srv::start_with(|c| {
-        c.data_dir = data.clone();
-        c.seal = nuage_kms::root::SealConfig::KeyFile(dir.path().join("seal.key"));
-    })
-    .await;
-    let mut left = Vec::new();
-    for _ in 0..100 {
-        let mut db = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        left = sqlx::query_as::<_, (String,)>(
-            "SELECT id FROM kms_data_keys WHERE id LIKE 'dek_%' ORDER BY id",
-        )
-        .fetch_all(&mut db)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(id,)| id)
-        .collect();
-        if left.len() == 2 {
-            break;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert_eq!(left, ["dek_other", "dek_young"]);
     s.shutdown().await;
 }
