@@ -129,6 +129,9 @@ impl Engine {
         version_marker: Option<&str>,
         max: usize,
     ) -> ApiResult<VersionListing> {
+        if max == 0 {
+            return Ok(VersionListing::default());
+        }
         let delimiter = delimiter.filter(|d| !d.is_empty());
         let prefix_hex = nuage_store::key_hex(prefix);
         let (mut after_hex, mut after_seq) = (String::new(), None);

@@ -187,6 +187,8 @@ assert pages >= 4
 r = s3.list_object_versions(Bucket=B, KeyMarker="p/", Delimiter="/")
 assert [p["Prefix"] for p in r.get("CommonPrefixes", [])] == ["q/"], r
 assert code_of(s3.list_object_versions, Bucket=B, VersionIdMarker=ids[0]) == "InvalidArgument"
+r = s3.list_object_versions(Bucket=B, MaxKeys=0)
+assert not r["IsTruncated"] and not r.get("Versions"), r
 
 # DeleteObjects naming versions (and a marker)
 pb = [e for e in expect if e[1] == "p/b"]
