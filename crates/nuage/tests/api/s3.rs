@@ -373,6 +373,23 @@ async fn s3_boto3_quotas() {
     run_boto3(Srv::start().await, "boto3_quotas.py").await;
 }
 
+/// The quota queries are hand-written for both engines.
+#[tokio::test]
+async fn s3_boto3_quotas_postgres() {
+    if !clients_present() {
+        return;
+    }
+    let Some(url) = pg_database().await else {
+        println!("skipped: no test PostgreSQL (run scripts/test)");
+        return;
+    };
+    run_boto3(
+        Srv::start_with(|c| c.database_url = Some(url.clone())).await,
+        "boto3_quotas.py",
+    )
+    .await;
+}
+
 /// Conditional requests, checksums, copies and tagging with boto3.
 #[tokio::test]
 async fn s3_boto3_objects() {
