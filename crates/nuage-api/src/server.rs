@@ -20,7 +20,7 @@ use nuage_store::{Store, StoreOptions};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, AppStateInner};
 
 /// The key service seals the IAM's second-factor seeds.
 struct KmsSecrets(Kms);
@@ -334,15 +334,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let bootstrap_token = bootstrap(&store, &authn, &cfg.data_dir).await?;
 
     let metrics = Arc::new(Metrics::default());
-    let state = |realm| AppState {
-        store: store.clone(),
-        authn: authn.clone(),
-        authz: authz.clone(),
-        audit: audit.clone(),
-        kms: kms.clone(),
-        metrics: metrics.clone(),
-        realm,
-        max_body_bytes: cfg.max_body_bytes,
+    let state = |realm| {
+        AppState::new(AppStateInner {
+            store: store.clone(),
+            authn: authn.clone(),
+            authz: authz.clone(),
+            audit: audit.clone(),
+            kms: kms.clone(),
+            metrics: metrics.clone(),
+            realm,
+            max_body_bytes: cfg.max_body_bytes,
+        })
     };
     let (tenant_app, _) = crate::routes::tenant(state(Realm::Tenant));
     let (admin_app, _) = crate::routes::admin(state(Realm::Operator));
