@@ -303,14 +303,16 @@ impl Authenticator {
                 a.key.last_used_at = Some(now)
             });
         }
-        let policy_generation = self.store.org_policy_generation(&found.org.id).await?;
+        // Read with the key and cached with it, like a token's: a policy
+        // change here empties the cache (the epoch), on another server of a
+        // shared database it is seen within `CACHE_TTL`.
         Ok(AccessKeyAuth {
             subject: Subject {
                 principal: found.principal,
                 group_ids: found.group_ids,
                 token_id: found.key.id,
                 mfa: false,
-                org_policy_generation: policy_generation,
+                org_policy_generation: found.org_policy_generation,
                 org_mfa_roles: found.org.mfa_required_roles.clone(),
                 org: Some(found.org),
             },
