@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::RustlsConfig;
 use axum_server::Handle;
 use nuage_audit::log::{AuditConfig, AuditLog, AuditTasks};
@@ -20,7 +21,7 @@ use nuage_store::{Store, StoreOptions};
 use tokio::task::JoinHandle;
 
 use crate::metrics::Metrics;
-use crate::state::AppState;
+use crate::state::{AppState, AppStateInner};
 
 /// The key service seals the IAM's second-factor seeds.
 struct KmsSecrets(Kms);
@@ -346,15 +347,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let bootstrap_token = bootstrap(&store, &authn, &cfg.data_dir).await?;
 
     let metrics = Arc::new(Metrics::default());
-    let state = |realm| AppState {
-        store: store.clone(),
-        authn: authn.clone(),
-        authz: authz.clone(),
-        audit: audit.clone(),
-        kms: kms.clone(),
-        metrics: metrics.clone(),
-        realm,
-        max_body_bytes: cfg.max_body_bytes,
+    let state = |realm| {
+        AppState::new(AppStateInner {
+            store: store.clone(),
+            authn: authn.clone(),
+            authz: authz.clone(),
+            audit: audit.clone(),
+            kms: kms.clone(),
+            metrics: metrics.clone(),
+            realm,
+            max_body_bytes: cfg.max_body_bytes,
+        })
     };
     let (tenant_app, _) = crate::routes::tenant(state(Realm::Tenant));
     let (admin_app, _) = crate::routes::admin(state(Realm::Operator));
@@ -415,14 +418,22 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         addrs.push(local);
         let handle = Handle::new();
         let svc = app.into_make_service_with_connect_info::<SocketAddr>();
+        // TCP_NODELAY: a response whose body is streamed (S3 GET) is
+        // written in several pieces, and Nagle's algorithm would hold the
+        // later ones until the client acknowledges the first.
         let task = match &tls {
             Some(t) => {
-                let server =
-                    axum_server::from_tcp_rustls(listener, t.clone()).handle(handle.clone());
+                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(t.clone())
+                    .acceptor(NoDelayAcceptor::new());
+                let server = axum_server::from_tcp(listener)
+                    .acceptor(acceptor)
+                    .handle(handle.clone());
                 tokio::spawn(async move { server.serve(svc).await })
             }
             None => {
-                let server = axum_server::from_tcp(listener).handle(handle.clone());
+                let server = axum_server::from_tcp(listener)
+                    .acceptor(NoDelayAcceptor::new())
+                    .handle(handle.clone());
                 tokio::spawn(async move { server.serve(svc).await })
             }
         };

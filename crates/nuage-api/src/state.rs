@@ -9,8 +9,26 @@ use nuage_store::Store;
 
 use crate::metrics::Metrics;
 
+/// Shared by every handler; cloned several times per request (each
+/// middleware and extractor takes its own), so it is one reference count.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        AppState(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub store: Store,
     pub authn: Authenticator,
     pub authz: Arc<Authorizer>,

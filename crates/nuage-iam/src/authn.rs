@@ -141,7 +141,9 @@ pub struct Authenticator {
     policy: LoginPolicy,
     decoy: String,
     cache: Arc<Cache<String, TokenAuth>>,
-    keys: Arc<Cache<String, nuage_store::AccessKeyAuth>>,
+    /// Access keys with their opened secret (opening it derives a key and
+    /// decrypts, on every S3 request otherwise); same epoch and TTL rules.
+    keys: Arc<Cache<String, (nuage_store::AccessKeyAuth, zeroize::Zeroizing<String>)>>,
     secrets: Option<Arc<dyn SecretBox>>,
 }
 
@@ -273,7 +275,7 @@ impl Authenticator {
                 .with_code("invalid_access_key")
         };
         let epoch = self.store.epoch();
-        let found = match self.keys.get(&access_key_id.to_string(), epoch) {
+        let (found, secret) = match self.keys.get(&access_key_id.to_string(), epoch) {
             Some(a) => a,
             None => {
                 let a = self
@@ -281,17 +283,25 @@ impl Authenticator {
                     .access_key_authenticate(access_key_id)
                     .await?
                     .ok_or_else(unknown)?;
-                self.keys.put(access_key_id.to_string(), epoch, a.clone());
-                a
+                if a.key.revoked_at.is_some() {
+                    return Err(unknown());
+                }
+                let secrets = self.secrets.as_ref().ok_or_else(|| {
+                    ApiError::unavailable("access keys need the key service").with_code("sealed")
+                })?;
+                let secret =
+                    secrets.open_text(&access_key_purpose(access_key_id), &a.sealed_secret)?;
+                self.keys.put(
+                    access_key_id.to_string(),
+                    epoch,
+                    (a.clone(), secret.clone()),
+                );
+                (a, secret)
             }
         };
         if found.key.revoked_at.is_some() {
             return Err(unknown());
         }
-        let secrets = self.secrets.as_ref().ok_or_else(|| {
-            ApiError::unavailable("access keys need the key service").with_code("sealed")
-        })?;
-        let secret = secrets.open_text(&access_key_purpose(access_key_id), &found.sealed_secret)?;
         let now = now_ms();
         if found
             .key
@@ -300,17 +310,19 @@ impl Authenticator {
         {
             self.store.access_key_touch(access_key_id, now).await?;
             self.keys.update(&access_key_id.to_string(), |a| {
-                a.key.last_used_at = Some(now)
+                a.0.key.last_used_at = Some(now)
             });
         }
-        let policy_generation = self.store.org_policy_generation(&found.org.id).await?;
+        // Read with the key and cached with it, like a token's: a policy
+        // change here empties the cache (the epoch), on another server of a
+        // shared database it is seen within `CACHE_TTL`.
         Ok(AccessKeyAuth {
             subject: Subject {
                 principal: found.principal,
                 group_ids: found.group_ids,
                 token_id: found.key.id,
                 mfa: false,
-                org_policy_generation: policy_generation,
+                org_policy_generation: found.org_policy_generation,
                 org_mfa_roles: found.org.mfa_required_roles.clone(),
                 org: Some(found.org),
             },

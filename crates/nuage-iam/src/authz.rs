@@ -19,7 +19,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use cedar_policy::{
     Authorizer as CedarAuthorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId,
@@ -109,14 +109,44 @@ fn principal_type(kind: PrincipalKind) -> &'static str {
     }
 }
 
-fn uid(kind: &str, id: &str) -> ApiResult<EntityUid> {
-    let t = EntityTypeName::from_str(&format!("Nuage::{kind}"))
-        .map_err(|_| ApiError::internal(format!("bad entity type {kind}")))?;
-    Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+/// Everything a Cedar decision depends on: with the same key, evaluation
+/// gives the same answer, so a decision is computed once per key. The
+/// policy set enters through its organization and generation (a change of
+/// policies moves the generation), the roles after the bindings and the MFA
+/// rule, the environment to the second (`now`, and `hour` from it).
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    org_id: String,
+    policy_generation: i64,
+    principal_kind: &'static str,
+    principal_id: String,
+    principal_name: String,
+    group_ids: Vec<String>,
+    mfa: bool,
+    roles: Vec<String>,
+    action: String,
+    target_kind: &'static str,
+    target_id: String,
+    target_name: String,
+    target_project: Option<String>,
+    source_ip: String,
+    now_secs: i64,
 }
+
+/// Decisions kept; the map is emptied when full (entries are only reused
+/// within the same second anyway).
+const DECISIONS_MAX: usize = 4096;
+/// Parsed `ip(...)` expressions kept, by source address.
+const IPS_MAX: usize = 4096;
 
 pub struct Authorizer {
     store: Store,
+    /// Entity type names, parsed once (`Nuage::Org` …).
+    types: RwLock<HashMap<&'static str, EntityTypeName>>,
+    /// `ip("…")` expressions by source address: building one parses the
+    /// extension's name each time.
+    ips: Mutex<HashMap<String, RestrictedExpression>>,
+    decisions: Mutex<HashMap<DecisionKey, Decision>>,
     registry: Arc<Registry>,
     builtin: Vec<Policy>,
     granted_by: HashMap<&'static str, Vec<&'static str>>,
@@ -159,6 +189,9 @@ impl Authorizer {
         );
         Ok(Authorizer {
             store,
+            types: RwLock::new(HashMap::new()),
+            ips: Mutex::new(HashMap::new()),
+            decisions: Mutex::new(HashMap::new()),
             registry,
             builtin,
             granted_by,
@@ -206,11 +239,42 @@ impl Authorizer {
             .collect())
     }
 
-    async fn policy_set(&self, org_id: &str, generation: i64) -> ApiResult<Arc<PolicySet>> {
+    fn uid(&self, kind: &'static str, id: &str) -> ApiResult<EntityUid> {
+        let cached = self.types.read().ok().and_then(|t| t.get(kind).cloned());
+        let t = match cached {
+            Some(t) => t,
+            None => {
+                let t = EntityTypeName::from_str(&format!("Nuage::{kind}"))
+                    .map_err(|_| ApiError::internal(format!("bad entity type {kind}")))?;
+                if let Ok(mut types) = self.types.write() {
+                    types.insert(kind, t.clone());
+                }
+                t
+            }
+        };
+        Ok(EntityUid::from_type_name_and_id(t, EntityId::new(id)))
+    }
+
+    fn ip_expr(&self, ip: &str) -> RestrictedExpression {
+        if let Some(e) = self.ips.lock().ok().and_then(|m| m.get(ip).cloned()) {
+            return e;
+        }
+        let e = RestrictedExpression::new_ip(ip);
+        if let Ok(mut m) = self.ips.lock() {
+            if m.len() >= IPS_MAX {
+                m.clear();
+            }
+            m.insert(ip.to_string(), e.clone());
+        }
+        e
+    }
+
+    /// The organization's policy set and the generation it was read at.
+    async fn policy_set(&self, org_id: &str, generation: i64) -> ApiResult<(i64, Arc<PolicySet>)> {
         if let Ok(cache) = self.cache.read() {
             if let Some((g, set)) = cache.get(org_id) {
                 if *g == generation {
-                    return Ok(set.clone());
+                    return Ok((*g, set.clone()));
                 }
             }
         }
@@ -240,7 +304,7 @@ impl Authorizer {
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(org_id.to_string(), (generation, set.clone()));
         }
-        Ok(set)
+        Ok((generation, set))
     }
 
     /// Roles `subject` holds on `target`, after the MFA rule.
@@ -294,10 +358,47 @@ impl Authorizer {
             });
         }
         let roles = self.roles(subject, target).await?;
-        let set = self
+        let (generation, set) = self
             .policy_set(&target.org_id, subject.org_policy_generation)
             .await?;
-        self.evaluate(subject, action, target, env, roles, &set)
+        let source_ip = if env.source_ip.parse::<std::net::IpAddr>().is_ok() {
+            env.source_ip.clone()
+        } else {
+            "0.0.0.0".to_string()
+        };
+        let key = DecisionKey {
+            org_id: target.org_id.clone(),
+            policy_generation: generation,
+            principal_kind: principal_type(subject.principal.kind),
+            principal_id: subject.principal.id.clone(),
+            principal_name: subject.principal.name.clone(),
+            group_ids: subject.group_ids.clone(),
+            mfa: subject.mfa,
+            roles,
+            action: action.to_string(),
+            target_kind: target.kind,
+            target_id: target.id.clone(),
+            target_name: target.name.clone(),
+            target_project: target.project_id.clone(),
+            source_ip,
+            now_secs: env.now_secs,
+        };
+        if let Some(d) = self
+            .decisions
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned())
+        {
+            return Ok(d);
+        }
+        let decision = self.evaluate(subject, action, target, &key, &set)?;
+        if let Ok(mut m) = self.decisions.lock() {
+            if m.len() >= DECISIONS_MAX {
+                m.clear();
+            }
+            m.insert(key, decision.clone());
+        }
+        Ok(decision)
     }
 
     fn evaluate(
@@ -305,15 +406,15 @@ impl Authorizer {
         subject: &Subject,
         action: &str,
         target: &Target,
-        env: &Env,
-        roles: Vec<String>,
+        key: &DecisionKey,
         set: &PolicySet,
     ) -> ApiResult<Decision> {
-        let org = uid("Org", &target.org_id)?;
+        let roles = &key.roles;
+        let org = self.uid("Org", &target.org_id)?;
         let mut entities = vec![Entity::new_no_attrs(org.clone(), HashSet::new())];
         let mut groups = HashSet::new();
         for g in &subject.group_ids {
-            let g = uid("Group", g)?;
+            let g = self.uid("Group", g)?;
             entities.push(Entity::new_no_attrs(
                 g.clone(),
                 HashSet::from([org.clone()]),
@@ -321,7 +422,7 @@ impl Authorizer {
             groups.insert(g);
         }
         groups.insert(org.clone());
-        let principal = uid(
+        let principal = self.uid(
             principal_type(subject.principal.kind),
             &subject.principal.id,
         )?;
@@ -333,11 +434,11 @@ impl Authorizer {
             Entity::new(principal.clone(), pattrs, groups)
                 .map_err(|e| ApiError::internal(e.to_string()))?,
         );
-        let resource = uid(target.kind, &target.id)?;
+        let resource = self.uid(target.kind, &target.id)?;
         if resource != principal && resource != org {
             let mut parents = HashSet::from([org.clone()]);
             if let Some(p) = &target.project_id {
-                let p = uid("Project", p)?;
+                let p = self.uid("Project", p)?;
                 if p != resource {
                     entities.push(Entity::new_no_attrs(
                         p.clone(),
@@ -357,11 +458,6 @@ impl Authorizer {
         }
         let entities = Entities::from_entities(entities, None)
             .map_err(|e| ApiError::internal(e.to_string()))?;
-        let ip = if env.source_ip.parse::<std::net::IpAddr>().is_ok() {
-            env.source_ip.clone()
-        } else {
-            "0.0.0.0".to_string()
-        };
         let context = Context::from_pairs([
             (
                 "roles".to_string(),
@@ -373,7 +469,7 @@ impl Authorizer {
                 "mfa".to_string(),
                 RestrictedExpression::new_bool(subject.mfa),
             ),
-            ("source_ip".to_string(), RestrictedExpression::new_ip(ip)),
+            ("source_ip".to_string(), self.ip_expr(&key.source_ip)),
             (
                 "granted_by".to_string(),
                 RestrictedExpression::new_set(
@@ -390,16 +486,22 @@ impl Authorizer {
             ),
             (
                 "now".to_string(),
-                RestrictedExpression::new_long(env.now_secs),
+                RestrictedExpression::new_long(key.now_secs),
             ),
             (
                 "hour".to_string(),
-                RestrictedExpression::new_long((env.now_secs / 3600) % 24),
+                RestrictedExpression::new_long((key.now_secs / 3600) % 24),
             ),
         ])
         .map_err(|e| ApiError::internal(e.to_string()))?;
-        let request = Request::new(principal, uid("Action", action)?, resource, context, None)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let request = Request::new(
+            principal,
+            self.uid("Action", action)?,
+            resource,
+            context,
+            None,
+        )
+        .map_err(|e| ApiError::internal(e.to_string()))?;
         let response = self.cedar.is_authorized(&request, set, &entities);
         for e in response.diagnostics().errors() {
             tracing::warn!(error = %e, "policy evaluation error (the policy is skipped)");
@@ -412,7 +514,7 @@ impl Authorizer {
         Ok(Decision {
             allowed: response.decision() == CedarDecision::Allow,
             policies,
-            roles,
+            roles: roles.clone(),
         })
     }
 }

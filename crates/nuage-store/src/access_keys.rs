@@ -32,6 +32,9 @@ pub struct AccessKeyAuth {
     pub principal: Principal,
     pub group_ids: Vec<String>,
     pub org: Org,
+    /// The organization's policy generation, read with the key so a cached
+    /// key carries it (as a cached token does).
+    pub org_policy_generation: i64,
 }
 
 impl Store {
@@ -153,12 +156,14 @@ impl Store {
                 .fetch_all(&self.read)
                 .await
                 .map_err(db_err)?;
+        let org_policy_generation = self.org_policy_generation(&org.id).await?;
         Ok(Some(AccessKeyAuth {
             key,
             sealed_secret,
             principal,
             group_ids,
             org,
+            org_policy_generation,
         }))
     }
 }

@@ -270,6 +270,12 @@ async fn serve(a: ServerArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
+/// mimalloc: per-thread free lists instead of glibc's arenas. A request
+/// makes hundreds of small allocations (headers, strings, JSON, Cedar
+/// entities), and malloc/free were 15 % of the server's instructions.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
