@@ -55,17 +55,26 @@ async fn drain(body: Option<StreamingBlob>) {
 
 #[async_trait::async_trait]
 impl S3 for Defaults {
-    async fn put_object(&self, req: S3Request<PutObjectInput>) -> S3Result<S3Response<PutObjectOutput>> {
+    async fn put_object(
+        &self,
+        req: S3Request<PutObjectInput>,
+    ) -> S3Result<S3Response<PutObjectOutput>> {
         drain(req.input.body).await;
         Err(s3_error!(NotImplemented))
     }
 
-    async fn upload_part(&self, req: S3Request<UploadPartInput>) -> S3Result<S3Response<UploadPartOutput>> {
+    async fn upload_part(
+        &self,
+        req: S3Request<UploadPartInput>,
+    ) -> S3Result<S3Response<UploadPartOutput>> {
         drain(req.input.body).await;
         Err(s3_error!(NotImplemented))
     }
 
-    async fn get_object(&self, req: S3Request<GetObjectInput>) -> S3Result<S3Response<GetObjectOutput>> {
+    async fn get_object(
+        &self,
+        req: S3Request<GetObjectInput>,
+    ) -> S3Result<S3Response<GetObjectOutput>> {
         if let Some(r) = req.input.range {
             if let Ok(r) = r.check(OBJECT_SIZE) {
                 assert!(r.start < r.end && r.end <= OBJECT_SIZE, "range {r:?}");
@@ -101,12 +110,16 @@ fn service() -> &'static (S3Service, tokio::runtime::Runtime) {
     static S: OnceLock<(S3Service, tokio::runtime::Runtime)> = OnceLock::new();
     S.get_or_init(|| {
         if std::env::var_os("NUAGE_FUZZ_VERBOSE").is_some() {
-            tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).init();
+            tracing_subscriber::fmt()
+                .with_max_level(tracing::Level::DEBUG)
+                .init();
         }
         let mut b = S3ServiceBuilder::new(Defaults);
         b.set_auth(FixedKey);
         b.set_access(Open);
-        let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
         (b.build(), rt)
     })
 }
@@ -126,7 +139,9 @@ fn uri_encode(s: &str, encode_slash: bool) -> String {
     let mut out = String::new();
     for b in s.bytes() {
         match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'~' | b'.' => out.push(char::from(b)),
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-' | b'~' | b'.' => {
+                out.push(char::from(b))
+            }
             b'/' if !encode_slash => out.push('/'),
             _ => out.push_str(&format!("%{b:02X}")),
         }
@@ -139,21 +154,40 @@ fn uri_encode(s: &str, encode_slash: bool) -> String {
 fn sign(method: &Method, path: &str, query: &str, headers: &mut HeaderMap, body: &[u8]) {
     headers.remove(http::header::AUTHORIZATION);
     let now = time::OffsetDateTime::now_utc();
-    let date = format!("{:04}{:02}{:02}", now.year(), u8::from(now.month()), now.day());
-    let stamp = format!("{date}T{:02}{:02}{:02}Z", now.hour(), now.minute(), now.second());
+    let date = format!(
+        "{:04}{:02}{:02}",
+        now.year(),
+        u8::from(now.month()),
+        now.day()
+    );
+    let stamp = format!(
+        "{date}T{:02}{:02}{:02}Z",
+        now.hour(),
+        now.minute(),
+        now.second()
+    );
     headers.insert("x-amz-date", HeaderValue::from_str(&stamp).expect("ascii"));
     if !headers.contains_key("x-amz-content-sha256") {
         let h = HeaderValue::from_str(&sha256_hex(body)).expect("hex");
         headers.insert("x-amz-content-sha256", h);
     }
-    let Some(payload) = headers.get("x-amz-content-sha256").and_then(|v| v.to_str().ok()) else { return };
+    let Some(payload) = headers
+        .get("x-amz-content-sha256")
+        .and_then(|v| v.to_str().ok())
+    else {
+        return;
+    };
     let payload = payload.to_owned();
 
-    let path = urlencoding::decode(path).map(|p| p.into_owned()).unwrap_or_default();
+    let path = urlencoding::decode(path)
+        .map(|p| p.into_owned())
+        .unwrap_or_default();
     let mut qs: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
     qs.sort_by(|a, b| a.0.cmp(&b.0));
-    let mut qs: Vec<(String, String)> =
-        qs.iter().map(|(n, v)| (uri_encode(n, true), uri_encode(v, true))).collect();
+    let mut qs: Vec<(String, String)> = qs
+        .iter()
+        .map(|(n, v)| (uri_encode(n, true), uri_encode(v, true)))
+        .collect();
     qs.sort_by(|a, b| a.0.cmp(&b.0));
     let qs: Vec<String> = qs.iter().map(|(n, v)| format!("{n}={v}")).collect();
 
@@ -165,7 +199,12 @@ fn sign(method: &Method, path: &str, query: &str, headers: &mut HeaderMap, body:
         let values: Vec<String> = headers
             .get_all(*name)
             .iter()
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).split_whitespace().collect::<Vec<_>>().join(" "))
+            .map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
             .collect();
         canonical_headers.push_str(&format!("{name}:{}\n", values.join(",")));
     }
@@ -176,7 +215,10 @@ fn sign(method: &Method, path: &str, query: &str, headers: &mut HeaderMap, body:
         qs.join("&")
     );
     let scope = format!("{date}/{REGION}/s3/aws4_request");
-    let to_sign = format!("AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}", sha256_hex(canonical.as_bytes()));
+    let to_sign = format!(
+        "AWS4-HMAC-SHA256\n{stamp}\n{scope}\n{}",
+        sha256_hex(canonical.as_bytes())
+    );
     let mut k = hmac(format!("AWS4{SECRET}").as_bytes(), date.as_bytes());
     for part in [REGION, "s3", "aws4_request"] {
         k = hmac(&k, part.as_bytes());
@@ -207,7 +249,9 @@ fn request(data: &[u8]) -> Option<Request<s3s::Body>> {
     let uri: http::Uri = target.parse().ok()?;
     let mut headers = HeaderMap::new();
     for line in lines {
-        let Some(colon) = line.iter().position(|&b| b == b':') else { continue };
+        let Some(colon) = line.iter().position(|&b| b == b':') else {
+            continue;
+        };
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&line[..colon]),
             HeaderValue::from_bytes(line[colon + 1..].trim_ascii()),
@@ -222,9 +266,19 @@ fn request(data: &[u8]) -> Option<Request<s3s::Body>> {
         headers.insert(http::header::CONTENT_LENGTH, HeaderValue::from(body.len()));
     }
     if signed {
-        sign(&method, uri.path(), uri.query().unwrap_or(""), &mut headers, body);
+        sign(
+            &method,
+            uri.path(),
+            uri.query().unwrap_or(""),
+            &mut headers,
+            body,
+        );
     }
-    let mut req = Request::builder().method(method).uri(uri).body(s3s::Body::from(Bytes::copy_from_slice(body))).ok()?;
+    let mut req = Request::builder()
+        .method(method)
+        .uri(uri)
+        .body(s3s::Body::from(Bytes::copy_from_slice(body)))
+        .ok()?;
     *req.headers_mut() = headers;
     Some(req)
 }
@@ -244,7 +298,10 @@ fuzz_target!(|data: &[u8]| {
         assert!((200..600).contains(&status), "status {status}");
         if status >= 400 && !head {
             let xml = std::str::from_utf8(&body).expect("UTF-8 error body");
-            assert!(xml.contains("<Error><Code>"), "status {status} without an S3 error: {xml}");
+            assert!(
+                xml.contains("<Error><Code>"),
+                "status {status} without an S3 error: {xml}"
+            );
         }
     });
 });

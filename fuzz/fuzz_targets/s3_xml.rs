@@ -20,7 +20,9 @@ fn parse<T: for<'xml> Deserialize<'xml>>(xml: &[u8]) -> DeResult<T> {
 }
 
 fuzz_target!(|data: &[u8]| {
-    let Some(nl) = data.iter().position(|&b| b == b'\n') else { return };
+    let Some(nl) = data.iter().position(|&b| b == b'\n') else {
+        return;
+    };
     let (name, xml) = (&data[..nl], &data[nl + 1..]);
     let _ = match name {
         b"CompleteMultipartUpload" => parse::<CompletedMultipartUpload>(xml).map(drop),
