@@ -3,6 +3,9 @@
 //! and decode to the same tree (the padding it ignores aside).
 #![no_main]
 
+#[global_allocator]
+static ALLOC: nuage_fuzz::Limited = nuage_fuzz::Limited;
+
 use libfuzzer_sys::fuzz_target;
 use nuage_kms::external::kmip::ttlv;
 

@@ -4,6 +4,9 @@
 //! input, and a wrap that was not made under the key must not open.
 #![no_main]
 
+#[global_allocator]
+static ALLOC: nuage_fuzz::Limited = nuage_fuzz::Limited;
+
 use libfuzzer_sys::fuzz_target;
 use nuage_kms::aead::{self, SecretKey};
 use nuage_kms::service::{parse_envelope, parse_sealed};

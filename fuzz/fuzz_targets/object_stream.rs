@@ -6,6 +6,9 @@
 //! plaintext bytes asked for, and any altered byte must fail.
 #![no_main]
 
+#[global_allocator]
+static ALLOC: nuage_fuzz::Limited = nuage_fuzz::Limited;
+
 use libfuzzer_sys::arbitrary::{Result, Unstructured};
 use libfuzzer_sys::fuzz_target;
 use nuage_kms::aead::SecretKey;

@@ -24,6 +24,9 @@
 //! while it buffers an XML body, e.g. a bad aws-chunked chunk signature.)
 #![no_main]
 
+#[global_allocator]
+static ALLOC: nuage_fuzz::Limited = nuage_fuzz::Limited;
+
 use bytes::Bytes;
 use futures::StreamExt;
 use hmac::{Hmac, Mac};

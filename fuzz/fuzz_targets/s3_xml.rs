@@ -4,6 +4,9 @@
 //! document; a bad document must be an error, never a panic or a runaway.
 #![no_main]
 
+#[global_allocator]
+static ALLOC: nuage_fuzz::Limited = nuage_fuzz::Limited;
+
 use libfuzzer_sys::fuzz_target;
 use s3s::dto::{
     AccessControlPolicy, BucketLifecycleConfiguration, CORSConfiguration, CompletedMultipartUpload,
