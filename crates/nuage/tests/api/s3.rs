@@ -374,7 +374,9 @@ pub(crate) async fn run_boto3(s: Srv, script: &str) {
     let owner = s.org("acme").await;
     project(&s, "acme", &owner, "web").await;
     let key = access_key(&s, "acme", &owner).await;
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/s3").join(script);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/s3")
+        .join(script);
     let home = tempfile::tempdir().unwrap();
     let out = tokio::process::Command::new(venv_bin("python"))
         .arg(&path)
