@@ -1086,16 +1086,9 @@ impl Kms {
         sealed: &[u8],
         why: &Purpose,
     ) -> ApiResult<(Zeroizing<Vec<u8>>, KeyUse)> {
-        let bad = || ApiError::bad_request("invalid_ciphertext", "not a nuage sealed secret");
-        let rest = sealed
-            .strip_prefix(SEALED_MAGIC.as_slice())
-            .ok_or_else(bad)?;
-        let (&n, rest) = rest.split_first().ok_or_else(bad)?;
-        if rest.len() < usize::from(n) {
-            return Err(bad());
-        }
-        let (id, body) = rest.split_at(usize::from(n));
-        let id = std::str::from_utf8(id).map_err(|_| bad())?;
+        let (id, body) = parse_sealed(sealed).ok_or_else(|| {
+            ApiError::bad_request("invalid_ciphertext", "not a nuage sealed secret")
+        })?;
         let (dek, used) = self.unwrap(project_id, id, owner, why).await?;
         let pt = aead::unwrap(&dek, owner.as_bytes(), body).map_err(|_| {
             ApiError::conflict(
@@ -1148,23 +1141,12 @@ impl Kms {
         why: &Purpose,
     ) -> ApiResult<(Zeroizing<Vec<u8>>, KeyUse)> {
         let bad = |d: &str| ApiError::bad_request("invalid_ciphertext", d.to_string());
-        let mut r = Reader(envelope);
-        if r.take(4) != Some(ENVELOPE_MAGIC.as_slice()) {
-            return Err(bad("not a nuage envelope (magic NKE1 missing)"));
-        }
-        let id_len = r.u16().ok_or_else(|| bad("truncated envelope"))?;
-        let key_id = r
-            .take(usize::from(id_len))
-            .and_then(|b| std::str::from_utf8(b).ok())
-            .ok_or_else(|| bad("truncated envelope"))?;
-        if key_id != k.id {
+        let e = parse_envelope(envelope).map_err(bad)?;
+        if e.key_id != k.id {
             return Err(bad("this ciphertext was made with another key"));
         }
-        let version = i64::from(r.u32().ok_or_else(|| bad("truncated envelope"))?);
-        let wl = r.u16().ok_or_else(|| bad("truncated envelope"))?;
-        let wrapped = r
-            .take(usize::from(wl))
-            .ok_or_else(|| bad("truncated envelope"))?;
+        let version = i64::from(e.version);
+        let wrapped = e.wrapped;
         Self::check_use(k, why)?;
         if version < 1 || version > k.primary_version {
             return Err(bad("the envelope names a key version that does not exist"));
@@ -1172,7 +1154,7 @@ impl Kms {
         let dek = self
             .unwrap_with(k, version, &envelope_aad(&k.id, version), wrapped)
             .await?;
-        let pt = aead::unwrap(&dek, aad, r.0).map_err(|_| {
+        let pt = aead::unwrap(&dek, aad, e.sealed).map_err(|_| {
             ApiError::bad_request(
                 "decrypt_failed",
                 "the ciphertext does not decrypt: altered, or other associated data",
@@ -1291,6 +1273,54 @@ fn too_large() -> ApiError {
     )
 }
 
+/// The fields of a tenant envelope (see [`Kms::encrypt`]), borrowed from it.
+#[doc(hidden)]
+#[derive(Debug, PartialEq, Eq)]
+pub struct EnvelopeParts<'a> {
+    pub key_id: &'a str,
+    pub version: u32,
+    pub wrapped: &'a [u8],
+    pub sealed: &'a [u8],
+}
+
+/// Splits a tenant envelope, or says why the bytes are not one. Public
+/// (hidden) for the fuzz target: these bytes come from the caller.
+#[doc(hidden)]
+pub fn parse_envelope(envelope: &[u8]) -> Result<EnvelopeParts<'_>, &'static str> {
+    const TRUNCATED: &str = "truncated envelope";
+    let mut r = Reader(envelope);
+    if r.take(4) != Some(ENVELOPE_MAGIC.as_slice()) {
+        return Err("not a nuage envelope (magic NKE1 missing)");
+    }
+    let id_len = r.u16().ok_or(TRUNCATED)?;
+    let key_id = r
+        .take(usize::from(id_len))
+        .and_then(|b| std::str::from_utf8(b).ok())
+        .ok_or(TRUNCATED)?;
+    let version = r.u32().ok_or(TRUNCATED)?;
+    let wrapped_len = r.u16().ok_or(TRUNCATED)?;
+    let wrapped = r.take(usize::from(wrapped_len)).ok_or(TRUNCATED)?;
+    Ok(EnvelopeParts {
+        key_id,
+        version,
+        wrapped,
+        sealed: r.0,
+    })
+}
+
+/// Splits a sealed secret (see [`Kms::seal`]) into its data key id and
+/// wrapped body. Public (hidden) for the fuzz target.
+#[doc(hidden)]
+pub fn parse_sealed(sealed: &[u8]) -> Option<(&str, &[u8])> {
+    let rest = sealed.strip_prefix(SEALED_MAGIC.as_slice())?;
+    let (&n, rest) = rest.split_first()?;
+    if rest.len() < usize::from(n) {
+        return None;
+    }
+    let (id, body) = rest.split_at(usize::from(n));
+    Some((std::str::from_utf8(id).ok()?, body))
+}
+
 struct Reader<'a>(&'a [u8]);
 
 impl<'a> Reader<'a> {
@@ -1310,5 +1340,36 @@ impl<'a> Reader<'a> {
     fn u32(&mut self) -> Option<u32> {
         self.take(4)
             .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelopes_split_into_their_fields_or_say_why_not() {
+        let mut e = b"NKE1\x00\x03key\x00\x00\x00\x02\x00\x02wwsealed".to_vec();
+        assert_eq!(
+            parse_envelope(&e),
+            Ok(EnvelopeParts {
+                key_id: "key",
+                version: 2,
+                wrapped: b"ww",
+                sealed: b"sealed",
+            })
+        );
+        e.truncate(14);
+        assert_eq!(parse_envelope(&e), Err("truncated envelope"));
+        assert!(parse_envelope(b"NKE2").is_err());
+        assert!(parse_envelope(b"NKE1\x00\x02\xff\xfe\x00\x00\x00\x01\x00\x00").is_err());
+    }
+
+    #[test]
+    fn sealed_secrets_split_into_key_id_and_body() {
+        assert_eq!(parse_sealed(b"NKS1\x02idbody"), Some(("id", &b"body"[..])));
+        assert_eq!(parse_sealed(b"NKS1\x09id"), None);
+        assert_eq!(parse_sealed(b"NKS1"), None);
+        assert_eq!(parse_sealed(b"NKE1\x00"), None);
     }
 }

@@ -400,6 +400,24 @@ pub(super) fn sse() -> Option<ServerSideEncryption> {
     ))
 }
 
+/// The bytes a GET of an object of `size` bytes sends for `range`: start,
+/// length and `Content-Range`. s3s's check lets a suffix range of an empty
+/// object through as `0..0`, which has no last byte to name: like every
+/// other range of an empty object, it is InvalidRange.
+fn byte_range(range: Option<Range>, size: u64) -> S3Result<(u64, u64, Option<String>)> {
+    let Some(range) = range else {
+        return Ok((0, size, None));
+    };
+    let r = range.check(size).map_err(|_| s3_error!(InvalidRange))?;
+    let last = r
+        .end
+        .checked_sub(1)
+        .filter(|&last| last >= r.start)
+        .ok_or_else(|| s3_error!(InvalidRange))?;
+    let content_range = format!("bytes {}-{last}/{size}", r.start);
+    Ok((r.start, r.end - r.start, Some(content_range)))
+}
+
 impl Objects {
     /// Resolves `name` for `action`: missing and foreign buckets are
     /// NoSuchBucket, a refusal is AccessDenied; both reach the audit entry.
@@ -716,14 +734,7 @@ impl Objects {
         }
         .check_read(&o.row.etag, o.row.created_at)?;
         let size = u64::try_from(o.row.size).unwrap_or(0);
-        let (start, len, content_range) = match input.range {
-            None => (0, size, None),
-            Some(r) => {
-                let r = r.check(size).map_err(|_| s3_error!(InvalidRange))?;
-                let range = format!("bytes {}-{}/{size}", r.start, r.end - 1);
-                (r.start, r.end - r.start, Some(range))
-            }
-        };
+        let (start, len, content_range) = byte_range(input.range, size)?;
         let (tx, rx) = tokio::sync::mpsc::channel(2);
         let mut chunks = Box::pin(self.engine.read(&o, start, len));
         tokio::spawn(async move {
@@ -1716,5 +1727,37 @@ impl S3 for Objects {
     ) -> S3Result<S3Response<DeleteBucketLifecycleOutput>> {
         let rid = request_id(&req);
         self.delete_lifecycle_inner(req).await.map_err(tag(rid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(header: &str) -> Range {
+        Range::parse(header).expect("a valid Range header")
+    }
+
+    #[test]
+    fn a_suffix_range_of_an_empty_object_is_invalid_not_a_panic() {
+        let e = byte_range(Some(range("bytes=-5")), 0).expect_err("unsatisfiable");
+        assert_eq!(*e.code(), S3ErrorCode::InvalidRange);
+        let e = byte_range(Some(range("bytes=0-")), 0).expect_err("unsatisfiable");
+        assert_eq!(*e.code(), S3ErrorCode::InvalidRange);
+    }
+
+    #[test]
+    fn ranges_name_their_bytes() {
+        assert_eq!(byte_range(None, 0).ok(), Some((0, 0, None)));
+        assert_eq!(
+            byte_range(Some(range("bytes=-5")), 3).ok(),
+            Some((0, 3, Some("bytes 0-2/3".into())))
+        );
+        assert_eq!(
+            byte_range(Some(range("bytes=2-100")), 10).ok(),
+            Some((2, 8, Some("bytes 2-9/10".into())))
+        );
+        let e = byte_range(Some(range("bytes=10-")), 10).expect_err("past the end");
+        assert_eq!(*e.code(), S3ErrorCode::InvalidRange);
     }
 }
