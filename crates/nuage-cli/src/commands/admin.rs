@@ -78,6 +78,16 @@ enum AdminOrgCmd {
     SetQuota { name: String, max_projects: i64 },
     /// Delete an organization that holds no project.
     Delete { name: String },
+    /// Set a project's object storage quota (over all its buckets; no
+    /// limit given: none).
+    SetStorageQuota {
+        name: String,
+        project: String,
+        #[arg(long)]
+        max_bytes: Option<i64>,
+        #[arg(long)]
+        max_objects: Option<i64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -232,6 +242,31 @@ async fn orgs(ctx: &mut Ctx, cmd: AdminOrgCmd) -> Result<u8> {
             let path = [&base[..], &[name.as_str()]].concat();
             api.patch(&path, &UpdateOrgQuota { max_projects }, None)
                 .await?
+        }
+        AdminOrgCmd::SetStorageQuota {
+            name,
+            project,
+            max_bytes,
+            max_objects,
+        } => {
+            let path = [
+                &base[..],
+                &[name.as_str(), "projects", project.as_str(), "storage-quota"],
+            ]
+            .concat();
+            let quota = serde_json::json!({ "max_bytes": max_bytes, "max_objects": max_objects });
+            let s = api.put(&path, &super::bucket::strip_nulls(quota)).await?;
+            output::show(
+                ctx.json,
+                &s,
+                &[
+                    ("bytes", "usage.bytes"),
+                    ("objects", "usage.objects"),
+                    ("max bytes", "quota.max_bytes"),
+                    ("max objects", "quota.max_objects"),
+                ],
+            );
+            return Ok(exit::OK);
         }
         AdminOrgCmd::Delete { name } => {
             api.delete(&[&base[..], &[name.as_str()]].concat(), None)

@@ -33,6 +33,18 @@ enum BucketCmd {
     Show { name: String },
     /// Delete an empty bucket.
     Delete { name: String },
+    /// Set the bucket's storage quota (writes beyond it are refused).
+    SetQuota {
+        name: String,
+        /// Most bytes the bucket may hold (every version counts).
+        #[arg(long)]
+        max_bytes: Option<i64>,
+        /// Most objects the bucket may hold (versions and delete markers count).
+        #[arg(long)]
+        max_objects: Option<i64>,
+    },
+    /// The project's storage: usage over all its buckets and its quota.
+    Usage,
 }
 
 const COLUMNS: &[Field] = &[("NAME", "name"), ("KEY", "key"), ("CREATED", "created_at")];
@@ -45,7 +57,26 @@ const FIELDS: &[Field] = &[
     ("key id", "key_id"),
     ("created by", "created_by"),
     ("created", "created_at"),
+    ("bytes", "usage.bytes"),
+    ("objects", "usage.objects"),
+    ("max bytes", "quota.max_bytes"),
+    ("max objects", "quota.max_objects"),
 ];
+
+const STORAGE_FIELDS: &[Field] = &[
+    ("bytes", "usage.bytes"),
+    ("objects", "usage.objects"),
+    ("max bytes", "quota.max_bytes"),
+    ("max objects", "quota.max_objects"),
+];
+
+/// A quota without the limits left out (none).
+pub(crate) fn strip_nulls(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => m.into_iter().filter(|(_, v)| !v.is_null()).collect(),
+        other => other,
+    }
+}
 
 pub async fn run(ctx: &mut Ctx, args: BucketArgs) -> Result<u8> {
     let api = ctx.api(Realm::Tenant)?;
@@ -75,6 +106,27 @@ pub async fn run(ctx: &mut Ctx, args: BucketArgs) -> Result<u8> {
                 .get(&[&base[..], &[name.as_str()]].concat(), &Query::new())
                 .await?;
             output::show(ctx.json, &b, FIELDS);
+        }
+        BucketCmd::SetQuota {
+            name,
+            max_bytes,
+            max_objects,
+        } => {
+            let quota = json!({ "max_bytes": max_bytes, "max_objects": max_objects });
+            let b = api
+                .patch(
+                    &[&base[..], &[name.as_str()]].concat(),
+                    &json!({ "quota": strip_nulls(quota) }),
+                    None,
+                )
+                .await?;
+            output::show(ctx.json, &b, FIELDS);
+        }
+        BucketCmd::Usage => {
+            let s = api
+                .get(&[&base[..5], &["storage"]].concat(), &Query::new())
+                .await?;
+            output::show(ctx.json, &s, STORAGE_FIELDS);
         }
         BucketCmd::Delete { name } => {
             api.delete(&[&base[..], &[name.as_str()]].concat(), None)

@@ -397,3 +397,80 @@ async fn keys_from_the_cli() {
     assert!(o.stdout.contains("disabled"), "{}", o.stdout);
     s.shutdown().await;
 }
+
+/// Bucket quotas and project storage from the CLI, tables and --json.
+#[tokio::test]
+async fn bucket_quotas_from_the_cli() {
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let r = s
+        .t(
+            http::Method::POST,
+            "/v1/orgs/acme/projects",
+            &owner,
+            Some(serde_json::json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let run = |args: Vec<&str>| {
+        let cfg = cfg.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nuage(&cfg, &refs, Some("correct horse battery\n")).await
+        }
+    };
+    let o = run(vec![
+        "login",
+        "--url",
+        &s.tenant,
+        "--org",
+        "acme",
+        "--user",
+        "owner",
+        "--password-stdin",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["bucket", "create", "quota-cli", "-p", "web"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec![
+        "bucket",
+        "set-quota",
+        "quota-cli",
+        "-p",
+        "web",
+        "--max-bytes",
+        "1000000",
+        "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let b: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(b["quota"], serde_json::json!({"max_bytes": 1000000}));
+    assert_eq!(b["usage"], serde_json::json!({"bytes": 0, "objects": 0}));
+    let o = run(vec!["bucket", "show", "quota-cli", "-p", "web"]).await;
+    assert!(
+        o.stdout.contains("max bytes") && o.stdout.contains("1000000"),
+        "{}",
+        o.stdout
+    );
+    let o = run(vec![
+        "bucket",
+        "set-quota",
+        "quota-cli",
+        "-p",
+        "web",
+        "--max-objects=-5",
+    ])
+    .await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("positive"), "{}", o.stderr);
+    let o = run(vec!["bucket", "usage", "-p", "web", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let u: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(u["usage"]["objects"], 0);
+    s.shutdown().await;
+}
