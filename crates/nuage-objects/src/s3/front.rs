@@ -63,6 +63,9 @@ impl S3Host for Hosts {
 
 pub use nuage_audit::pending::AuditSlot as Slot;
 
+/// Largest XML request body accepted (MaxMessageLengthExceeded beyond).
+pub const MAX_XML_BODY: usize = 4 * 1024 * 1024;
+
 /// Request facts the operations need, carried in the request extensions.
 #[derive(Clone)]
 pub struct ReqCtx {
@@ -98,6 +101,15 @@ impl S3Front {
             seen: seen.clone(),
         });
         b.set_access(Access { seen });
+        // Our limits, not the wire crate's defaults: the largest legitimate
+        // XML bodies (1,000 keys of DeleteObjects, 10,000 parts of a
+        // Complete) stay well under 4 MiB.
+        let mut limits = s3s::config::S3Config::default();
+        limits.xml_max_body_size = MAX_XML_BODY;
+        limits.presigned_url_max_skew_time_secs = 900;
+        b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
+            limits,
+        ))));
         if let Some(domain) = &domain {
             b.set_host(Hosts {
                 domain: domain.clone(),
@@ -129,6 +141,39 @@ fn xml_error(status: StatusCode, code: &str, message: &str, request_id: &str) ->
         HeaderValue::from_static("application/xml"),
     );
     r
+}
+
+/// Whether a request carries an XML body (a bucket subresource PUT,
+/// DeleteObjects, CompleteMultipartUpload) declared larger than we accept.
+fn xml_too_large(req: &Request) -> bool {
+    let declared = req
+        .headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if !declared.is_some_and(|l| l > MAX_XML_BODY as u64) {
+        return false;
+    }
+    let query = req.uri().query().unwrap_or("");
+    let has = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
+    match *req.method() {
+        http::Method::POST => has("delete") || has("uploadId"),
+        http::Method::PUT => {
+            !has("uploadId")
+                && [
+                    "tagging",
+                    "cors",
+                    "lifecycle",
+                    "versioning",
+                    "acl",
+                    "encryption",
+                    "policy",
+                ]
+                .iter()
+                .any(|n| has(n))
+        }
+        _ => false,
+    }
 }
 
 /// The bucket a request addresses, virtual-hosted or path-style.
@@ -268,6 +313,16 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
     let mut response = if req.method() == http::Method::OPTIONS {
         slot.update(|a| a.action = Some("s3.cors_preflight".into()));
         preflight(&front, req.headers(), bucket.clone(), &request_id).await
+    } else if xml_too_large(&req) {
+        // Refused before the wire crate buffers it (which would answer a
+        // 500 for a body over its limit).
+        slot.update(|a| a.decision = Some("error"));
+        xml_error(
+            StatusCode::BAD_REQUEST,
+            "MaxMessageLengthExceeded",
+            "Your request was too big.",
+            &request_id,
+        )
     } else if front.engine.kms().is_sealed() {
         slot.update(|a| a.decision = Some("error"));
         xml_error(

@@ -286,6 +286,25 @@ assert seen == ["mpl/a/", "mpl/b/", "mpl/c", "mpl/d"], seen
 for k, uid in ids.items():
     s3.abort_multipart_upload(Bucket=B, Key=k, UploadId=uid)
 
+# ---- oversized XML: refused by our own limit, nothing deleted ----------------------------------
+huge = {"Objects": [{"Key": f"{i:05d}-" + "k" * 1000} for i in range(5000)] + [{"Key": "c.txt"}]}
+assert error_of(s3.delete_objects, Bucket=B, Delete=huge) == ("MaxMessageLengthExceeded", 400)
+assert s3.get_object(Bucket=B, Key="c.txt")["Body"].read() == b"two"
+bomb = ('<?xml version="1.0"?><!DOCTYPE d [<!ENTITY a "aaaaaaaaaa"><!ENTITY b "&a;&a;&a;&a;&a;&a;">]>'
+        '<Delete><Object><Key>&b;</Key></Object></Delete>').encode()
+status = None
+try:
+    s3.meta.events.register_first("before-sign.s3.DeleteObjects",
+                                   lambda request, **_: setattr(request, "data", bomb) or None,
+                                   unique_id="xml-bomb")
+    s3.delete_objects(Bucket=B, Delete={"Objects": [{"Key": "c.txt"}]})
+except ClientError as e:
+    status = e.response["Error"]["Code"]
+finally:
+    s3.meta.events.unregister("before-sign.s3.DeleteObjects", unique_id="xml-bomb")
+assert status == "MalformedXML", status
+assert s3.get_object(Bucket=B, Key="c.txt")["Body"].read() == b"two"
+
 # ---- SSE-C: a client-held key layered over the project key ---------------------------------------
 ck = bytes(range(32))
 wrong = bytes(range(1, 33))
