@@ -151,7 +151,7 @@ fn xml_too_large(req: &Request) -> bool {
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if !declared.is_some_and(|l| l > MAX_XML_BODY as u64) {
+    if declared.is_none_or(|l| l <= MAX_XML_BODY as u64) {
         return false;
     }
     let query = req.uri().query().unwrap_or("");
