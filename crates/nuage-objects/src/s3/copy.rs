@@ -56,6 +56,35 @@ pub(super) fn copy_range(range: &str, size: u64) -> S3Result<(u64, u64)> {
     Ok((first, last - first + 1))
 }
 
+/// Opens the copy source of a CopyObject or UploadPartCopy input (they
+/// name these fields alike) with its SSE-C key, checks its
+/// `x-amz-copy-source-if-*` conditions, and parses the target's SSE-C key.
+macro_rules! open_source {
+    ($objects:expr, $call:expr, $input:expr) => {{
+        let source_key = customer_key(
+            &$input.copy_source_sse_customer_algorithm,
+            &$input.copy_source_sse_customer_key,
+            &$input.copy_source_sse_customer_key_md5,
+        )?;
+        let target_key = customer_key(
+            &$input.sse_customer_algorithm,
+            &$input.sse_customer_key,
+            &$input.sse_customer_key_md5,
+        )?;
+        let src = $objects
+            .source(&$call, &$input.copy_source, source_key.as_ref())
+            .await?;
+        Conditions {
+            if_match: $input.copy_source_if_match.as_ref(),
+            if_none_match: $input.copy_source_if_none_match.as_ref(),
+            if_modified_since: $input.copy_source_if_modified_since.as_ref(),
+            if_unmodified_since: $input.copy_source_if_unmodified_since.as_ref(),
+        }
+        .check_source(&src.object.row.etag, src.object.row.created_at)?;
+        (src, target_key)
+    }};
+}
+
 impl Objects {
     /// Resolves and opens a copy source for `call`.
     async fn source(
@@ -106,27 +135,8 @@ impl Objects {
         if input.key.len() > 1024 {
             return Err(s3_error!(KeyTooLongError));
         }
-        let source_key = customer_key(
-            &input.copy_source_sse_customer_algorithm,
-            &input.copy_source_sse_customer_key,
-            &input.copy_source_sse_customer_key_md5,
-        )?;
-        let ck = customer_key(
-            &input.sse_customer_algorithm,
-            &input.sse_customer_key,
-            &input.sse_customer_key_md5,
-        )?;
-        let src = self
-            .source(&call, &input.copy_source, source_key.as_ref())
-            .await?;
+        let (src, ck) = open_source!(self, call, input);
         let o = &src.object;
-        Conditions {
-            if_match: input.copy_source_if_match.as_ref(),
-            if_none_match: input.copy_source_if_none_match.as_ref(),
-            if_modified_since: input.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-        }
-        .check_source(&o.row.etag, o.row.created_at)?;
         if o.row.size > MAX_COPY {
             return Err(s3_error!(
                 InvalidRequest,
@@ -255,27 +265,8 @@ impl Objects {
                 "part numbers run from 1 to {MAX_PART_NUMBER}"
             ));
         }
-        let source_key = customer_key(
-            &input.copy_source_sse_customer_algorithm,
-            &input.copy_source_sse_customer_key,
-            &input.copy_source_sse_customer_key_md5,
-        )?;
-        let ck = customer_key(
-            &input.sse_customer_algorithm,
-            &input.sse_customer_key,
-            &input.sse_customer_key_md5,
-        )?;
-        let src = self
-            .source(&call, &input.copy_source, source_key.as_ref())
-            .await?;
+        let (src, ck) = open_source!(self, call, input);
         let o = &src.object;
-        Conditions {
-            if_match: input.copy_source_if_match.as_ref(),
-            if_none_match: input.copy_source_if_none_match.as_ref(),
-            if_modified_since: input.copy_source_if_modified_since.as_ref(),
-            if_unmodified_since: input.copy_source_if_unmodified_since.as_ref(),
-        }
-        .check_source(&o.row.etag, o.row.created_at)?;
         let size = u64::try_from(o.row.size).unwrap_or(0);
         let (offset, len) = match &input.copy_source_range {
             Some(r) => copy_range(r, size)?,
