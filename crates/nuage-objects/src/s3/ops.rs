@@ -411,24 +411,21 @@ impl Objects {
     ) -> S3Result<BucketRow> {
         call.note(action, format!("bucket:{name}"));
         let store = self.engine.store();
-        let found = store.bucket_get(name).await.map_err(s3_err)?;
+        // One read: the bucket and its project's name.
+        let found = store.bucket_get_with_project(name).await.map_err(s3_err)?;
         if call.subject.is_none() {
-            return public_bucket(call, action, found);
+            return public_bucket(call, action, found.map(|(b, _)| b));
         }
-        let Some(b) = found.filter(|b| b.org_id == call.org_id()) else {
+        let Some((b, project)) = found.filter(|(b, _)| b.org_id == call.org_id()) else {
             call.decided("deny", Vec::new());
             return Err(no_such_bucket(name));
         };
-        let project = store
-            .project_get(&b.org_id, &b.project_id)
-            .await
-            .map_err(s3_err)?
-            .ok_or_else(|| no_such_bucket(name))?;
-        call.detail("project", &project.name);
+        let project = project.ok_or_else(|| no_such_bucket(name))?;
+        call.detail("project", &project);
         self.decide(
             call,
             action,
-            &Target::project(&b.org_id, &project.id, &project.name),
+            &Target::project(&b.org_id, &b.project_id, &project),
         )
         .await?;
         Ok(b)
