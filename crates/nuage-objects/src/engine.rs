@@ -936,6 +936,47 @@ impl Engine {
         })
     }
 
+    /// Plaintext bytes `offset .. offset + len` of an opened single-file
+    /// version in one buffer, read and decrypted in one blocking task, when
+    /// they fit in one read window of [`Engine::read`]; None otherwise
+    /// (multipart versions, larger reads: stream them).
+    pub async fn read_inline(
+        &self,
+        o: &Opened,
+        offset: u64,
+        len: u64,
+    ) -> Option<std::io::Result<Bytes>> {
+        if !o.parts.is_empty() || len > (DEFAULT_CHUNK_SIZE as u64) * READ_CHUNKS {
+            return None;
+        }
+        if len == 0 {
+            return Some(Ok(Bytes::new()));
+        }
+        let path = self.body_path(&o.row.version_id);
+        let size = u64::try_from(o.row.size).unwrap_or(0);
+        let aad = body_aad(&o.row.bucket_id, &o.row.version_id);
+        let dek = match &o.customer {
+            Some(c) => c.body_key(&o.dek),
+            None => o.dek.clone(),
+        };
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path)?;
+            let mut header = vec![0u8; HEADER_LEN];
+            file.read_exact_at(&mut header, 0)?;
+            let parsed = stream::Header::parse(&header).map_err(std::io::Error::other)?;
+            let span = stream::chunk_span(size, parsed.chunk_size(), offset, len)
+                .map_err(std::io::Error::other)?;
+            let mut fetched = vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
+            file.read_exact_at(&mut fetched, span.ciphertext.start)?;
+            let plain = stream::decrypt_range(&dek, &aad, &header, size, &fetched, offset, len)
+                .map_err(std::io::Error::other)?;
+            Ok(Bytes::from(plain))
+        })
+        .await;
+        Some(read.map_err(std::io::Error::other).and_then(|r| r))
+    }
+
     /// Deletes the current version of `key`; false when there was none.
     pub async fn delete(&self, bucket: &BucketRow, key: &str) -> ApiResult<bool> {
         match self.store.object_delete(&bucket.id, key).await? {

@@ -721,19 +721,34 @@ impl Objects {
                 (r.start, r.end - r.start, Some(range))
             }
         };
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let mut chunks = Box::pin(self.engine.read(&o, start, len));
-        tokio::spawn(async move {
-            while let Some(c) = chunks.next().await {
-                let failed = c.is_err();
-                if let Err(e) = &c {
-                    tracing::error!(error = %e, "object body read failed");
-                }
-                if tx.send(c).await.is_err() || failed {
-                    return;
-                }
+        // A body that fits in one read window is read and decrypted at once
+        // (no task, no channel); a larger one streams.
+        let body = match self.engine.read_inline(&o, start, len).await {
+            Some(Ok(bytes)) => StreamingBlob::from(s3s::Body::from(bytes)),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "object body read failed");
+                return Err(s3_error!(
+                    InternalError,
+                    "the object body could not be read"
+                ));
             }
-        });
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let mut chunks = Box::pin(self.engine.read(&o, start, len));
+                tokio::spawn(async move {
+                    while let Some(c) = chunks.next().await {
+                        let failed = c.is_err();
+                        if let Err(e) = &c {
+                            tracing::error!(error = %e, "object body read failed");
+                        }
+                        if tx.send(c).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                StreamingBlob::wrap(Body(rx))
+            }
+        };
         let m = o.meta;
         // The checksum covers the whole object: a range gets none.
         let sums = Sums::of(
@@ -752,7 +767,7 @@ impl Objects {
             sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
             sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             expires: m.expires.as_deref().and_then(parse_http_date),
-            body: Some(StreamingBlob::wrap(Body(rx))),
+            body: Some(body),
             content_length: Some(i64::try_from(len).unwrap_or(0)),
             content_range,
             accept_ranges: Some("bytes".into()),
