@@ -18,6 +18,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -42,6 +43,10 @@ pub use versioning::{valid_version_id, Found, VersionListing};
 
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
+
+/// Bodies up to this size are gathered in memory and written in one
+/// blocking task; larger ones stream.
+const SMALL_BODY: u64 = 4 * DEFAULT_CHUNK_SIZE as u64;
 
 /// Age after which a data key without its version or part is garbage.
 const ORPHAN_KEY_AGE_MS: i64 = 24 * 3600 * 1000;
@@ -104,6 +109,38 @@ pub struct Engine {
     kms: Kms,
     dir: PathBuf,
     cfg: EngineConfig,
+    metas: Arc<MetaCache>,
+}
+
+/// Opened metadata by version id, with the sealed text it was opened from:
+/// an entry serves only a row whose sealed metadata is that same text (a
+/// tag change re-seals it), and only after the row's data key was unwrapped
+/// again by the key service (a revoked key still fails the open). Emptied
+/// when full.
+#[derive(Default)]
+struct MetaCache(std::sync::Mutex<std::collections::HashMap<String, (String, String, Meta)>>);
+
+/// Entries of the metadata cache before it is emptied.
+const META_CACHE_MAX: usize = 4_096;
+
+impl MetaCache {
+    fn get(&self, bucket_id: &str, row: &ObjectRow) -> Option<Meta> {
+        let map = self.0.lock().ok()?;
+        let (b, sealed, meta) = map.get(&row.version_id)?;
+        (b == bucket_id && *sealed == row.sealed_meta).then(|| meta.clone())
+    }
+
+    fn put(&self, bucket_id: &str, row: &ObjectRow, meta: &Meta) {
+        if let Ok(mut map) = self.0.lock() {
+            if map.len() >= META_CACHE_MAX {
+                map.clear();
+            }
+            map.insert(
+                row.version_id.clone(),
+                (bucket_id.to_string(), row.sealed_meta.clone(), meta.clone()),
+            );
+        }
+    }
 }
 
 /// A stored version opened for reading: its row, metadata and data key.
@@ -225,6 +262,7 @@ impl Engine {
             kms,
             dir,
             cfg,
+            metas: Arc::default(),
         })
     }
 
@@ -316,6 +354,32 @@ impl Engine {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
+        // Gather a small body whole first: it is then encrypted here and
+        // written, fsynced and renamed in one blocking task.
+        let mut head: Vec<Bytes> = Vec::new();
+        let mut head_len = 0u64;
+        let ended = loop {
+            if head_len > SMALL_BODY {
+                break false;
+            }
+            let next = tokio::time::timeout(self.cfg.body_timeout, body.next())
+                .await
+                .map_err(|_| PutError::Body(BodyError::Timeout))?;
+            let Some(piece) = next else { break true };
+            let piece = piece.map_err(|e| PutError::Body(BodyError::Client(e.to_string())))?;
+            head_len += piece.len() as u64;
+            if head_len > self.cfg.max_object_size {
+                return Err(PutError::Body(BodyError::TooLarge));
+            }
+            head.push(piece);
+        };
+        if ended {
+            return self
+                .write_small(key, aad, id, final_path, &head, head_len, check)
+                .await;
+        }
+        let mut body = futures::stream::iter(head.into_iter().map(Ok::<Bytes, E>)).chain(body);
+
         let tmp_path = self.dir.join("tmp").join(id);
         let mut guard = TempFile(Some(tmp_path.clone()));
         let file = tokio::fs::File::create(&tmp_path)
@@ -385,6 +449,96 @@ impl Engine {
         sync_dir(&parent)
             .await
             .map_err(io_err("fsync a directory"))?;
+        Ok(Written {
+            total,
+            md5,
+            checksum,
+            guard,
+        })
+    }
+
+    /// [`Engine::write_body`] for a body already in memory: digests and
+    /// checks it, encrypts it, then creates, writes, fsyncs and renames the
+    /// file and fsyncs its directory in one blocking task (one thread hop
+    /// instead of one per step).
+    #[allow(clippy::too_many_arguments)]
+    async fn write_small(
+        &self,
+        key: &SecretKey,
+        aad: &[u8],
+        id: &str,
+        final_path: PathBuf,
+        pieces: &[Bytes],
+        total: u64,
+        check: &BodyCheck,
+    ) -> Result<Written, PutError> {
+        let mut md5 = Md5::new();
+        let mut sum = check.algo.hasher();
+        let mut plain = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
+        for p in pieces {
+            md5.update(p);
+            sum.update(p);
+            plain.extend_from_slice(p);
+        }
+        let md5: [u8; 16] = md5.finalize().into();
+        if check.md5.as_deref().is_some_and(|m| m != md5.as_slice()) {
+            return Err(PutError::Body(BodyError::BadDigest));
+        }
+        let checksum = sum.finish();
+        check
+            .verify(&checksum)
+            .map_err(|m| PutError::Body(BodyError::Checksum(m)))?;
+        let cs = DEFAULT_CHUNK_SIZE;
+        let (mut enc, header) = StreamEncryptor::new(key, aad, cs).map_err(stream_err)?;
+        let chunks = plain.len().div_ceil(cs).max(1);
+        let mut sealed = Vec::with_capacity(HEADER_LEN + plain.len() + chunks * TAG_LEN);
+        sealed.extend_from_slice(&header);
+        let mut buf: Vec<u8> = Vec::with_capacity(cs.min(plain.len()) + TAG_LEN);
+        for i in 0..chunks {
+            buf.clear();
+            buf.extend_from_slice(
+                &plain[(i * cs).min(plain.len())..((i + 1) * cs).min(plain.len())],
+            );
+            enc.encrypt_chunk(&mut buf, i + 1 == chunks)
+                .map_err(stream_err)?;
+            sealed.extend_from_slice(&buf);
+        }
+        drop(plain);
+
+        let tmp_path = self.dir.join("tmp").join(id);
+        let parent = final_path
+            .parent()
+            .map(Path::to_path_buf)
+            .ok_or_else(|| ApiError::internal("object path has no parent"))?;
+        let mut guard = TempFile(Some(tmp_path.clone()));
+        let dest = final_path.clone();
+        let done = tokio::task::spawn_blocking(
+            move || -> Result<(), (bool, &'static str, std::io::Error)> {
+                use std::io::Write;
+                let early = |what| move |e| (false, what, e);
+                let mut file =
+                    std::fs::File::create(&tmp_path).map_err(early("create a temporary file"))?;
+                file.write_all(&sealed).map_err(early("write"))?;
+                file.sync_all().map_err(early("fsync"))?;
+                drop(file);
+                std::fs::create_dir_all(&parent).map_err(early("create a directory"))?;
+                std::fs::rename(&tmp_path, &dest).map_err(early("rename"))?;
+                std::fs::File::open(&parent)
+                    .and_then(|d| d.sync_all())
+                    .map_err(|e| (true, "fsync a directory", e))
+            },
+        )
+        .await
+        .map_err(|e| ApiError::internal(format!("the body write task failed: {e}")))?;
+        match done {
+            Ok(()) => guard.0 = Some(final_path),
+            Err((renamed, what, e)) => {
+                if renamed {
+                    guard.0 = Some(final_path);
+                }
+                return Err(io_err(what)(e).into());
+            }
+        }
         Ok(Written {
             total,
             md5,
@@ -759,7 +913,14 @@ impl Engine {
             .kms
             .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
             .await?;
-        let meta = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
+        let meta = match self.metas.get(&bucket.id, &row) {
+            Some(m) => m,
+            None => {
+                let m = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
+                self.metas.put(&bucket.id, &row, &m);
+                m
+            }
+        };
         let parts = if row.part_count > 0 {
             self.store.version_parts(&row.version_id).await?
         } else {
@@ -934,6 +1095,47 @@ impl Engine {
             st.pos += piece_len;
             Ok(Some((Bytes::from(plain), st)))
         })
+    }
+
+    /// Plaintext bytes `offset .. offset + len` of an opened single-file
+    /// version in one buffer, read and decrypted in one blocking task, when
+    /// they fit in one read window of [`Engine::read`]; None otherwise
+    /// (multipart versions, larger reads: stream them).
+    pub async fn read_inline(
+        &self,
+        o: &Opened,
+        offset: u64,
+        len: u64,
+    ) -> Option<std::io::Result<Bytes>> {
+        if !o.parts.is_empty() || len > (DEFAULT_CHUNK_SIZE as u64) * READ_CHUNKS {
+            return None;
+        }
+        if len == 0 {
+            return Some(Ok(Bytes::new()));
+        }
+        let path = self.body_path(&o.row.version_id);
+        let size = u64::try_from(o.row.size).unwrap_or(0);
+        let aad = body_aad(&o.row.bucket_id, &o.row.version_id);
+        let dek = match &o.customer {
+            Some(c) => c.body_key(&o.dek),
+            None => o.dek.clone(),
+        };
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
+            use std::os::unix::fs::FileExt;
+            let file = std::fs::File::open(&path)?;
+            let mut header = vec![0u8; HEADER_LEN];
+            file.read_exact_at(&mut header, 0)?;
+            let parsed = stream::Header::parse(&header).map_err(std::io::Error::other)?;
+            let span = stream::chunk_span(size, parsed.chunk_size(), offset, len)
+                .map_err(std::io::Error::other)?;
+            let mut fetched = vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
+            file.read_exact_at(&mut fetched, span.ciphertext.start)?;
+            let plain = stream::decrypt_range(&dek, &aad, &header, size, &fetched, offset, len)
+                .map_err(std::io::Error::other)?;
+            Ok(Bytes::from(plain))
+        })
+        .await;
+        Some(read.map_err(std::io::Error::other).and_then(|r| r))
     }
 
     /// Deletes the current version of `key`; false when there was none.

@@ -371,6 +371,30 @@ impl Store {
         row.map(|r| row_to_bucket(&r)).transpose().map_err(db_err)
     }
 
+    /// The bucket named `name` with the name of its project (None when the
+    /// project row is gone), in one read.
+    pub async fn bucket_get_with_project(
+        &self,
+        name: &str,
+    ) -> ApiResult<Option<(BucketRow, Option<String>)>> {
+        let row = sqlx::query(&format!(
+            "SELECT {BUCKET_COLS}, (SELECT p.name FROM projects p \
+             WHERE p.org_id = buckets.org_id AND p.id = buckets.project_id) AS project_name \
+             FROM buckets WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| {
+            let b = row_to_bucket(&r)?;
+            let project: Option<String> = r.try_get("project_name")?;
+            Ok((b, project))
+        })
+        .transpose()
+        .map_err(db_err)
+    }
+
     /// Buckets of an organization (of one project when given), by name,
     /// after `after`, at most `limit`.
     pub async fn bucket_list(

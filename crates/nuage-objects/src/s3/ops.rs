@@ -429,24 +429,21 @@ impl Objects {
     ) -> S3Result<BucketRow> {
         call.note(action, format!("bucket:{name}"));
         let store = self.engine.store();
-        let found = store.bucket_get(name).await.map_err(s3_err)?;
+        // One read: the bucket and its project's name.
+        let found = store.bucket_get_with_project(name).await.map_err(s3_err)?;
         if call.subject.is_none() {
-            return public_bucket(call, action, found);
+            return public_bucket(call, action, found.map(|(b, _)| b));
         }
-        let Some(b) = found.filter(|b| b.org_id == call.org_id()) else {
+        let Some((b, project)) = found.filter(|(b, _)| b.org_id == call.org_id()) else {
             call.decided("deny", Vec::new());
             return Err(no_such_bucket(name));
         };
-        let project = store
-            .project_get(&b.org_id, &b.project_id)
-            .await
-            .map_err(s3_err)?
-            .ok_or_else(|| no_such_bucket(name))?;
-        call.detail("project", &project.name);
+        let project = project.ok_or_else(|| no_such_bucket(name))?;
+        call.detail("project", &project);
         self.decide(
             call,
             action,
-            &Target::project(&b.org_id, &project.id, &project.name),
+            &Target::project(&b.org_id, &b.project_id, &project),
         )
         .await?;
         Ok(b)
@@ -735,19 +732,34 @@ impl Objects {
         .check_read(&o.row.etag, o.row.created_at)?;
         let size = u64::try_from(o.row.size).unwrap_or(0);
         let (start, len, content_range) = byte_range(input.range, size)?;
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let mut chunks = Box::pin(self.engine.read(&o, start, len));
-        tokio::spawn(async move {
-            while let Some(c) = chunks.next().await {
-                let failed = c.is_err();
-                if let Err(e) = &c {
-                    tracing::error!(error = %e, "object body read failed");
-                }
-                if tx.send(c).await.is_err() || failed {
-                    return;
-                }
+        // A body that fits in one read window is read and decrypted at once
+        // (no task, no channel); a larger one streams.
+        let body = match self.engine.read_inline(&o, start, len).await {
+            Some(Ok(bytes)) => StreamingBlob::from(s3s::Body::from(bytes)),
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "object body read failed");
+                return Err(s3_error!(
+                    InternalError,
+                    "the object body could not be read"
+                ));
             }
-        });
+            None => {
+                let (tx, rx) = tokio::sync::mpsc::channel(2);
+                let mut chunks = Box::pin(self.engine.read(&o, start, len));
+                tokio::spawn(async move {
+                    while let Some(c) = chunks.next().await {
+                        let failed = c.is_err();
+                        if let Err(e) = &c {
+                            tracing::error!(error = %e, "object body read failed");
+                        }
+                        if tx.send(c).await.is_err() || failed {
+                            return;
+                        }
+                    }
+                });
+                StreamingBlob::wrap(Body(rx))
+            }
+        };
         let m = o.meta;
         // The checksum covers the whole object: a range gets none.
         let sums = Sums::of(
@@ -766,7 +778,7 @@ impl Objects {
             sse_customer_algorithm: ck.as_ref().map(|_| "AES256".to_string()),
             sse_customer_key_md5: ck.as_ref().map(|c| c.key_md5().to_string()),
             expires: m.expires.as_deref().and_then(parse_http_date),
-            body: Some(StreamingBlob::wrap(Body(rx))),
+            body: Some(body),
             content_length: Some(i64::try_from(len).unwrap_or(0)),
             content_range,
             accept_ranges: Some("bytes".into()),
