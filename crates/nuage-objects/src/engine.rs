@@ -18,7 +18,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -109,38 +108,6 @@ pub struct Engine {
     kms: Kms,
     dir: PathBuf,
     cfg: EngineConfig,
-    metas: Arc<MetaCache>,
-}
-
-/// Opened metadata by version id, with the sealed text it was opened from:
-/// an entry serves only a row whose sealed metadata is that same text (a
-/// tag change re-seals it), and only after the row's data key was unwrapped
-/// again by the key service (a revoked key still fails the open). Emptied
-/// when full.
-#[derive(Default)]
-struct MetaCache(std::sync::Mutex<std::collections::HashMap<String, (String, String, Meta)>>);
-
-/// Entries of the metadata cache before it is emptied.
-const META_CACHE_MAX: usize = 4_096;
-
-impl MetaCache {
-    fn get(&self, bucket_id: &str, row: &ObjectRow) -> Option<Meta> {
-        let map = self.0.lock().ok()?;
-        let (b, sealed, meta) = map.get(&row.version_id)?;
-        (b == bucket_id && *sealed == row.sealed_meta).then(|| meta.clone())
-    }
-
-    fn put(&self, bucket_id: &str, row: &ObjectRow, meta: &Meta) {
-        if let Ok(mut map) = self.0.lock() {
-            if map.len() >= META_CACHE_MAX {
-                map.clear();
-            }
-            map.insert(
-                row.version_id.clone(),
-                (bucket_id.to_string(), row.sealed_meta.clone(), meta.clone()),
-            );
-        }
-    }
 }
 
 /// A stored version opened for reading: its row, metadata and data key.
@@ -262,7 +229,6 @@ impl Engine {
             kms,
             dir,
             cfg,
-            metas: Arc::default(),
         })
     }
 
@@ -913,14 +879,7 @@ impl Engine {
             .kms
             .unwrap(&bucket.project_id, &row.data_key_id, &row.version_id, why)
             .await?;
-        let meta = match self.metas.get(&bucket.id, &row) {
-            Some(m) => m,
-            None => {
-                let m = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
-                self.metas.put(&bucket.id, &row, &m);
-                m
-            }
-        };
+        let meta = open_meta(&dek, &bucket.id, &row.version_id, &row.sealed_meta)?;
         let parts = if row.part_count > 0 {
             self.store.version_parts(&row.version_id).await?
         } else {
