@@ -617,18 +617,27 @@ impl Store {
     }
 
     /// Replaces a bucket's settings document.
-    pub async fn bucket_set_settings(&self, id: &str, settings: &str) -> ApiResult<()> {
-        let done = sqlx::query("UPDATE buckets SET settings = $1, updated_at = $2 WHERE id = $3")
-            .bind(settings)
-            .bind(nuage_core::time::now_ms())
-            .bind(id)
-            .execute(&self.write)
-            .await
-            .map_err(db_err)?;
-        if done.rows_affected() != 1 {
-            return Err(ApiError::not_found("bucket", id));
-        }
-        Ok(())
+    ///
+    /// Compare-and-swap: only over the document `read` (what the caller
+    /// changed); false when another writer changed it meanwhile, so that
+    /// concurrent changes of different settings never lose one another.
+    pub async fn bucket_set_settings(
+        &self,
+        id: &str,
+        read: &str,
+        settings: &str,
+    ) -> ApiResult<bool> {
+        let done = sqlx::query(
+            "UPDATE buckets SET settings = $1, updated_at = $2 WHERE id = $3 AND settings = $4",
+        )
+        .bind(settings)
+        .bind(nuage_core::time::now_ms())
+        .bind(id)
+        .bind(read)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Removes the current version of `key`, returning it.

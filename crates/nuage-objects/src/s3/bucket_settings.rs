@@ -148,7 +148,7 @@ impl Objects {
             });
         }
         self.update_settings(&b, |s, _| {
-            s.cors = out;
+            s.cors = out.clone();
             Ok(())
         })
         .await?;

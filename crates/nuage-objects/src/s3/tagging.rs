@@ -192,19 +192,38 @@ impl Objects {
         Ok(S3Response::new(DeleteBucketTaggingOutput {}))
     }
 
-    /// Rewrites a bucket's settings document through `f`.
+    /// Rewrites a bucket's settings document through `f`, again over the
+    /// newer document when another writer changed it meanwhile.
     pub(super) async fn update_settings(
         &self,
         b: &nuage_store::BucketRow,
-        f: impl FnOnce(&mut BucketSettings, &nuage_kms::Kms) -> nuage_core::ApiResult<()>,
+        f: impl Fn(&mut BucketSettings, &nuage_kms::Kms) -> nuage_core::ApiResult<()>,
     ) -> S3Result<()> {
-        let mut s = BucketSettings::of(b).map_err(s3_err)?;
-        f(&mut s, self.engine.kms()).map_err(s3_err)?;
-        let json = s.to_json().map_err(s3_err)?;
-        self.engine
-            .store()
-            .bucket_set_settings(&b.id, &json)
-            .await
-            .map_err(s3_err)
+        let store = self.engine.store();
+        let mut read = b.settings.clone();
+        for _ in 0..10 {
+            let mut s = serde_json::from_str::<BucketSettings>(&read)
+                .map_err(|e| s3_err(nuage_core::ApiError::internal(e.to_string())))?;
+            f(&mut s, self.engine.kms()).map_err(s3_err)?;
+            let json = s.to_json().map_err(s3_err)?;
+            if store
+                .bucket_set_settings(&b.id, &read, &json)
+                .await
+                .map_err(s3_err)?
+            {
+                return Ok(());
+            }
+            read = store
+                .bucket_get(&b.name)
+                .await
+                .map_err(s3_err)?
+                .filter(|now| now.id == b.id)
+                .ok_or_else(|| s3_error!(NoSuchBucket))?
+                .settings;
+        }
+        Err(s3_error!(
+            OperationAborted,
+            "the bucket's settings kept changing; retry"
+        ))
     }
 }

@@ -343,6 +343,38 @@ s3.copy_object(Bucket=B, Key="ssec-again.bin", CopySource=f"{B}/src.bin", **sse)
 assert s3.get_object(Bucket=B, Key="ssec-again.bin", **sse)["Body"].read() == data
 assert code_of(s3.get_object, Bucket=B, Key="ssec-again.bin") == "InvalidRequest"
 
+# ---- concurrent changes of different bucket settings all land ------------------------------------
+import threading
+
+for round_ in range(8):
+    errors = []
+
+    def run(fn, **kw):
+        try:
+            fn(**kw)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [
+        threading.Thread(target=run, args=(s3.put_bucket_tagging,),
+                         kwargs=dict(Bucket=B2, Tagging={"TagSet": [{"Key": "round", "Value": str(round_)}]})),
+        threading.Thread(target=run, args=(s3.put_bucket_cors,),
+                         kwargs=dict(Bucket=B2, CORSConfiguration={"CORSRules": [
+                             {"AllowedOrigins": [f"https://r{round_}.example"], "AllowedMethods": ["GET"]}]})),
+        threading.Thread(target=run, args=(s3.put_bucket_acl,),
+                         kwargs=dict(Bucket=B2, ACL="public-read" if round_ % 2 else "private")),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert s3.get_bucket_tagging(Bucket=B2)["TagSet"] == [{"Key": "round", "Value": str(round_)}]
+    assert s3.get_bucket_cors(Bucket=B2)["CORSRules"][0]["AllowedOrigins"] == [f"https://r{round_}.example"]
+    public = any(g["Grantee"].get("URI") for g in s3.get_bucket_acl(Bucket=B2)["Grants"])
+    assert public == bool(round_ % 2), round_
+s3.put_bucket_acl(Bucket=B2, ACL="private")
+
 # ---- another organization learns nothing about these buckets -----------------------------------
 rival = boto3.client(
     "s3",
