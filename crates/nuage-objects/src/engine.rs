@@ -899,18 +899,14 @@ impl Engine {
         ))
     }
 
-    /// Changes the metadata of the current version of `key` in place (tags
-    /// change without a new version); false when there is no such object.
+    /// Changes the metadata of an opened version in place (tags change
+    /// without a new version); false when the version is gone meanwhile.
     pub async fn update_meta(
         &self,
         bucket: &BucketRow,
-        key: &str,
-        why: &Purpose,
+        mut o: Opened,
         f: impl FnOnce(&mut Meta),
     ) -> ApiResult<bool> {
-        let Some((mut o, _)) = self.open_object(bucket, key, why).await? else {
-            return Ok(false);
-        };
         f(&mut o.meta);
         let sealed = self.seal_meta(&o.dek, &bucket.id, &o.row.version_id, &o.meta)?;
         self.store.object_set_meta(&o.row.version_id, &sealed).await

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use s3s::dto::*;
 use s3s::{s3_error, S3Request, S3Response, S3Result};
 
-use super::ops::{s3_err, Call, Objects};
+use super::ops::{read_action, s3_err, Call, Objects};
 use crate::settings::BucketSettings;
 
 const MAX_OBJECT_TAGS: usize = 10;
@@ -86,18 +86,16 @@ impl Objects {
     ) -> S3Result<S3Response<GetObjectTaggingOutput>> {
         let call = Call::of(&req)?;
         let input = req.input;
-        let b = self.bucket(&call, "s3.get_object", &input.bucket).await?;
-        call.note("s3.get_object", format!("bucket:{}/{}", b.name, input.key));
-        let (o, used) = self
-            .engine
-            .open_object(&b, &input.key, &call.purpose())
-            .await
-            .map_err(s3_err)?
-            .ok_or_else(|| s3_error!(NoSuchKey))?;
+        let action = read_action(input.version_id.is_some());
+        let b = self.bucket(&call, action, &input.bucket).await?;
+        call.note(action, format!("bucket:{}/{}", b.name, input.key));
+        let (o, used, version) = self
+            .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
+            .await?;
         call.record_use(&used);
         Ok(S3Response::new(GetObjectTaggingOutput {
             tag_set: to_set(o.meta.tags),
-            version_id: None,
+            version_id: version,
         }))
     }
 
@@ -110,8 +108,12 @@ impl Objects {
         let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
         call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
         let tags = from_set(input.tagging.tag_set, MAX_OBJECT_TAGS)?;
-        self.set_object_tags(&call, &b, &input.key, tags).await?;
-        Ok(S3Response::new(PutObjectTaggingOutput::default()))
+        let version = self
+            .set_object_tags(&call, &b, &input.key, input.version_id.as_deref(), tags)
+            .await?;
+        Ok(S3Response::new(PutObjectTaggingOutput {
+            version_id: version,
+        }))
     }
 
     pub(super) async fn delete_object_tagging_inner(
@@ -122,27 +124,41 @@ impl Objects {
         let input = req.input;
         let b = self.bucket(&call, "s3.put_object", &input.bucket).await?;
         call.note("s3.put_object", format!("bucket:{}/{}", b.name, input.key));
-        self.set_object_tags(&call, &b, &input.key, BTreeMap::new())
+        let version = self
+            .set_object_tags(
+                &call,
+                &b,
+                &input.key,
+                input.version_id.as_deref(),
+                BTreeMap::new(),
+            )
             .await?;
-        Ok(S3Response::new(DeleteObjectTaggingOutput::default()))
+        Ok(S3Response::new(DeleteObjectTaggingOutput {
+            version_id: version,
+        }))
     }
 
+    /// Replaces the tags of the current version of `key`, or of the
+    /// version named; returns the version id to report.
     async fn set_object_tags(
         &self,
         call: &Call,
         b: &nuage_store::BucketRow,
         key: &str,
+        version_id: Option<&str>,
         tags: BTreeMap<String, String>,
-    ) -> S3Result<()> {
+    ) -> S3Result<Option<String>> {
+        let (o, used, version) = self.open_for_read(call, b, key, version_id).await?;
+        call.record_use(&used);
         let changed = self
             .engine
-            .update_meta(b, key, &call.purpose(), |m| m.tags = tags)
+            .update_meta(b, o, |m| m.tags = tags)
             .await
             .map_err(s3_err)?;
         if !changed {
             return Err(s3_error!(NoSuchKey));
         }
-        Ok(())
+        Ok(version)
     }
 
     pub(super) async fn get_bucket_tagging_inner(

@@ -343,6 +343,27 @@ s3.copy_object(Bucket=B, Key="ssec-again.bin", CopySource=f"{B}/src.bin", **sse)
 assert s3.get_object(Bucket=B, Key="ssec-again.bin", **sse)["Body"].read() == data
 assert code_of(s3.get_object, Bucket=B, Key="ssec-again.bin") == "InvalidRequest"
 
+# ---- tags of one version of a versioned bucket -----------------------------------------------------
+VB = "obj-tags-versioned"
+s3.create_bucket(Bucket=VB)
+s3.put_bucket_versioning(Bucket=VB, VersioningConfiguration={"Status": "Enabled"})
+v1 = s3.put_object(Bucket=VB, Key="k", Body=b"1", Tagging="gen=one")["VersionId"]
+v2 = s3.put_object(Bucket=VB, Key="k", Body=b"2", Tagging="gen=two")["VersionId"]
+assert s3.get_object_tagging(Bucket=VB, Key="k")["TagSet"] == [{"Key": "gen", "Value": "two"}]
+old_tags = s3.get_object_tagging(Bucket=VB, Key="k", VersionId=v1)
+assert old_tags["TagSet"] == [{"Key": "gen", "Value": "one"}] and old_tags["VersionId"] == v1, old_tags
+r = s3.put_object_tagging(Bucket=VB, Key="k", VersionId=v1, Tagging={"TagSet": [{"Key": "gen", "Value": "re"}]})
+assert r["VersionId"] == v1, r
+assert s3.get_object_tagging(Bucket=VB, Key="k", VersionId=v1)["TagSet"] == [{"Key": "gen", "Value": "re"}]
+assert s3.get_object_tagging(Bucket=VB, Key="k")["TagSet"] == [{"Key": "gen", "Value": "two"}]
+s3.delete_object_tagging(Bucket=VB, Key="k", VersionId=v2)
+assert s3.get_object_tagging(Bucket=VB, Key="k")["TagSet"] == []
+assert s3.get_object(Bucket=VB, Key="k", VersionId=v1)["Body"].read() == b"1"
+assert code_of(s3.get_object_tagging, Bucket=VB, Key="k", VersionId="obv_0000") in ("NoSuchVersion", "InvalidArgument")
+for v in (v1, v2):
+    s3.delete_object(Bucket=VB, Key="k", VersionId=v)
+s3.delete_bucket(Bucket=VB)
+
 # ---- concurrent changes of different bucket settings all land ------------------------------------
 import threading
 
