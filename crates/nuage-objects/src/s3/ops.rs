@@ -418,6 +418,35 @@ fn byte_range(range: Option<Range>, size: u64) -> S3Result<(u64, u64, Option<Str
     Ok((r.start, r.end - r.start, Some(content_range)))
 }
 
+/// The shared start of GetObject and HeadObject (their inputs name these
+/// fields alike): the bucket for the read action, the version opened, its
+/// SSE-C key checked, the conditional headers judged.
+macro_rules! open_read {
+    ($objects:expr, $call:expr, $input:expr) => {{
+        let action = versioning::read_action($input.version_id.is_some());
+        let b = $objects.bucket(&$call, action, &$input.bucket).await?;
+        $call.note(action, format!("bucket:{}/{}", b.name, $input.key));
+        let ck = customer_key(
+            &$input.sse_customer_algorithm,
+            &$input.sse_customer_key,
+            &$input.sse_customer_key_md5,
+        )?;
+        let (mut o, used, version) = $objects
+            .open_for_read(&$call, &b, &$input.key, $input.version_id.as_deref())
+            .await?;
+        $call.record_use(&used);
+        o.unlock(ck.as_ref()).map_err(s3_err)?;
+        Conditions {
+            if_match: $input.if_match.as_ref(),
+            if_none_match: $input.if_none_match.as_ref(),
+            if_modified_since: $input.if_modified_since.as_ref(),
+            if_unmodified_since: $input.if_unmodified_since.as_ref(),
+        }
+        .check_read(&o.row.etag, o.row.created_at)?;
+        (b, o, version, ck)
+    }};
+}
+
 impl Objects {
     /// Resolves `name` for `action`: missing and foreign buckets are
     /// NoSuchBucket, a refusal is AccessDenied; both reach the audit entry.
@@ -710,26 +739,7 @@ impl Objects {
     ) -> S3Result<S3Response<GetObjectOutput>> {
         let call = Call::of_public(&req)?;
         let input = req.input;
-        let action = versioning::read_action(input.version_id.is_some());
-        let b = self.bucket(&call, action, &input.bucket).await?;
-        call.note(action, format!("bucket:{}/{}", b.name, input.key));
-        let ck = customer_key(
-            &input.sse_customer_algorithm,
-            &input.sse_customer_key,
-            &input.sse_customer_key_md5,
-        )?;
-        let (mut o, used, version) = self
-            .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
-            .await?;
-        call.record_use(&used);
-        o.unlock(ck.as_ref()).map_err(s3_err)?;
-        Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        }
-        .check_read(&o.row.etag, o.row.created_at)?;
+        let (b, o, version, ck) = open_read!(self, call, input);
         let size = u64::try_from(o.row.size).unwrap_or(0);
         let (start, len, content_range) = byte_range(input.range, size)?;
         // A body that fits in one read window is read and decrypted at once
@@ -805,26 +815,7 @@ impl Objects {
     ) -> S3Result<S3Response<HeadObjectOutput>> {
         let call = Call::of_public(&req)?;
         let input = req.input;
-        let action = versioning::read_action(input.version_id.is_some());
-        let b = self.bucket(&call, action, &input.bucket).await?;
-        call.note(action, format!("bucket:{}/{}", b.name, input.key));
-        let ck = customer_key(
-            &input.sse_customer_algorithm,
-            &input.sse_customer_key,
-            &input.sse_customer_key_md5,
-        )?;
-        let (mut o, used, version) = self
-            .open_for_read(&call, &b, &input.key, input.version_id.as_deref())
-            .await?;
-        call.record_use(&used);
-        o.unlock(ck.as_ref()).map_err(s3_err)?;
-        Conditions {
-            if_match: input.if_match.as_ref(),
-            if_none_match: input.if_none_match.as_ref(),
-            if_modified_since: input.if_modified_since.as_ref(),
-            if_unmodified_since: input.if_unmodified_since.as_ref(),
-        }
-        .check_read(&o.row.etag, o.row.created_at)?;
+        let (b, o, version, ck) = open_read!(self, call, input);
         let m = o.meta;
         let sums = Sums::of(
             m.checksum
