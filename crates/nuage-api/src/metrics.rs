@@ -1,15 +1,20 @@
-//! Prometheus metrics: request counts and latencies by route and status.
+//! Prometheus metrics: request counts and latencies by route and status,
+//! and how well the object store's group commit shares its commits.
 //! A registry per server (not a global) so several servers can live in one
 //! test process.
 
 use std::sync::Mutex;
 
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::text::encode;
-use prometheus_client::encoding::EncodeLabelSet;
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
+
+use nuage_store::Store;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
@@ -57,6 +62,13 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    /// Adds the store's own counters to what [`Metrics::render`] shows.
+    pub fn watch_store(&self, store: &Store) {
+        if let Ok(mut reg) = self.registry.lock() {
+            reg.register_collector(Box::new(StoreCollector(store.clone())));
+        }
+    }
+
     pub fn observe(&self, labels: RouteLabels, seconds: f64) {
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
@@ -68,5 +80,35 @@ impl Metrics {
             let _ = encode(&mut out, &reg);
         }
         out
+    }
+}
+
+struct StoreCollector(Store);
+
+impl std::fmt::Debug for StoreCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StoreCollector")
+    }
+}
+
+impl Collector for StoreCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let s = self.0.object_commit_stats();
+        for (name, help, value) in [
+            (
+                "object_commit_puts",
+                "Object versions written through the group committer",
+                s.puts,
+            ),
+            (
+                "object_commit_transactions",
+                "Transactions the group committer used for them",
+                s.transactions,
+            ),
+        ] {
+            let m = encoder.encode_descriptor(name, help, None, MetricType::Counter)?;
+            ConstCounter::new(value).encode(m)?;
+        }
+        Ok(())
     }
 }

@@ -347,6 +347,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let bootstrap_token = bootstrap(&store, &authn, &cfg.data_dir).await?;
 
     let metrics = Arc::new(Metrics::default());
+    metrics.watch_store(&store);
     let state = |realm| {
         AppState::new(AppStateInner {
             store: store.clone(),

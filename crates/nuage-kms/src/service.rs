@@ -945,6 +945,21 @@ impl Kms {
         owner: &str,
         why: &Purpose,
     ) -> ApiResult<(DataKey, KeyUse)> {
+        let (dk, used, row) = self.data_key_unsaved(project_id, key, owner, why).await?;
+        self.0.store.kms_data_key_insert(&row).await?;
+        Ok((dk, used))
+    }
+
+    /// [`Kms::data_key`] without the store write: the caller inserts `row` in
+    /// the same transaction as the record that references it, so a failed
+    /// or crashed write leaves no orphan key row (and one commit, not two).
+    pub async fn data_key_unsaved(
+        &self,
+        project_id: &str,
+        key: &str,
+        owner: &str,
+        why: &Purpose,
+    ) -> ApiResult<(DataKey, KeyUse, DataKeyRow)> {
         let k = self.project_key(project_id, key).await?;
         Self::check_use(&k, why)?;
         let dek = SecretKey::generate();
@@ -953,17 +968,14 @@ impl Kms {
         let wrapped = self
             .wrap_with(&k, version, &dek_aad(&k.id, version, &id, owner), &dek)
             .await?;
-        self.0
-            .store
-            .kms_data_key_insert(&DataKeyRow {
-                id: id.clone(),
-                key_id: k.id.clone(),
-                key_version: version,
-                owner: owner.to_string(),
-                wrapped: B64.encode(wrapped),
-                created_at: now_ms(),
-            })
-            .await?;
+        let row = DataKeyRow {
+            id: id.clone(),
+            key_id: k.id.clone(),
+            key_version: version,
+            owner: owner.to_string(),
+            wrapped: B64.encode(wrapped),
+            created_at: now_ms(),
+        };
         self.0.deks.put(
             id.clone(),
             CachedDek {
@@ -981,6 +993,7 @@ impl Kms {
                 key_version: version,
             },
             used,
+            row,
         ))
     }
 

@@ -547,9 +547,9 @@ impl Engine {
         E: std::fmt::Display,
     {
         let version_id = format!("obv_{}", uuid::Uuid::now_v7().simple());
-        let (dk, used) = self
+        let (dk, used, dek_row) = self
             .kms
-            .data_key(&bucket.project_id, &bucket.key_id, &version_id, why)
+            .data_key_unsaved(&bucket.project_id, &bucket.key_id, &version_id, why)
             .await?;
         let aad = body_aad(&bucket.id, &version_id);
         let body_key = customer.map_or_else(|| dk.key.clone(), |c| c.body_key(&dk.key));
@@ -563,13 +563,7 @@ impl Engine {
                 check,
             )
             .await;
-        let mut written = match written {
-            Ok(w) => w,
-            Err(e) => {
-                let _ = self.kms.data_key_delete(&dk.id).await;
-                return Err(e);
-            }
-        };
+        let mut written = written?;
         let mut meta = meta.clone();
         meta.sse_c = customer.map(|c| c.record(&dk.key));
         meta.checksum = Some(checksum::Stored {
@@ -588,13 +582,7 @@ impl Engine {
             created_at: now_ms(),
             part_count: 0,
         };
-        let placed = match self.store.object_put(&row, cond).await {
-            Ok(r) => r,
-            Err(e) => {
-                let _ = self.kms.data_key_delete(&dk.id).await;
-                return Err(e.into());
-            }
-        };
+        let placed = self.store.object_put(Some(&dek_row), &row, cond).await?;
         written.guard.0 = None;
         if let Some(old) = placed.replaced {
             self.discard(&old).await;

@@ -509,19 +509,8 @@ impl Store {
     }
 
     pub async fn kms_data_key_insert(&self, d: &DataKeyRow) -> ApiResult<()> {
-        sqlx::query(&format!(
-            "INSERT INTO kms_data_keys ({DEK_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
-        ))
-        .bind(&d.id)
-        .bind(&d.key_id)
-        .bind(d.key_version)
-        .bind(&d.owner)
-        .bind(&d.wrapped)
-        .bind(d.created_at)
-        .execute(&self.write)
-        .await
-        .map_err(db_err)?;
-        Ok(())
+        let mut conn = self.write.acquire().await.map_err(db_err)?;
+        insert_data_key(&mut conn, d).await.map_err(db_err)
     }
 
     pub async fn kms_data_key_get(&self, id: &str) -> ApiResult<Option<DataKeyRow>> {
@@ -631,5 +620,25 @@ async fn insert_version(
     .execute(&mut **tx)
     .await
     .map_err(insert_err("key version", &v.key_id))?;
+    Ok(())
+}
+
+/// Inserts a data key row on `conn` (inside the caller's transaction when
+/// the key protects a record written with it).
+pub(crate) async fn insert_data_key(
+    conn: &mut sqlx::AnyConnection,
+    d: &DataKeyRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO kms_data_keys ({DEK_COLS}) VALUES ($1, $2, $3, $4, $5, $6)"
+    ))
+    .bind(&d.id)
+    .bind(&d.key_id)
+    .bind(d.key_version)
+    .bind(&d.owner)
+    .bind(&d.wrapped)
+    .bind(d.created_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }

@@ -14,6 +14,7 @@
 
 mod access_keys;
 mod audit;
+mod group_commit;
 mod groups;
 mod idempotency;
 mod kms;
@@ -39,6 +40,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use access_keys::AccessKeyAuth;
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
+pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
 pub use objects::{
@@ -103,6 +105,8 @@ pub struct Store {
     /// Bumped after every identity or access change through this process,
     /// so in-process caches of them (see `nuage-iam`) drop what they hold.
     epoch: Arc<AtomicU64>,
+    /// The group committer of object versions.
+    commits: group_commit::Committer,
 }
 
 impl Store {
@@ -159,6 +163,7 @@ impl Store {
                     write,
                     backend,
                     epoch: Arc::default(),
+                    commits: Default::default(),
                 }
             }
             Backend::Postgres => {
@@ -173,6 +178,7 @@ impl Store {
                     write: pool,
                     backend,
                     epoch: Arc::default(),
+                    commits: Default::default(),
                 }
             }
         };

@@ -11,6 +11,7 @@ use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::kms::{insert_data_key, DataKeyRow};
 use crate::versions::{place_version, Placed};
 use crate::{db_err, insert_err, is_unique_violation, Store};
 
@@ -489,53 +490,23 @@ impl Store {
     /// `cond` is judged against the current version inside the same
     /// transaction (a delete marker is no object): `precondition_failed`,
     /// or `not_found` for an ETag condition on a key without an object.
-    pub async fn object_put(&self, o: &ObjectRow, cond: &WriteIf) -> ApiResult<Placed> {
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match self.object_put_once(o, cond).await {
-                Err(e) if is_unique_violation(&e) && tries < 5 => continue,
-                Err(e) => return Err(db_err(e)),
-                Ok(r) => return r,
-            }
-        }
-    }
-
-    async fn object_put_once(
+    ///
+    /// `dek`, the data key of the version's body and metadata, is inserted in
+    /// the same transaction. Concurrent calls are committed in groups (see
+    /// `group_commit`).
+    pub async fn object_put(
         &self,
+        dek: Option<&DataKeyRow>,
         o: &ObjectRow,
         cond: &WriteIf,
-    ) -> Result<ApiResult<Placed>, sqlx::Error> {
-        let hex = key_hex(&o.key);
-        let mut tx = self.write.begin().await?;
-        if *cond != WriteIf::Always {
-            let etag: Option<String> = sqlx::query_scalar(
-                "SELECT etag FROM objects WHERE bucket_id = $1 AND key_hex = $2 AND is_current = 1",
-            )
-            .bind(&o.bucket_id)
-            .bind(&hex)
-            .fetch_optional(&mut *tx)
-            .await?;
-            let refused = match (cond, etag) {
-                (WriteIf::Absent, Some(_)) => Some(ApiError::precondition_failed(
-                    "the key already has an object (If-None-Match: *)",
-                )),
-                (WriteIf::ETag(_), None) => Some(ApiError::not_found("object", &o.key)),
-                (WriteIf::ETag(want), Some(have)) if *want != have => Some(
-                    ApiError::precondition_failed("the object's ETag differs from If-Match"),
-                ),
-                _ => None,
-            };
-            if let Some(e) = refused {
-                return Ok(Err(e));
-            }
-        }
-        let placed = place_version(&mut tx, o, &hex).await?;
-        if let Some(e) = over_quota(&mut tx, &o.bucket_id).await? {
-            return Ok(Err(e));
-        }
-        tx.commit().await?;
-        Ok(Ok(placed))
+    ) -> ApiResult<Placed> {
+        self.commits.put(&self.write, dek, o, cond).await
+    }
+
+    /// How many object versions the group committer has written, and in
+    /// how many transactions.
+    pub fn object_commit_stats(&self) -> crate::CommitStats {
+        self.commits.stats()
     }
 
     /// Replaces the sealed metadata of one version (tags change without a
@@ -1040,4 +1011,46 @@ impl Store {
             .map_err(db_err)?;
         Ok(row.is_some())
     }
+}
+
+/// The body of [`Store::object_put`] on the caller's transaction: the
+/// outer `Err` is a database failure, the inner one a refusal (condition,
+/// quota) after which the caller rolls back.
+pub(crate) async fn put_on(
+    conn: &mut sqlx::AnyConnection,
+    dek: Option<&DataKeyRow>,
+    o: &ObjectRow,
+    cond: &WriteIf,
+) -> Result<ApiResult<Placed>, sqlx::Error> {
+    let hex = key_hex(&o.key);
+    if *cond != WriteIf::Always {
+        let etag: Option<String> = sqlx::query_scalar(
+            "SELECT etag FROM objects WHERE bucket_id = $1 AND key_hex = $2 AND is_current = 1",
+        )
+        .bind(&o.bucket_id)
+        .bind(&hex)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let refused = match (cond, etag) {
+            (WriteIf::Absent, Some(_)) => Some(ApiError::precondition_failed(
+                "the key already has an object (If-None-Match: *)",
+            )),
+            (WriteIf::ETag(_), None) => Some(ApiError::not_found("object", &o.key)),
+            (WriteIf::ETag(want), Some(have)) if *want != have => Some(
+                ApiError::precondition_failed("the object's ETag differs from If-Match"),
+            ),
+            _ => None,
+        };
+        if let Some(e) = refused {
+            return Ok(Err(e));
+        }
+    }
+    if let Some(d) = dek {
+        insert_data_key(conn, d).await?;
+    }
+    let placed = place_version(conn, o, &hex).await?;
+    if let Some(e) = over_quota(conn, &o.bucket_id).await? {
+        return Ok(Err(e));
+    }
+    Ok(Ok(placed))
 }

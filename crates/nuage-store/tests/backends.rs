@@ -7,7 +7,10 @@ use std::collections::{BTreeMap, HashSet};
 
 use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, RoleBinding};
 use nuage_core::page::PageRequest;
-use nuage_store::{AuditAppend, Store, StoreError, StoreOptions};
+use nuage_store::{
+    AuditAppend, BucketRow, DataKeyRow, KeyRow, KeyVersionRow, ObjectRow, Store, StoreError,
+    StoreOptions, WriteIf,
+};
 use sqlx::Connection;
 
 struct Engine {
@@ -359,5 +362,164 @@ async fn a_newer_schema_is_refused_with_a_clear_message() {
             Err(other) => panic!("{}: wrong error {other}", e.name),
             Ok(_) => panic!("{}: a newer schema was accepted", e.name),
         }
+    }
+}
+
+/// A project with a key and a bucket whose quota allows `quota_objects`.
+async fn bucket_with_key(store: &Store, o: &Org, u: &Principal, quota_objects: i64) -> BucketRow {
+    let p = project(o, "objects");
+    store.project_create(&p, 100).await.expect("project");
+    let key = KeyRow {
+        id: "key_groupcommit".into(),
+        org_id: o.id.clone(),
+        project_id: p.id.clone(),
+        name: "default".into(),
+        description: String::new(),
+        manager_id: None,
+        state: "enabled".into(),
+        primary_version: 1,
+        justifications: None,
+        destroy_at: None,
+        generation: 1,
+        created_at: 1,
+        updated_at: 1,
+    };
+    let version = KeyVersionRow {
+        key_id: key.id.clone(),
+        version: 1,
+        state: "enabled".into(),
+        material: Some("not used by this test".into()),
+        external_ref: None,
+        created_at: 1,
+        destroyed_at: None,
+    };
+    store.kms_key_create(&key, &version).await.expect("key");
+    let b = BucketRow {
+        id: "bkt_groupcommit".into(),
+        org_id: o.id.clone(),
+        project_id: p.id.clone(),
+        name: "group-commit".into(),
+        key_id: key.id.clone(),
+        key_name: key.name.clone(),
+        created_by: u.id.clone(),
+        generation: 1,
+        created_at: 1,
+        updated_at: 1,
+        settings: String::new(),
+        used_bytes: 0,
+        used_objects: 0,
+        quota_bytes: 0,
+        quota_objects: 0,
+    };
+    store.bucket_create(&b).await.expect("bucket");
+    store
+        .bucket_set_quota(&b.id, 0, quota_objects)
+        .await
+        .expect("quota");
+    b
+}
+
+fn version(b: &BucketRow, key: &str, n: usize) -> (DataKeyRow, ObjectRow) {
+    let dek = DataKeyRow {
+        id: format!("dek_{key}_{n}"),
+        key_id: b.key_id.clone(),
+        key_version: 1,
+        owner: format!("obv_{key}_{n}"),
+        wrapped: "sealed".into(),
+        created_at: 1,
+    };
+    let row = ObjectRow {
+        version_id: format!("obv_{key}_{n}"),
+        bucket_id: b.id.clone(),
+        key: key.to_string(),
+        size: 10,
+        etag: format!("etag-{n}"),
+        data_key_id: dek.id.clone(),
+        sealed_meta: String::new(),
+        created_at: 1,
+        part_count: 0,
+    };
+    (dek, row)
+}
+
+/// Concurrent PUTs share one transaction, yet each is judged alone: a
+/// refused condition or an exceeded quota rolls back that PUT and its data
+/// key, and its neighbours in the group commit.
+#[tokio::test(flavor = "current_thread")]
+async fn concurrent_object_puts_commit_in_groups_and_fail_alone() {
+    for e in engines().await {
+        let (store, o, u) = seeded(&e.url).await;
+        // "taken" plus 30 new keys fit; the 31st new key is over quota.
+        let b = bucket_with_key(&store, &o, &u, 31).await;
+        let (dek, row) = version(&b, "taken", 0);
+        store
+            .object_put(Some(&dek), &row, &WriteIf::Always)
+            .await
+            .expect("first put");
+        let before = store.object_commit_stats();
+
+        let mut jobs = Vec::new();
+        for n in 1..=48 {
+            // Every fourth asks for a condition on "taken" that fails.
+            let (key, cond) = match n % 8 {
+                0 => ("taken".to_string(), WriteIf::Absent),
+                4 => ("taken".to_string(), WriteIf::ETag("other".into())),
+                _ => (format!("k{n:02}"), WriteIf::Always),
+            };
+            let (dek, row) = version(&b, &key, n);
+            jobs.push((dek, row, cond));
+        }
+        let results = futures::future::join_all(
+            jobs.iter()
+                .map(|(dek, row, cond)| store.object_put(Some(dek), row, cond)),
+        )
+        .await;
+
+        let after = store.object_commit_stats();
+        assert_eq!(after.puts - before.puts, 48, "{}", e.name);
+        assert!(
+            after.transactions - before.transactions < 4,
+            "{}: 48 concurrent puts took {} transactions",
+            e.name,
+            after.transactions - before.transactions
+        );
+        let mut new_keys = 0;
+        for ((dek, row, cond), r) in jobs.iter().zip(&results) {
+            let stored_dek = store.kms_data_key_get(&dek.id).await.expect("dek get");
+            if *cond != WriteIf::Always {
+                let err = r.as_ref().expect_err("a failed condition is refused");
+                assert_eq!(err.status.as_u16(), 412, "{}: {err:?}", e.name);
+                assert!(stored_dek.is_none(), "{}: refused put kept its key", e.name);
+                continue;
+            }
+            new_keys += 1;
+            let current = store.object_get(&b.id, &row.key).await.expect("get");
+            if new_keys <= 30 {
+                assert!(r.is_ok(), "{}: put {} failed: {r:?}", e.name, row.key);
+                assert_eq!(current.map(|c| c.version_id), Some(row.version_id.clone()));
+                assert!(
+                    stored_dek.is_some(),
+                    "{}: committed put lost its key",
+                    e.name
+                );
+            } else {
+                let err = r.as_ref().expect_err("over quota");
+                assert_eq!(err.code, "quota_exceeded", "{}: {err:?}", e.name);
+                assert!(
+                    current.is_none(),
+                    "{}: {} stored over quota",
+                    e.name,
+                    row.key
+                );
+                assert!(
+                    stored_dek.is_none(),
+                    "{}: over-quota put kept its key",
+                    e.name
+                );
+            }
+        }
+        assert_eq!(new_keys, 36, "{}", e.name);
+        let taken = store.object_get(&b.id, "taken").await.expect("get taken");
+        assert_eq!(taken.map(|t| t.version_id), Some("obv_taken_0".into()));
     }
 }
