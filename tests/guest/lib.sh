@@ -39,6 +39,6 @@ fs_label() {
 # is_ours DEV: true for the guest's own boot disk (FAT labelled NUAGEBOOT)
 # and for a NoCloud seed (label cidata, any case).
 is_ours() {
-	_l=$(fs_label "$1" | cut -d' ' -f2- | tr 'A-Z' 'a-z')
+	_l=$(fs_label "$1" | cut -d' ' -f2- | tr '[:upper:]' '[:lower:]')
 	[ "$_l" = nuageboot ] || [ "$_l" = cidata ]
 }
