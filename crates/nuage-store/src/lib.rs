@@ -14,6 +14,7 @@
 
 mod access_keys;
 mod audit;
+mod compute;
 mod group_commit;
 mod groups;
 mod idempotency;
@@ -40,6 +41,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use access_keys::AccessKeyAuth;
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
+pub use compute::{ImageRow, VolumeRow};
 pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
