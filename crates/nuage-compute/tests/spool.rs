@@ -53,7 +53,7 @@ async fn spool_reads_back_at_any_offset_and_never_holds_the_plaintext() {
     assert_eq!(all, data);
     for at in [0u64, 1, 65_535, 65_536, 65_537, 200_000, 299_990] {
         r.seek(SeekFrom::Start(at)).expect("seek");
-        let mut buf = vec![0u8; 100];
+        let mut buf = [0u8; 100];
         let mut got = 0;
         while got < buf.len() {
             let n = r.read(&mut buf[got..]).expect("read");
