@@ -18,4 +18,4 @@ pub mod stream;
 #[cfg(feature = "test-support")]
 pub mod testing;
 
-pub use service::{DataKey, KeyUse, Kms, KmsConfig, Purpose};
+pub use service::{DataKey, KeyUse, Kms, KmsConfig, Purpose, DEFAULT_KEY};

@@ -59,6 +59,10 @@ impl Default for KmsConfig {
     }
 }
 
+/// The project key that encrypts new buckets, volumes and images unless
+/// the tenant names another.
+pub const DEFAULT_KEY: &str = "default";
+
 /// Who uses a key, and why.
 #[derive(Debug, Clone)]
 pub struct Purpose {
@@ -600,6 +604,35 @@ impl Kms {
     }
 
     // ---- keys -----------------------------------------------------------------
+
+    /// The project key [`DEFAULT_KEY`] that encrypts new buckets, volumes
+    /// and images, created on first use.
+    pub async fn default_key(&self, project: &nuage_core::model::Project) -> ApiResult<KeyRow> {
+        if let Some(k) = self.0.store.kms_key_get(&project.id, DEFAULT_KEY).await? {
+            return Ok(k);
+        }
+        match self
+            .key_create(
+                &project.org_id,
+                &project.id,
+                DEFAULT_KEY,
+                "objects and volumes",
+                None,
+                &None,
+            )
+            .await
+        {
+            Ok(k) => Ok(k),
+            // Another request created it first.
+            Err(e) if e.code == "already_exists" => self
+                .0
+                .store
+                .kms_key_get(&project.id, DEFAULT_KEY)
+                .await?
+                .ok_or_else(|| ApiError::internal("the default key vanished")),
+            Err(e) => Err(e),
+        }
+    }
 
     /// Creates a project key: fresh material wrapped by the root key, or a
     /// reference to a key on an external manager (checked by a test wrap).

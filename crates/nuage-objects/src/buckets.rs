@@ -12,8 +12,7 @@ use utoipa::ToSchema;
 
 use crate::names::check_bucket_name;
 
-/// The project key that encrypts new buckets, created on first use.
-pub const DEFAULT_KEY: &str = "default";
+pub use nuage_kms::DEFAULT_KEY;
 
 /// A bucket as the REST API shows it.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
@@ -105,28 +104,7 @@ pub async fn create(
 ) -> ApiResult<BucketRow> {
     check_bucket_name(name)
         .map_err(|e| ApiError::invalid_name(e).with_code("invalid_bucket_name"))?;
-    let key = match store.kms_key_get(&project.id, DEFAULT_KEY).await? {
-        Some(k) => k,
-        None => match kms
-            .key_create(
-                &project.org_id,
-                &project.id,
-                DEFAULT_KEY,
-                "objects and volumes",
-                None,
-                &None,
-            )
-            .await
-        {
-            Ok(k) => k,
-            // Another request created it first.
-            Err(e) if e.code == "already_exists" => store
-                .kms_key_get(&project.id, DEFAULT_KEY)
-                .await?
-                .ok_or_else(|| ApiError::internal("the default key vanished"))?,
-            Err(e) => return Err(e),
-        },
-    };
+    let key = kms.default_key(project).await?;
     let now = now_ms();
     let row = BucketRow {
         id: new_id(Kind::Project).replacen("prj_", "bkt_", 1),
