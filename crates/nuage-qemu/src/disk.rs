@@ -97,8 +97,9 @@ fn check_new(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Adds one `--object secret` per layer of `chain` and returns the chain's
-/// `json:` filename.
+/// Adds one `--object secret` per layer of `chain` (after the subcommand:
+/// qemu-img takes options only there) and returns the chain's `json:`
+/// filename.
 fn open_chain(tool: &mut Tool, chain: &Chain) -> Result<String> {
     for (i, layer) in chain.layers().iter().enumerate() {
         let obj = tool.key_fd(&Chain::secret_id("c", i), &layer.key)?;
@@ -107,20 +108,47 @@ fn open_chain(tool: &mut Tool, chain: &Chain) -> Result<String> {
     Ok(chain.json_filename("c"))
 }
 
+/// Runs a qemu-img command that creates the encrypted file `dest` (which
+/// did not exist), removing it if the command fails. QEMU 7.2 times its
+/// LUKS PBKDF benchmark with getrusage(); where CPU time is accounted in
+/// coarse ticks the measure can read 0 ms and qemu-img fails with "Unable
+/// to get accurate CPU usage" (about half the time on the test machines,
+/// whatever `encrypt.iter-time`): that one error is retried.
+async fn creating(dest: &Path, build: impl Fn() -> Result<Tool>) -> Result<()> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let result = build()?.run_ok(&[0]).await;
+        if result.is_err() {
+            let _ = std::fs::remove_file(dest);
+        }
+        match result {
+            Err(Error::Tool { stderr, .. })
+                if attempt < 12 && stderr.contains("Unable to get accurate CPU usage") =>
+            {
+                tracing::debug!("qemu-img LUKS benchmark misread the CPU time; retrying");
+            }
+            other => return other.map(|_| ()),
+        }
+    }
+}
+
 /// Creates an empty encrypted qcow2 of `size` bytes.
 pub async fn create(path: &Path, size: u64, key: &DiskKey) -> Result<()> {
     check_new(path)?;
     check_size(size)?;
-    let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
-    let obj = t.key_fd("new", key)?;
-    t.args(["create", "-q", "-f", "qcow2", "--object"])
-        .arg(obj)
-        .arg("-o")
-        .arg(encrypt_opts("new"))
-        .arg(path)
-        .arg(size.to_string());
-    t.run_ok(&[0]).await?;
-    Ok(())
+    creating(path, || {
+        let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+        let obj = t.key_fd("new", key)?;
+        t.args(["create", "-q", "-f", "qcow2", "--object"])
+            .arg(obj)
+            .arg("-o")
+            .arg(encrypt_opts("new"))
+            .arg(path)
+            .arg(size.to_string());
+        Ok(t)
+    })
+    .await
 }
 
 /// Creates an encrypted qcow2 overlay of `size` bytes on `backing` (a
@@ -130,18 +158,20 @@ pub async fn create_overlay(path: &Path, backing: &Path, size: u64, key: &DiskKe
     check_new(path)?;
     check_path(backing)?;
     check_size(size)?;
-    let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
-    let obj = t.key_fd("new", key)?;
-    t.args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
-        .arg(backing)
-        .arg("--object")
-        .arg(obj)
-        .arg("-o")
-        .arg(encrypt_opts("new"))
-        .arg(path)
-        .arg(size.to_string());
-    t.run_ok(&[0]).await?;
-    Ok(())
+    creating(path, || {
+        let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+        let obj = t.key_fd("new", key)?;
+        t.args(["create", "-q", "-f", "qcow2", "-u", "-F", "qcow2", "-b"])
+            .arg(backing)
+            .arg("--object")
+            .arg(obj)
+            .arg("-o")
+            .arg(encrypt_opts("new"))
+            .arg(path)
+            .arg(size.to_string());
+        Ok(t)
+    })
+    .await
 }
 
 /// Converts an uploaded image (already checked by
@@ -157,40 +187,46 @@ pub async fn import(src: &Path, format: ImageFormat, dest: &Path, key: &DiskKey)
     if format == ImageFormat::Qcow2 {
         source["backing"] = Value::Null;
     }
-    let mut t = Tool::new(QEMU_IMG, COPY_TIMEOUT);
-    let obj = t.key_fd("new", key)?;
-    t.args(["convert", "-q", "-O", "qcow2", "--object"])
-        .arg(obj)
-        .arg("-o")
-        .arg(encrypt_opts("new"))
-        .arg(format!("json:{source}"))
-        .arg(dest);
-    t.run_ok(&[0]).await?;
-    Ok(())
+    creating(dest, || {
+        let mut t = Tool::new(QEMU_IMG, COPY_TIMEOUT);
+        let obj = t.key_fd("new", key)?;
+        t.args(["convert", "-q", "-O", "qcow2", "--object"])
+            .arg(obj)
+            .arg("-o")
+            .arg(encrypt_opts("new"))
+            .arg(format!("json:{source}"))
+            .arg(dest);
+        Ok(t)
+    })
+    .await
 }
 
 /// An exact, standalone copy of a stopped disk (its whole chain flattened)
 /// into `dest`, encrypted with `key`.
 pub async fn snapshot_stopped(src: &Chain, dest: &Path, key: &DiskKey) -> Result<()> {
     check_new(dest)?;
-    let mut t = Tool::new(QEMU_IMG, COPY_TIMEOUT);
-    let source = open_chain(&mut t, src)?;
-    let obj = t.key_fd("new", key)?;
-    t.args(["convert", "-q", "-O", "qcow2", "--object"])
-        .arg(obj)
-        .arg("-o")
-        .arg(encrypt_opts("new"))
-        .arg(source)
-        .arg(dest);
-    t.run_ok(&[0]).await?;
-    Ok(())
+    creating(dest, || {
+        let mut t = Tool::new(QEMU_IMG, COPY_TIMEOUT);
+        t.args(["convert", "-q", "-O", "qcow2"]);
+        let source = open_chain(&mut t, src)?;
+        let obj = t.key_fd("new", key)?;
+        t.arg("--object")
+            .arg(obj)
+            .arg("-o")
+            .arg(encrypt_opts("new"))
+            .arg(source)
+            .arg(dest);
+        Ok(t)
+    })
+    .await
 }
 
 /// `qemu-img info` of a chain's top, opened with the keys.
 pub async fn info(chain: &Chain) -> Result<DiskInfo> {
     let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+    t.args(["info", "--output=json"]);
     let name = open_chain(&mut t, chain)?;
-    t.args(["info", "--output=json"]).arg(name);
+    t.arg(name);
     let out = t.run_ok(&[0]).await?;
     DiskInfo::parse(&out.stdout)
 }
@@ -222,8 +258,9 @@ pub async fn resize(chain: &Chain, new_size: u64) -> Result<()> {
         return Ok(());
     }
     let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+    t.args(["resize", "-q"]);
     let name = open_chain(&mut t, chain)?;
-    t.args(["resize", "-q"]).arg(name).arg(new_size.to_string());
+    t.arg(name).arg(new_size.to_string());
     t.run_ok(&[0]).await?;
     Ok(())
 }

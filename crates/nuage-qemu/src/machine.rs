@@ -652,19 +652,33 @@ impl Vm {
             .find(|b| b["qdev"].as_str().is_some_and(|q| q.starts_with(&qdev)))
             .ok_or_else(|| Error::invalid("disk", format!("no disk {name} in this VM")))?;
         let ins = &b["inserted"];
-        let node = ins["node-name"].as_str();
-        let file = ins["image"]["filename"].as_str();
-        let size = ins["image"]["virtual-size"].as_u64();
-        match (node, file, size) {
-            (Some(node), Some(file), Some(virtual_size)) => Ok(Top {
-                node: node.to_string(),
-                file: PathBuf::from(file),
-                virtual_size,
-            }),
-            _ => Err(Error::Protocol(format!(
+        let (Some(node), Some(virtual_size)) = (
+            ins["node-name"].as_str(),
+            ins["image"]["virtual-size"].as_u64(),
+        ) else {
+            return Err(Error::Protocol(format!(
                 "query-block: no medium for {name}"
-            ))),
-        }
+            )));
+        };
+        // The qcow2 node's own filename is a json: description; its file
+        // node (named `<node>f` by this module) has the plain path.
+        let file_node = format!("{node}f");
+        let nodes = self
+            .qmp
+            .execute("query-named-block-nodes", json!({"flat": true}))
+            .await?;
+        let file = nodes
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|n| n["node-name"].as_str() == Some(file_node.as_str()))
+            .and_then(|n| n["file"].as_str())
+            .ok_or_else(|| Error::Protocol(format!("no file node {file_node} for disk {name}")))?;
+        Ok(Top {
+            node: node.to_string(),
+            file: PathBuf::from(file),
+            virtual_size,
+        })
     }
 }
 
