@@ -221,12 +221,20 @@ pub async fn snapshot_stopped(src: &Chain, dest: &Path, key: &DiskKey) -> Result
     .await
 }
 
-/// `qemu-img info` of a chain's top, opened with the keys.
+/// `qemu-img info` of a chain's top, opened with its key.
 pub async fn info(chain: &Chain) -> Result<DiskInfo> {
     let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
-    t.args(["info", "--output=json"]);
-    let name = open_chain(&mut t, chain)?;
-    t.arg(name);
+    // qemu-img info opens no backing file (and refuses backing options),
+    // so only the top layer and its key.
+    let top = Chain::single(&chain.top().path, chain.top().key.clone())?;
+    let mut name = top.blockdev("c", false);
+    if let Some(o) = name.as_object_mut() {
+        o.remove("backing");
+    }
+    let obj = t.key_fd("c.k0", &chain.top().key)?;
+    t.args(["info", "--output=json", "--object"])
+        .arg(obj)
+        .arg(format!("json:{name}"));
     let out = t.run_ok(&[0]).await?;
     DiskInfo::parse(&out.stdout)
 }
