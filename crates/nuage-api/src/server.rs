@@ -329,6 +329,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let mut registry = Registry::core();
     registry.register(crate::routes::keys::ACTIONS);
     registry.register(nuage_objects::ACTIONS);
+    registry.register(nuage_compute::ACTIONS);
     let registry = Arc::new(registry);
     let authz = Arc::new(
         Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
@@ -348,6 +349,15 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
 
     let metrics = Arc::new(Metrics::default());
     metrics.watch_store(&store);
+    let compute = nuage_compute::Compute::open(
+        store.clone(),
+        kms.clone(),
+        nuage_compute::ComputeConfig::under(&cfg.data_dir),
+    )
+    .map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.join("compute"),
+        source,
+    })?;
     let state = |realm| {
         AppState::new(AppStateInner {
             store: store.clone(),
@@ -355,6 +365,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
             authz: authz.clone(),
             audit: audit.clone(),
             kms: kms.clone(),
+            compute: compute.clone(),
             metrics: metrics.clone(),
             realm,
             max_body_bytes: cfg.max_body_bytes,

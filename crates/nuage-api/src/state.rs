@@ -34,6 +34,7 @@ pub struct AppStateInner {
     pub authz: Arc<Authorizer>,
     pub audit: AuditLog,
     pub kms: Kms,
+    pub compute: nuage_compute::Compute,
     pub metrics: Arc<Metrics>,
     /// Which realm's tokens this listener accepts.
     pub realm: Realm,

@@ -1,7 +1,38 @@
 //! Compute: the images, volumes and instances of projects.
 //!
+//! - [`model`]: the resources as the REST API shows them.
+//! - [`service`]: create, import, change and delete them (disks through
+//!   `nuage-qemu`, keys through the key service).
 //! - [`spool`]: an upload held sealed under a memory-only key while QEMU's
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.
 
+pub mod model;
+pub mod service;
 pub mod spool;
+
+pub use service::{Compute, ComputeConfig};
+
+use nuage_iam::{ActionDef, Level};
+
+const fn act(name: &'static str, level: Level) -> ActionDef {
+    ActionDef {
+        name,
+        level,
+        also: &[],
+    }
+}
+
+/// Compute actions (registered by the server at start).
+pub const ACTIONS: &[ActionDef] = &[
+    act("compute.list_images", Level::Read),
+    act("compute.get_image", Level::Read),
+    act("compute.create_image", Level::Write),
+    act("compute.upload_image", Level::Write),
+    act("compute.update_image", Level::Write),
+    act("compute.delete_image", Level::Write),
+    act("compute.list_volumes", Level::Read),
+    act("compute.get_volume", Level::Read),
+    act("compute.create_volume", Level::Write),
+    act("compute.delete_volume", Level::Write),
+];

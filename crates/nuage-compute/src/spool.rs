@@ -206,12 +206,22 @@ pub struct NbdExport {
     task: tokio::task::JoinHandle<()>,
 }
 
+/// The export name the `nbd` crate lists (it answers only
+/// NBD_OPT_EXPORT_NAME, so QEMU checks the name against that list first).
+const EXPORT_NAME: &str = "rustnbd";
+
 impl NbdExport {
-    /// The address QEMU's tools open. The export name is the one the `nbd`
-    /// crate lists (it answers only NBD_OPT_EXPORT_NAME, so QEMU checks
-    /// the name against that list first).
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub fn name(&self) -> &str {
+        EXPORT_NAME
+    }
+
+    /// The address QEMU's tools open.
     pub fn url(&self) -> String {
-        format!("nbd+unix:///rustnbd?socket={}", self.socket.display())
+        format!("nbd+unix:///{EXPORT_NAME}?socket={}", self.socket.display())
     }
 }
 

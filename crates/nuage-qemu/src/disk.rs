@@ -9,10 +9,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use crate::chain::{check_path, Chain};
 use crate::error::{Error, Result};
+use crate::image::Source;
 use crate::key::{DiskKey, LUKS_ITER_TIME_MS};
 use crate::tool::Tool;
 
@@ -179,14 +180,18 @@ pub async fn create_overlay(path: &Path, backing: &Path, size: u64, key: &DiskKe
 /// source is opened with an explicit driver and, for qcow2, `backing: null`.
 pub async fn import(src: &Path, format: ImageFormat, dest: &Path, key: &DiskKey) -> Result<()> {
     check_path(src)?;
+    import_source(&Source::File(src.to_path_buf()), format, dest, key).await
+}
+
+/// [`import`] from any source (an NBD export of an upload spool, say).
+pub async fn import_source(
+    src: &Source,
+    format: ImageFormat,
+    dest: &Path,
+    key: &DiskKey,
+) -> Result<()> {
     check_new(dest)?;
-    let mut source = json!({
-        "driver": format.as_str(),
-        "file": {"driver": "file", "filename": src.to_string_lossy()},
-    });
-    if format == ImageFormat::Qcow2 {
-        source["backing"] = Value::Null;
-    }
+    let source = src.open_as(format);
     creating(dest, || {
         let mut t = Tool::new(QEMU_IMG, COPY_TIMEOUT);
         let obj = t.key_fd("new", key)?;
@@ -194,7 +199,7 @@ pub async fn import(src: &Path, format: ImageFormat, dest: &Path, key: &DiskKey)
             .arg(obj)
             .arg("-o")
             .arg(encrypt_opts("new"))
-            .arg(format!("json:{source}"))
+            .arg(&source)
             .arg(dest);
         Ok(t)
     })

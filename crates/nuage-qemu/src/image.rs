@@ -20,7 +20,7 @@
 //! qemu-img runs with a timeout, a 1 GiB address-space and a 20 s CPU limit.
 
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -35,7 +35,7 @@ const LIMITS: Limits = Limits {
 };
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// Enough to see every signature we look for (btrfs is at 64 KiB + 64).
-const HEAD: usize = 68 * 1024;
+pub const HEAD: usize = 68 * 1024;
 
 /// What an accepted upload is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,8 +63,51 @@ pub async fn inspect(path: &Path) -> Result<ImageReport, ImageError> {
         .and_then(|f| f.take(HEAD as u64).read_to_end(&mut head))
         .map_err(|e| ImageError::Unreadable(format!("{}: {e}", path.display())))?;
 
-    let format = classify(&head, file_size)?;
-    let info = qemu_img_info(path, format).await?;
+    inspect_source(&Source::File(path.to_path_buf()), &head, file_size).await
+}
+
+/// Where an upload is read from: a file, or an NBD export (an upload
+/// spool that only the export can decrypt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Nbd { socket: PathBuf, export: String },
+}
+
+impl Source {
+    /// The protocol node under the format driver.
+    pub(crate) fn protocol_node(&self) -> Value {
+        match self {
+            Source::File(p) => json!({"driver": "file", "filename": p.to_string_lossy()}),
+            Source::Nbd { socket, export } => json!({
+                "driver": "nbd",
+                "server": {"type": "unix", "path": socket.to_string_lossy()},
+                "export": export,
+            }),
+        }
+    }
+
+    /// The JSON options that open the source as `format` and nothing else.
+    pub(crate) fn open_as(&self, format: ImageFormat) -> String {
+        let mut v = json!({"driver": format.as_str(), "file": self.protocol_node()});
+        if format == ImageFormat::Qcow2 {
+            v["backing"] = Value::Null;
+        }
+        format!("json:{v}")
+    }
+}
+
+/// [`inspect`] of any source, given its first [`HEAD`] bytes and size.
+pub async fn inspect_source(
+    src: &Source,
+    head: &[u8],
+    file_size: u64,
+) -> Result<ImageReport, ImageError> {
+    if file_size == 0 {
+        return Err(ImageError::Empty);
+    }
+    let format = classify(head, file_size)?;
+    let info = qemu_img_info(src, format).await?;
     if info["format"].as_str() != Some(format.as_str()) {
         return Err(ImageError::Unreadable(format!(
             "qemu-img saw {} where {} was expected",
@@ -85,7 +128,7 @@ pub async fn inspect(path: &Path) -> Result<ImageReport, ImageError> {
         .as_u64()
         .ok_or_else(|| ImageError::Unreadable("qemu-img gave no virtual size".into()))?;
     if format == ImageFormat::Qcow2 {
-        check_qcow2(path).await?;
+        check_qcow2(src).await?;
     }
     Ok(ImageReport {
         format,
@@ -172,23 +215,11 @@ pub fn classify(head: &[u8], file_size: u64) -> Result<ImageFormat, ImageError> 
     ))
 }
 
-/// The JSON options that open `path` as `format` and nothing else.
-fn source(path: &Path, format: ImageFormat) -> String {
-    let mut v = json!({
-        "driver": format.as_str(),
-        "file": {"driver": "file", "filename": path.to_string_lossy()},
-    });
-    if format == ImageFormat::Qcow2 {
-        v["backing"] = Value::Null;
-    }
-    format!("json:{v}")
-}
-
-async fn qemu_img_info(path: &Path, format: ImageFormat) -> Result<Value, ImageError> {
+async fn qemu_img_info(src: &Source, format: ImageFormat) -> Result<Value, ImageError> {
     let mut t = Tool::new(QEMU_IMG, TIMEOUT);
     t.limits(LIMITS)
         .args(["info", "--output=json"])
-        .arg(source(path, format));
+        .arg(src.open_as(format));
     let out = t.run().await.map_err(unreadable)?;
     if !out.status.success() {
         let err = unreadable(t.failure(&out));
@@ -201,11 +232,11 @@ async fn qemu_img_info(path: &Path, format: ImageFormat) -> Result<Value, ImageE
         .map_err(|e| ImageError::Unreadable(format!("qemu-img info output: {e}")))
 }
 
-async fn check_qcow2(path: &Path) -> Result<(), ImageError> {
+async fn check_qcow2(src: &Source) -> Result<(), ImageError> {
     let mut t = Tool::new(QEMU_IMG, TIMEOUT);
     t.limits(LIMITS)
         .args(["check", "--output=json"])
-        .arg(source(path, ImageFormat::Qcow2));
+        .arg(src.open_as(ImageFormat::Qcow2));
     let out = t.run().await.map_err(unreadable)?;
     match out.status.code() {
         // 0: clean; 3: only leaked clusters (wasted space, no harm).

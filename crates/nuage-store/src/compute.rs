@@ -7,6 +7,7 @@ use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::kms::{insert_data_key, DataKeyRow};
 use crate::{db_err, insert_err, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -106,7 +107,10 @@ fn row_to_volume(r: &AnyRow) -> Result<VolumeRow, sqlx::Error> {
 impl Store {
     // ---- images ---------------------------------------------------------------
 
-    pub async fn image_create(&self, i: &ImageRow) -> ApiResult<()> {
+    /// Inserts the image and its data key in one transaction.
+    pub async fn image_create(&self, dek: &DataKeyRow, i: &ImageRow) -> ApiResult<()> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        insert_data_key(&mut tx, dek).await.map_err(db_err)?;
         sqlx::query(&format!(
             "INSERT INTO images ({IMAGE_COLS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)"
@@ -126,10 +130,10 @@ impl Store {
         .bind(i.generation)
         .bind(i.created_at)
         .bind(i.updated_at)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(insert_err("image", &i.name))?;
-        Ok(())
+        tx.commit().await.map_err(db_err)
     }
 
     /// The image named (or with id) `name` in project `project_id`.
@@ -257,7 +261,10 @@ impl Store {
 
     // ---- volumes --------------------------------------------------------------
 
-    pub async fn volume_create(&self, v: &VolumeRow) -> ApiResult<()> {
+    /// Inserts the volume and its data key in one transaction.
+    pub async fn volume_create(&self, dek: &DataKeyRow, v: &VolumeRow) -> ApiResult<()> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        insert_data_key(&mut tx, dek).await.map_err(db_err)?;
         sqlx::query(&format!(
             "INSERT INTO volumes ({VOLUME_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
              $10, $11, $12, $13, $14, $15, $16, $17)"
@@ -279,10 +286,10 @@ impl Store {
         .bind(v.generation)
         .bind(v.created_at)
         .bind(v.updated_at)
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(insert_err("volume", &v.name))?;
-        Ok(())
+        tx.commit().await.map_err(db_err)
     }
 
     /// The volume named (or with id) `name` in project `project_id`.

@@ -9,6 +9,7 @@ pub mod auth;
 pub mod buckets;
 pub mod groups;
 pub mod health;
+pub mod images;
 pub mod key_managers;
 pub mod keys;
 pub mod oidc;
@@ -17,6 +18,7 @@ pub mod principals;
 pub mod projects;
 pub mod seal;
 pub mod tokens;
+pub mod volumes;
 
 use axum::extract::DefaultBodyLimit;
 use axum::middleware::{from_fn, from_fn_with_state};
@@ -42,6 +44,11 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(buckets::list, buckets::create))
         .routes(routes!(buckets::get, buckets::update, buckets::delete))
         .routes(routes!(buckets::project_storage))
+        .routes(routes!(images::list, images::create))
+        .routes(routes!(images::get, images::update, images::delete))
+        .routes(routes!(images::upload))
+        .routes(routes!(volumes::list, volumes::create))
+        .routes(routes!(volumes::get, volumes::delete))
         .routes(routes!(principals::list_users, principals::create_user))
         .routes(routes!(
             principals::get_user,

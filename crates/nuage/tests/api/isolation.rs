@@ -69,6 +69,22 @@ async fn every_org_route_answers_404_to_another_tenant() {
     )
     .await;
     mk(
+        "/v1/orgs/alpha/projects/web/images",
+        json!({"name": "img1"}),
+    )
+    .await;
+    if std::process::Command::new("qemu-img")
+        .arg("--version")
+        .output()
+        .is_ok()
+    {
+        mk(
+            "/v1/orgs/alpha/projects/web/volumes",
+            json!({"name": "vol1", "size": "1M"}),
+        )
+        .await;
+    }
+    mk(
         "/v1/orgs/alpha/key-managers",
         json!({"name": "vault", "kind": "transit", "transit": {"address": "http://127.0.0.1:1"},
                "transit_token": "t"}),
@@ -78,6 +94,8 @@ async fn every_org_route_answers_404_to_another_tenant() {
     let params: HashMap<&str, String> = HashMap::from([
         ("key", "k1".to_string()),
         ("bucket", "alpha-b1".to_string()),
+        ("image", "img1".to_string()),
+        ("volume", "vol1".to_string()),
         (
             "access_key",
             access_key.body["access_key"]["id"]

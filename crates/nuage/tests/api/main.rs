@@ -5,6 +5,7 @@ mod audit;
 mod authz;
 mod cli;
 mod common;
+mod compute;
 mod flow;
 mod isolation;
 mod kms;

@@ -1,0 +1,449 @@
+//! The compute service: what the REST API calls to create, import, change
+//! and delete images and volumes. Every disk file is an encrypted qcow2
+//! whose LUKS key is a data key of the project key; the files live under
+//! `<data dir>/compute/`, named by resource id, and the rows in the store
+//! say which files (with which data keys) make up each disk.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::Stream;
+use nuage_core::id::{new_id, Kind};
+use nuage_core::model::Project;
+use nuage_core::name;
+use nuage_core::time::now_ms;
+use nuage_core::{ApiError, ApiResult};
+use nuage_kms::{KeyUse, Kms, Purpose};
+use nuage_qemu::image::Source;
+use nuage_qemu::{Chain, DiskKey, Layer};
+use nuage_store::{ImageRow, Store, VolumeRow};
+use serde::{Deserialize, Serialize};
+
+use crate::model::{parse_size, CreateImage, CreateVolume, Visibility};
+use crate::spool::{Spool, SpoolError};
+
+/// Where the service keeps its files, and its limits.
+#[derive(Debug, Clone)]
+pub struct ComputeConfig {
+    /// `<data dir>/compute`.
+    pub dir: PathBuf,
+    /// The largest image upload accepted, bytes.
+    pub max_image_bytes: u64,
+}
+
+impl ComputeConfig {
+    pub fn under(data_dir: &Path) -> ComputeConfig {
+        ComputeConfig {
+            dir: data_dir.join("compute"),
+            max_image_bytes: 64 << 30,
+        }
+    }
+}
+
+/// One file of a disk's chain, as stored in a row's `layers` (top first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerRef {
+    /// Relative to the compute directory.
+    pub file: String,
+    /// The data key that encrypts it, of `project_id`'s key, owned by `owner`.
+    pub data_key_id: String,
+    pub project_id: String,
+    pub owner: String,
+}
+
+#[derive(Clone)]
+pub struct Compute(Arc<Inner>);
+
+struct Inner {
+    store: Store,
+    kms: Kms,
+    cfg: ComputeConfig,
+}
+
+fn io_err(what: &str) -> impl Fn(std::io::Error) -> ApiError + '_ {
+    move |e| ApiError::internal(format!("{what}: {e}"))
+}
+
+fn qemu_err(e: nuage_qemu::Error) -> ApiError {
+    ApiError::internal(format!("disk operation failed: {e}"))
+}
+
+impl Compute {
+    /// Opens the service, creating its directories (0700) and removing
+    /// upload spools a crash left (nobody holds their keys any more).
+    pub fn open(store: Store, kms: Kms, cfg: ComputeConfig) -> std::io::Result<Compute> {
+        use std::os::unix::fs::DirBuilderExt;
+        for sub in ["images", "volumes", "spool", "run"] {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(cfg.dir.join(sub))?;
+        }
+        for e in std::fs::read_dir(cfg.dir.join("spool"))? {
+            let p = e?.path();
+            if p.is_dir() {
+                let _ = std::fs::remove_dir_all(&p);
+            } else {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+        Ok(Compute(Arc::new(Inner { store, kms, cfg })))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.0.store
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.0.cfg.dir.join(rel)
+    }
+
+    async fn disk_key(
+        &self,
+        project_id: &str,
+        dek_id: &str,
+        owner: &str,
+        why: &Purpose,
+    ) -> ApiResult<(DiskKey, KeyUse)> {
+        let (key, used) = self.0.kms.unwrap(project_id, dek_id, owner, why).await?;
+        let dk = DiskKey::from_data_key(key.expose()).map_err(qemu_err)?;
+        Ok((dk, used))
+    }
+
+    /// The chain QEMU opens for `layers`, each file with its key.
+    pub async fn chain(
+        &self,
+        layers: &[LayerRef],
+        why: &Purpose,
+    ) -> ApiResult<(Chain, Vec<KeyUse>)> {
+        let mut out = Vec::with_capacity(layers.len());
+        let mut uses = Vec::with_capacity(layers.len());
+        for l in layers {
+            let (key, used) = self
+                .disk_key(&l.project_id, &l.data_key_id, &l.owner, why)
+                .await?;
+            out.push(Layer::new(self.path(&l.file), key));
+            uses.push(used);
+        }
+        let chain = Chain::new(out).map_err(qemu_err)?;
+        Ok((chain, uses))
+    }
+
+    // ---- images ---------------------------------------------------------------
+
+    /// Records a new image waiting for its file.
+    pub async fn image_create(
+        &self,
+        project: &Project,
+        body: &CreateImage,
+        created_by: &str,
+        why: &Purpose,
+    ) -> ApiResult<(ImageRow, KeyUse)> {
+        name::validate("image", &body.name)?;
+        let key = self.0.kms.default_key(project).await?;
+        let id = new_id(Kind::Project).replacen("prj_", "img_", 1);
+        let (dk, used, dek_row) = self
+            .0
+            .kms
+            .data_key_unsaved(&project.id, &key.name, &id, why)
+            .await?;
+        let now = now_ms();
+        let row = ImageRow {
+            id,
+            org_id: project.org_id.clone(),
+            project_id: project.id.clone(),
+            name: body.name.clone(),
+            visibility: body.visibility.as_str().to_string(),
+            source_format: String::new(),
+            virtual_size: 0,
+            key_id: key.id.clone(),
+            data_key_id: dk.id.clone(),
+            state: "uploading".into(),
+            status_message: "waiting for the image file".into(),
+            created_by: created_by.to_string(),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.0.store.image_create(&dek_row, &row).await?;
+        Ok((row, used))
+    }
+
+    /// Receives the image's file: spools it sealed, inspects it and imports
+    /// it as an encrypted qcow2. A refused file leaves the image `failed`
+    /// with the reason (a new upload may follow); nothing else changes.
+    pub async fn image_upload<S, E>(
+        &self,
+        image: &ImageRow,
+        body: S,
+        why: &Purpose,
+    ) -> ApiResult<(ImageRow, KeyUse)>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Unpin,
+        E: std::fmt::Display,
+    {
+        if image.state == "available" {
+            return Err(ApiError::conflict(
+                "image_available",
+                "the image already has its file; create a new image instead",
+            ));
+        }
+        let (key, used) = self
+            .disk_key(&image.project_id, &image.data_key_id, &image.id, why)
+            .await?;
+        let spool_path =
+            self.path("spool")
+                .join(format!("{}-{}", image.id, uuid::Uuid::new_v4().simple()));
+        let spool = Spool::receive(spool_path, body, self.0.cfg.max_image_bytes, |_| {})
+            .await
+            .map_err(|e| match e {
+                SpoolError::TooLarge(max) => ApiError::bad_request(
+                    "image_too_large",
+                    format!("the image is larger than the limit of {max} bytes"),
+                ),
+                SpoolError::Empty => ApiError::bad_request("empty_image", "the upload is empty"),
+                SpoolError::Body(m) => {
+                    ApiError::bad_request("upload_interrupted", format!("the upload failed: {m}"))
+                }
+                other => ApiError::internal(other.to_string()),
+            })?;
+        let verdict = self.import(image, &spool, &key).await;
+        drop(spool);
+        match verdict {
+            Ok(report) => {
+                self.0
+                    .store
+                    .image_set_state(
+                        &image.id,
+                        "available",
+                        "",
+                        report.format.as_str(),
+                        i64::try_from(report.virtual_size).unwrap_or(i64::MAX),
+                    )
+                    .await?;
+            }
+            Err(e) => {
+                self.0
+                    .store
+                    .image_set_state(&image.id, "failed", &e.detail, "", 0)
+                    .await?;
+                return Err(e);
+            }
+        }
+        let row = self
+            .0
+            .store
+            .image_get(&image.project_id, &image.id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("image", &image.name))?;
+        Ok((row, used))
+    }
+
+    async fn import(
+        &self,
+        image: &ImageRow,
+        spool: &Spool,
+        key: &DiskKey,
+    ) -> ApiResult<nuage_qemu::image::ImageReport> {
+        let export = spool
+            .export(&self.path("run"))
+            .map_err(io_err("export the upload"))?;
+        let mut head = Vec::new();
+        {
+            use std::io::Read;
+            let reader = spool.reader().map_err(io_err("read the upload"))?;
+            reader
+                .take(nuage_qemu::image::HEAD as u64)
+                .read_to_end(&mut head)
+                .map_err(io_err("read the upload"))?;
+        }
+        let source = Source::Nbd {
+            socket: export.socket().to_path_buf(),
+            export: export.name().to_string(),
+        };
+        let report = nuage_qemu::image::inspect_source(&source, &head, spool.len())
+            .await
+            .map_err(|e| ApiError::bad_request(image_error_code(&e), e.to_string()))?;
+        let dest = self.path(&image_file(&image.id));
+        let _ = std::fs::remove_file(&dest);
+        nuage_qemu::disk::import_source(&source, report.format, &dest, key)
+            .await
+            .map_err(|e| {
+                let _ = std::fs::remove_file(&dest);
+                qemu_err(e)
+            })?;
+        drop(export);
+        Ok(report)
+    }
+
+    /// Deletes an image that no volume uses, with its file and data key.
+    pub async fn image_delete(&self, image: &ImageRow) -> ApiResult<()> {
+        self.0.store.image_delete(&image.id).await?;
+        let _ = std::fs::remove_file(self.path(&image_file(&image.id)));
+        self.0.kms.data_key_delete(&image.data_key_id).await
+    }
+
+    pub async fn image_set_visibility(&self, image: &ImageRow, v: Visibility) -> ApiResult<()> {
+        self.0
+            .store
+            .image_set_visibility(&image.id, v.as_str())
+            .await
+    }
+
+    // ---- volumes --------------------------------------------------------------
+
+    /// Creates a volume, blank or as a copy-on-write overlay of an image.
+    pub async fn volume_create(
+        &self,
+        project: &Project,
+        body: &CreateVolume,
+        created_by: &str,
+        why: &Purpose,
+    ) -> ApiResult<(VolumeRow, Vec<KeyUse>)> {
+        name::validate("volume", &body.name)?;
+        let requested = body.size.as_deref().map(parse_size).transpose()?;
+        let image = match &body.image {
+            Some(i) => Some(
+                self.0
+                    .store
+                    .image_usable(&project.org_id, &project.id, i)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("image", i))?,
+            ),
+            None => None,
+        };
+        if let Some(img) = &image {
+            if img.state != "available" {
+                return Err(ApiError::conflict(
+                    "image_not_available",
+                    format!("image {} is {}, not available", img.name, img.state),
+                ));
+            }
+        }
+        let base = image
+            .as_ref()
+            .map_or(0, |i| u64::try_from(i.virtual_size).unwrap_or(0));
+        let size = match (requested, base) {
+            (Some(s), b) if s < b => {
+                return Err(ApiError::bad_request(
+                    "volume_too_small",
+                    format!("the volume must hold its image: at least {b} bytes"),
+                ))
+            }
+            (Some(s), _) => s,
+            (None, 0) => {
+                return Err(ApiError::bad_request(
+                    "size_required",
+                    "a blank volume needs a size",
+                ))
+            }
+            (None, b) => b,
+        };
+        let key = self.0.kms.default_key(project).await?;
+        let id = new_id(Kind::Project).replacen("prj_", "vol_", 1);
+        let (dk, used, dek_row) = self
+            .0
+            .kms
+            .data_key_unsaved(&project.id, &key.name, &id, why)
+            .await?;
+        let mut layers = vec![LayerRef {
+            file: volume_file(&id),
+            data_key_id: dk.id.clone(),
+            project_id: project.id.clone(),
+            owner: id.clone(),
+        }];
+        if let Some(img) = &image {
+            layers.push(LayerRef {
+                file: image_file(&img.id),
+                data_key_id: img.data_key_id.clone(),
+                project_id: img.project_id.clone(),
+                owner: img.id.clone(),
+            });
+        }
+        let layers_json = serde_json::to_string(&layers)
+            .map_err(|e| ApiError::internal(format!("layers do not encode: {e}")))?;
+        let now = now_ms();
+        let size_bytes = i64::try_from(size).map_err(|_| ApiError::invalid("size too large"))?;
+        let row = VolumeRow {
+            id: id.clone(),
+            org_id: project.org_id.clone(),
+            project_id: project.id.clone(),
+            name: body.name.clone(),
+            size_bytes,
+            source_image_id: image.as_ref().map(|i| i.id.clone()),
+            source_snapshot_id: None,
+            key_id: key.id.clone(),
+            data_key_id: dk.id.clone(),
+            layers: layers_json.clone(),
+            instance_id: None,
+            state: "creating".into(),
+            status_message: String::new(),
+            created_by: created_by.to_string(),
+            generation: 1,
+            created_at: now,
+            updated_at: now,
+        };
+        self.0.store.volume_create(&dek_row, &row).await?;
+        let disk_key = DiskKey::from_data_key(dk.key.expose()).map_err(qemu_err)?;
+        let file = self.path(&volume_file(&id));
+        let made = match &image {
+            Some(img) => {
+                nuage_qemu::disk::create_overlay(
+                    &file,
+                    &self.path(&image_file(&img.id)),
+                    size,
+                    &disk_key,
+                )
+                .await
+            }
+            None => nuage_qemu::disk::create(&file, size, &disk_key).await,
+        };
+        let (state, message) = match &made {
+            Ok(()) => ("available", String::new()),
+            Err(e) => ("failed", format!("the disk could not be created: {e}")),
+        };
+        self.0
+            .store
+            .volume_set_state(&id, state, &message, &layers_json, size_bytes)
+            .await?;
+        made.map_err(qemu_err)?;
+        let row = self
+            .0
+            .store
+            .volume_get(&project.id, &id)
+            .await?
+            .ok_or_else(|| ApiError::not_found("volume", &body.name))?;
+        Ok((row, vec![used]))
+    }
+
+    /// Deletes a detached volume with its own file and data key (the files
+    /// it shares with an image or snapshot stay).
+    pub async fn volume_delete(&self, v: &VolumeRow) -> ApiResult<()> {
+        self.0.store.volume_delete(&v.id).await?;
+        let _ = std::fs::remove_file(self.path(&volume_file(&v.id)));
+        self.0.kms.data_key_delete(&v.data_key_id).await
+    }
+}
+
+fn image_file(id: &str) -> String {
+    format!("images/{id}.qcow2")
+}
+
+fn volume_file(id: &str) -> String {
+    format!("volumes/{id}.qcow2")
+}
+
+fn image_error_code(e: &nuage_qemu::ImageError) -> &'static str {
+    use nuage_qemu::ImageError as E;
+    match e {
+        E::BackingFile => "image_has_backing_file",
+        E::ExternalDataFile => "image_has_data_file",
+        E::Encrypted => "image_encrypted",
+        E::UnsupportedFormat(_) => "unsupported_image_format",
+        E::NotAnImage(_) => "not_an_image",
+        E::Corrupt(_) => "corrupt_image",
+        E::Empty => "empty_image",
+        _ => "invalid_image",
+    }
+}
