@@ -561,27 +561,33 @@ impl Vm {
         Ok(())
     }
 
-    /// The first root port with nothing plugged in.
+    /// The first root port with nothing plugged in. Asked of QOM (the
+    /// port's bus lists its devices as `child[N]` links): `query-pci` shows
+    /// nothing behind a port until the firmware has numbered the buses,
+    /// so it cannot be used before `cont`.
     async fn free_port(&self) -> Result<String> {
-        let buses = self.qmp.execute("query-pci", Value::Null).await?;
-        let devices = buses
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|b| b["devices"].as_array().into_iter().flatten());
-        let mut free: Vec<String> = devices
-            .filter(|d| {
-                d["qdev_id"].as_str().is_some_and(|id| id.starts_with("rp"))
-                    && d["pci_bridge"]["devices"]
-                        .as_array()
-                        .is_none_or(|v| v.is_empty())
-            })
-            .filter_map(|d| d["qdev_id"].as_str().map(str::to_string))
-            .collect();
-        free.sort_by_key(|id| id[2..].parse::<usize>().unwrap_or(usize::MAX));
-        free.into_iter()
-            .next()
-            .ok_or_else(|| Error::invalid("disks", format!("all {ROOT_PORTS} slots are in use")))
+        for i in 0..ROOT_PORTS {
+            let port = format!("rp{i}");
+            let props = self
+                .qmp
+                .execute(
+                    "qom-list",
+                    json!({"path": format!("/machine/peripheral/{port}/{port}")}),
+                )
+                .await?;
+            let used = props
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["name"].as_str().is_some_and(|n| n.starts_with("child[")));
+            if !used {
+                return Ok(port);
+            }
+        }
+        Err(Error::invalid(
+            "disks",
+            format!("all {ROOT_PORTS} slots are in use"),
+        ))
     }
 
     async fn node_names(&self) -> Result<Vec<String>> {
@@ -869,7 +875,9 @@ pub fn cleanup(dir: &Path) -> Result<()> {
     }
 }
 
-/// The path of the interactive serial console socket of `dir`.
+/// The path of the interactive serial console socket of `dir`. One client
+/// at a time; a client must keep reading, or the guest's serial output
+/// (and `console.log`) stalls once the socket buffer is full.
 pub fn serial_socket(dir: &Path) -> PathBuf {
     dir.join(SERIAL_SOCKET)
 }
