@@ -1,5 +1,7 @@
 //! Compute: the images, volumes and instances of projects.
 //!
+//! - [`instances`]: what a tenant's request on a VM records.
+//! - [`agent`]: the node agent that makes VMs match those records.
 //! - [`model`]: the resources as the REST API shows them.
 //! - [`service`]: create, import, change and delete them (disks through
 //!   `nuage-qemu`, keys through the key service).
@@ -7,6 +9,8 @@
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.
 
+pub mod agent;
+pub mod instances;
 pub mod model;
 pub mod service;
 pub mod spool;
@@ -35,4 +39,16 @@ pub const ACTIONS: &[ActionDef] = &[
     act("compute.get_volume", Level::Read),
     act("compute.create_volume", Level::Write),
     act("compute.delete_volume", Level::Write),
+    act("compute.attach_volume", Level::Write),
+    act("compute.detach_volume", Level::Write),
+    act("compute.list_instances", Level::Read),
+    act("compute.get_instance", Level::Read),
+    act("compute.create_instance", Level::Write),
+    act("compute.start_instance", Level::Write),
+    act("compute.stop_instance", Level::Write),
+    act("compute.reboot_instance", Level::Write),
+    act("compute.delete_instance", Level::Write),
+    // The console shows what the guest prints (it may hold secrets) and
+    // takes keystrokes: an operator's action, audited, not a reader's.
+    act("compute.console", Level::Write),
 ];

@@ -230,3 +230,126 @@ mod tests {
         }
     }
 }
+
+/// A virtual machine. `desired` is what was asked, `state` what the node
+/// agent last saw: `creating`, `starting`, `running`, `stopping`,
+/// `stopped`, `failed` (with the reason in `status_message`), `deleting`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Instance {
+    pub id: String,
+    pub name: String,
+    pub org_id: String,
+    pub project_id: String,
+    /// The instance type it was made from, if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub instance_type: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub image_id: String,
+    pub boot_volume_id: String,
+    /// The OpenSSH public keys given to the guest.
+    pub ssh_keys: Vec<String>,
+    pub desired: String,
+    pub state: String,
+    pub status_message: String,
+    /// The compute node that runs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    pub created_by: String,
+    #[serde(with = "nuage_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+    #[serde(with = "nuage_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub updated_at: i64,
+}
+
+impl From<&nuage_store::InstanceRow> for Instance {
+    fn from(r: &nuage_store::InstanceRow) -> Self {
+        Instance {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            org_id: r.org_id.clone(),
+            project_id: r.project_id.clone(),
+            instance_type: r.instance_type.clone(),
+            vcpus: r.vcpus,
+            memory_mib: r.memory_mib,
+            image_id: r.image_id.clone(),
+            boot_volume_id: r.boot_volume_id.clone(),
+            ssh_keys: serde_json::from_str(&r.ssh_keys).unwrap_or_default(),
+            desired: r.desired.clone(),
+            state: r.state.clone(),
+            status_message: r.status_message.clone(),
+            node_id: r.node_id.clone(),
+            created_by: r.created_by.clone(),
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateInstance {
+    /// DNS label, unique in the project; also the guest's hostname.
+    pub name: String,
+    /// The image its boot volume starts from (name or id in this project,
+    /// or id of an image the organization shares).
+    pub image: String,
+    /// An operator-defined instance type (`small` …); or give `vcpus` and
+    /// `memory`.
+    #[serde(default, rename = "type")]
+    pub instance_type: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<i64>,
+    /// Memory: `512M`, `1G` (1024-based).
+    #[serde(default)]
+    pub memory: Option<String>,
+    /// Boot volume size (default: the image's size; never smaller).
+    #[serde(default)]
+    pub disk_size: Option<String>,
+    /// OpenSSH public keys (`ssh-ed25519 AAAA… comment`).
+    #[serde(default)]
+    pub ssh_keys: Vec<String>,
+    /// cloud-init user-data (`#cloud-config …` or a script), at most 64 KiB;
+    /// stored encrypted.
+    #[serde(default)]
+    pub user_data: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttachVolume {
+    /// Volume name or id, in the instance's project.
+    pub volume: String,
+}
+
+/// The tail of an instance's serial console.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConsoleLog {
+    pub output: String,
+}
+
+/// Parses a memory size (`512M`, `1G`, or MiB as a bare number) into MiB.
+pub fn parse_memory_mib(s: &str) -> Result<i64, ApiError> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid_instance_size",
+            format!("memory {s:?} is not a size such as 512M or 2G (at least 64M)"),
+        )
+    };
+    let t = s.trim();
+    let mib = if t.chars().all(|c| c.is_ascii_digit()) {
+        t.parse::<u64>().map_err(|_| bad())?
+    } else {
+        let bytes = parse_size(t).map_err(|_| bad())?;
+        if bytes % (1 << 20) != 0 {
+            return Err(bad());
+        }
+        bytes >> 20
+    };
+    if !(64..=262_144).contains(&mib) {
+        return Err(bad());
+    }
+    i64::try_from(mib).map_err(|_| bad())
+}

@@ -5,7 +5,7 @@
 //! say which files (with which data keys) make up each disk.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -28,15 +28,29 @@ use crate::spool::{Spool, SpoolError};
 pub struct ComputeConfig {
     /// `<data dir>/compute`.
     pub dir: PathBuf,
+    /// Where cloud-init seeds are built: they carry the tenant's user-data
+    /// in clear, so this is a tmpfs (memory), never a disk.
+    pub seed_dir: PathBuf,
     /// The largest image upload accepted, bytes.
     pub max_image_bytes: u64,
+    /// How long a guest has to power off after the ACPI request before
+    /// its QEMU is killed.
+    pub stop_timeout: std::time::Duration,
 }
 
 impl ComputeConfig {
     pub fn under(data_dir: &Path) -> ComputeConfig {
+        let dir = data_dir.join("compute");
+        // One seed directory per data directory, so servers sharing a
+        // machine (tests) keep theirs apart.
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        dir.hash(&mut h);
         ComputeConfig {
-            dir: data_dir.join("compute"),
+            seed_dir: PathBuf::from(format!("/dev/shm/nuage-seeds-{:016x}", h.finish())),
+            dir,
             max_image_bytes: 64 << 30,
+            stop_timeout: std::time::Duration::from_secs(60),
         }
     }
 }
@@ -53,19 +67,28 @@ pub struct LayerRef {
 }
 
 #[derive(Clone)]
-pub struct Compute(Arc<Inner>);
+pub struct Compute(pub(crate) Arc<Inner>);
 
-struct Inner {
-    store: Store,
-    kms: Kms,
-    cfg: ComputeConfig,
+pub(crate) struct Inner {
+    pub(crate) store: Store,
+    pub(crate) kms: Kms,
+    pub(crate) cfg: ComputeConfig,
+    /// This server's node (its embedded agent runs the VMs placed on it)
+    /// and the accelerator the node probed.
+    pub(crate) node: OnceLock<(String, nuage_qemu::Accel)>,
+    /// Wakes the agent when a tenant changes what it wants.
+    pub(crate) wake: tokio::sync::Notify,
+    /// One reconcile pass at a time.
+    pub(crate) reconciling: tokio::sync::Mutex<()>,
+    /// Open QMP handles of running VMs, by instance id.
+    pub(crate) vms: std::sync::Mutex<std::collections::HashMap<String, Arc<nuage_qemu::Vm>>>,
 }
 
-fn io_err(what: &str) -> impl Fn(std::io::Error) -> ApiError + '_ {
+pub(crate) fn io_err(what: &str) -> impl Fn(std::io::Error) -> ApiError + '_ {
     move |e| ApiError::internal(format!("{what}: {e}"))
 }
 
-fn qemu_err(e: nuage_qemu::Error) -> ApiError {
+pub(crate) fn qemu_err(e: nuage_qemu::Error) -> ApiError {
     ApiError::internal(format!("disk operation failed: {e}"))
 }
 
@@ -74,12 +97,16 @@ impl Compute {
     /// upload spools a crash left (nobody holds their keys any more).
     pub fn open(store: Store, kms: Kms, cfg: ComputeConfig) -> std::io::Result<Compute> {
         use std::os::unix::fs::DirBuilderExt;
-        for sub in ["images", "volumes", "spool", "run"] {
+        for sub in ["images", "volumes", "spool", "run", "vm"] {
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
                 .create(cfg.dir.join(sub))?;
         }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&cfg.seed_dir)?;
         for e in std::fs::read_dir(cfg.dir.join("spool"))? {
             let p = e?.path();
             if p.is_dir() {
@@ -88,18 +115,41 @@ impl Compute {
                 let _ = std::fs::remove_file(&p);
             }
         }
-        Ok(Compute(Arc::new(Inner { store, kms, cfg })))
+        Ok(Compute(Arc::new(Inner {
+            store,
+            kms,
+            cfg,
+            node: OnceLock::new(),
+            wake: tokio::sync::Notify::new(),
+            reconciling: tokio::sync::Mutex::new(()),
+            vms: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })))
+    }
+
+    /// Makes this server the compute node `node_id` (its agent runs the
+    /// instances placed there) with accelerator `accel`.
+    pub fn set_local_node(&self, node_id: &str, accel: nuage_qemu::Accel) {
+        let _ = self.0.node.set((node_id.to_string(), accel));
+    }
+
+    pub fn local_node(&self) -> Option<&str> {
+        self.0.node.get().map(|(id, _)| id.as_str())
+    }
+
+    /// Asks the agent for a reconcile pass now.
+    pub fn wake_agent(&self) {
+        self.0.wake.notify_one();
     }
 
     pub fn store(&self) -> &Store {
         &self.0.store
     }
 
-    fn path(&self, rel: &str) -> PathBuf {
+    pub(crate) fn path(&self, rel: &str) -> PathBuf {
         self.0.cfg.dir.join(rel)
     }
 
-    async fn disk_key(
+    pub(crate) async fn disk_key(
         &self,
         project_id: &str,
         dek_id: &str,
@@ -426,11 +476,11 @@ impl Compute {
     }
 }
 
-fn image_file(id: &str) -> String {
+pub(crate) fn image_file(id: &str) -> String {
     format!("images/{id}.qcow2")
 }
 
-fn volume_file(id: &str) -> String {
+pub(crate) fn volume_file(id: &str) -> String {
     format!("volumes/{id}.qcow2")
 }
 

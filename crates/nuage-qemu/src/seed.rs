@@ -78,7 +78,8 @@ impl Seed {
         s
     }
 
-    /// Writes the seed ISO to `out` (which must not exist yet).
+    /// Writes the seed ISO to `out` (which must not exist yet); its
+    /// documents pass through a scratch directory beside it.
     pub async fn build(&self, out: &Path) -> Result<()> {
         self.validate()?;
         check_path(out)?;
@@ -88,7 +89,15 @@ impl Seed {
                 format!("{} exists", out.display()),
             ));
         }
-        let dir = tempfile::tempdir().map_err(|e| Error::io("seed temp dir", e))?;
+        // The documents are written beside the ISO, so a seed built in a
+        // tmpfs (it carries the tenant's user-data) never touches a disk.
+        let parent = out
+            .parent()
+            .ok_or_else(|| Error::invalid("seed path", "has no parent directory"))?;
+        let dir = tempfile::Builder::new()
+            .prefix(".seed-")
+            .tempdir_in(parent)
+            .map_err(|e| Error::io("seed temp dir", e))?;
         let write = |name: &str, body: &str| {
             std::fs::write(dir.path().join(name), body)
                 .map_err(|e| Error::io(format!("write seed {name}"), e))

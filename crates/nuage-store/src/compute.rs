@@ -265,31 +265,33 @@ impl Store {
     pub async fn volume_create(&self, dek: &DataKeyRow, v: &VolumeRow) -> ApiResult<()> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
         insert_data_key(&mut tx, dek).await.map_err(db_err)?;
-        sqlx::query(&format!(
-            "INSERT INTO volumes ({VOLUME_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-             $10, $11, $12, $13, $14, $15, $16, $17)"
-        ))
-        .bind(&v.id)
-        .bind(&v.org_id)
-        .bind(&v.project_id)
-        .bind(&v.name)
-        .bind(v.size_bytes)
-        .bind(&v.source_image_id)
-        .bind(&v.source_snapshot_id)
-        .bind(&v.key_id)
-        .bind(&v.data_key_id)
-        .bind(&v.layers)
-        .bind(&v.instance_id)
-        .bind(&v.state)
-        .bind(&v.status_message)
-        .bind(&v.created_by)
-        .bind(v.generation)
-        .bind(v.created_at)
-        .bind(v.updated_at)
-        .execute(&mut *tx)
-        .await
-        .map_err(insert_err("volume", &v.name))?;
+        insert_volume(&mut tx, v)
+            .await
+            .map_err(insert_err("volume", &v.name))?;
         tx.commit().await.map_err(db_err)
+    }
+
+    pub async fn volume_by_id(&self, id: &str) -> ApiResult<Option<VolumeRow>> {
+        Ok(self.volumes_where("id = $1", id).await?.into_iter().next())
+    }
+
+    /// Volumes matching `condition` (one `$1` parameter bound to `value`).
+    pub(crate) async fn volumes_where(
+        &self,
+        condition: &str,
+        value: &str,
+    ) -> ApiResult<Vec<VolumeRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {VOLUME_COLS} FROM volumes WHERE {condition}"
+        ))
+        .bind(value)
+        .fetch_all(&self.write)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_volume)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
     }
 
     /// The volume named (or with id) `name` in project `project_id`.
@@ -368,4 +370,34 @@ impl Store {
         }
         Ok(())
     }
+}
+
+pub(crate) async fn insert_volume(
+    conn: &mut sqlx::AnyConnection,
+    v: &VolumeRow,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(&format!(
+        "INSERT INTO volumes ({VOLUME_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+         $10, $11, $12, $13, $14, $15, $16, $17)"
+    ))
+    .bind(&v.id)
+    .bind(&v.org_id)
+    .bind(&v.project_id)
+    .bind(&v.name)
+    .bind(v.size_bytes)
+    .bind(&v.source_image_id)
+    .bind(&v.source_snapshot_id)
+    .bind(&v.key_id)
+    .bind(&v.data_key_id)
+    .bind(&v.layers)
+    .bind(&v.instance_id)
+    .bind(&v.state)
+    .bind(&v.status_message)
+    .bind(&v.created_by)
+    .bind(v.generation)
+    .bind(v.created_at)
+    .bind(v.updated_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ mod compute;
 mod group_commit;
 mod groups;
 mod idempotency;
+mod instances;
 mod kms;
 mod objects;
 mod oidc;
@@ -44,6 +45,7 @@ pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
 pub use compute::{ImageRow, VolumeRow};
 pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
+pub use instances::InstanceRow;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
 pub use objects::{
     key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow, WriteIf,

@@ -10,6 +10,7 @@ pub mod buckets;
 pub mod groups;
 pub mod health;
 pub mod images;
+pub mod instances;
 pub mod key_managers;
 pub mod keys;
 pub mod oidc;
@@ -49,6 +50,15 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(images::upload))
         .routes(routes!(volumes::list, volumes::create))
         .routes(routes!(volumes::get, volumes::delete))
+        .routes(routes!(instances::list, instances::create))
+        .routes(routes!(instances::get, instances::delete))
+        .routes(routes!(instances::start))
+        .routes(routes!(instances::stop))
+        .routes(routes!(instances::reboot))
+        .routes(routes!(instances::list_volumes, instances::attach_volume))
+        .routes(routes!(instances::detach_volume))
+        .routes(routes!(instances::console_log))
+        .routes(routes!(instances::console))
         .routes(routes!(principals::list_users, principals::create_user))
         .routes(routes!(
             principals::get_user,
