@@ -19,6 +19,7 @@ mod group_commit;
 mod groups;
 mod idempotency;
 mod kms;
+mod nodes;
 mod objects;
 mod oidc;
 mod orgs;
@@ -45,6 +46,7 @@ pub use compute::{ImageRow, VolumeRow};
 pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
+pub use nodes::{InstanceTypeRow, NodeRow, NodeUsage};
 pub use objects::{
     key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow, WriteIf,
 };
