@@ -5,6 +5,9 @@
 //! - [`model`]: the resources as the REST API shows them.
 //! - [`service`]: create, import, change and delete them (disks through
 //!   `nuage-qemu`, keys through the key service).
+//! - [`nodes`]: the machines that run instances (registered with what
+//!   they measured, kept alive by heartbeats) and the instance types.
+//! - [`placement`]: which node a new instance runs on.
 //! - [`spool`]: an upload held sealed under a memory-only key while QEMU's
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.
@@ -12,6 +15,8 @@
 pub mod agent;
 pub mod instances;
 pub mod model;
+pub mod nodes;
+pub mod placement;
 pub mod service;
 pub mod spool;
 

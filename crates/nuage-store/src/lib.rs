@@ -20,6 +20,7 @@ mod groups;
 mod idempotency;
 mod instances;
 mod kms;
+mod nodes;
 mod objects;
 mod oidc;
 mod orgs;
@@ -47,6 +48,7 @@ pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
 pub use instances::InstanceRow;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
+pub use nodes::{InstanceTypeRow, NodeRow, NodeUsage};
 pub use objects::{
     key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow, WriteIf,
 };

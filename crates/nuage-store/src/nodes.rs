@@ -1,0 +1,313 @@
+//! Rows of the machines that run virtual machines (`compute_nodes`) and of
+//! the sizes operators offer tenants (`instance_types`). A node row is
+//! written by the node itself (capacity, accelerator, heartbeat) and by
+//! operators (overcommit ratios); placement reads both together with what
+//! the instances on each node already use.
+
+use nuage_core::{ApiError, ApiResult};
+use sqlx::any::AnyRow;
+use sqlx::Row;
+
+use crate::{db_err, Store};
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeRow {
+    pub id: String,
+    pub name: String,
+    /// `kvm` or `tcg`, and why the probe decided so.
+    pub accel: String,
+    pub accel_reason: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub disk_bytes: i64,
+    pub cpu_overcommit: f64,
+    pub memory_overcommit: f64,
+    /// `ready` (takes new instances) or anything else (does not).
+    pub state: String,
+    /// Milliseconds since the epoch of the node's last sign of life.
+    pub heartbeat_at: i64,
+    pub created_at: i64,
+}
+
+/// What the instances placed on a node use (every state but `deleted`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeUsage {
+    pub vcpus: i64,
+    pub memory_mib: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InstanceTypeRow {
+    pub name: String,
+    pub vcpus: i64,
+    pub memory_mib: i64,
+    pub description: String,
+    pub created_at: i64,
+}
+
+const NODE_COLS: &str = "id, name, accel, accel_reason, vcpus, memory_mib, disk_bytes, \
+     cpu_overcommit, memory_overcommit, state, heartbeat_at, created_at";
+
+const TYPE_COLS: &str = "name, vcpus, memory_mib, description, created_at";
+
+fn row_to_node(r: &AnyRow) -> Result<NodeRow, sqlx::Error> {
+    Ok(NodeRow {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        accel: r.try_get("accel")?,
+        accel_reason: r.try_get("accel_reason")?,
+        vcpus: r.try_get("vcpus")?,
+        memory_mib: r.try_get("memory_mib")?,
+        disk_bytes: r.try_get("disk_bytes")?,
+        cpu_overcommit: r.try_get("cpu_overcommit")?,
+        memory_overcommit: r.try_get("memory_overcommit")?,
+        state: r.try_get("state")?,
+        heartbeat_at: r.try_get("heartbeat_at")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+fn row_to_type(r: &AnyRow) -> Result<InstanceTypeRow, sqlx::Error> {
+    Ok(InstanceTypeRow {
+        name: r.try_get("name")?,
+        vcpus: r.try_get("vcpus")?,
+        memory_mib: r.try_get("memory_mib")?,
+        description: r.try_get("description")?,
+        created_at: r.try_get("created_at")?,
+    })
+}
+
+impl Store {
+    // ---- compute nodes ----------------------------------------------------------
+
+    /// Records a node starting: inserts it, or refreshes an existing row of
+    /// that name (capacity, accelerator, state, heartbeat) while keeping its
+    /// id, creation time and the overcommit ratios an operator set.
+    pub async fn node_upsert(&self, n: &NodeRow) -> ApiResult<NodeRow> {
+        sqlx::query(&format!(
+            "INSERT INTO compute_nodes ({NODE_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             ON CONFLICT (name) DO UPDATE SET accel = excluded.accel, \
+             accel_reason = excluded.accel_reason, vcpus = excluded.vcpus, \
+             memory_mib = excluded.memory_mib, disk_bytes = excluded.disk_bytes, \
+             state = excluded.state, heartbeat_at = excluded.heartbeat_at"
+        ))
+        .bind(&n.id)
+        .bind(&n.name)
+        .bind(&n.accel)
+        .bind(&n.accel_reason)
+        .bind(n.vcpus)
+        .bind(n.memory_mib)
+        .bind(n.disk_bytes)
+        .bind(n.cpu_overcommit)
+        .bind(n.memory_overcommit)
+        .bind(&n.state)
+        .bind(n.heartbeat_at)
+        .bind(n.created_at)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        let row = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM compute_nodes WHERE name = $1"
+        ))
+        .bind(&n.name)
+        .fetch_one(&self.write)
+        .await
+        .map_err(db_err)?;
+        row_to_node(&row).map_err(db_err)
+    }
+
+    /// The node named (or with id) `name`.
+    pub async fn node_get(&self, name: &str) -> ApiResult<Option<NodeRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM compute_nodes WHERE name = $1 OR id = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_node(&r)).transpose().map_err(db_err)
+    }
+
+    /// Every node, by name (a handful per installation: no paging).
+    pub async fn node_list(&self) -> ApiResult<Vec<NodeRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM compute_nodes ORDER BY name"
+        ))
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_node)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    /// What the instances on each node use, by node id (nodes without
+    /// instances are absent).
+    pub async fn node_usage(&self) -> ApiResult<Vec<(String, NodeUsage)>> {
+        let rows = sqlx::query(
+            "SELECT node_id, CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
+             CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib \
+             FROM instances WHERE node_id IS NOT NULL AND state <> 'deleted' \
+             GROUP BY node_id",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("node_id")?,
+                    NodeUsage {
+                        vcpus: r.try_get("vcpus")?,
+                        memory_mib: r.try_get("memory_mib")?,
+                    },
+                ))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(db_err)
+    }
+
+    /// A sign of life of node `id` at `now_ms`; `not_found` if the row is gone.
+    pub async fn node_heartbeat(&self, id: &str, now_ms: i64) -> ApiResult<()> {
+        let done = sqlx::query("UPDATE compute_nodes SET heartbeat_at = $1 WHERE id = $2")
+            .bind(now_ms)
+            .bind(id)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found("compute node", id));
+        }
+        Ok(())
+    }
+
+    /// Sets the ratios given (the others stay) and returns the node.
+    pub async fn node_set_overcommit(
+        &self,
+        id: &str,
+        cpu: Option<f64>,
+        memory: Option<f64>,
+    ) -> ApiResult<NodeRow> {
+        let row = sqlx::query(&format!(
+            "UPDATE compute_nodes SET cpu_overcommit = COALESCE($1, cpu_overcommit), \
+             memory_overcommit = COALESCE($2, memory_overcommit) WHERE id = $3 \
+             RETURNING {NODE_COLS}"
+        ))
+        .bind(cpu)
+        .bind(memory)
+        .bind(id)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(db_err)?;
+        match row {
+            Some(r) => row_to_node(&r).map_err(db_err),
+            None => Err(ApiError::not_found("compute node", id)),
+        }
+    }
+
+    // ---- instance types ---------------------------------------------------------
+
+    /// The instance type `name`.
+    pub async fn instance_type_get(&self, name: &str) -> ApiResult<Option<InstanceTypeRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {TYPE_COLS} FROM instance_types WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_type(&r)).transpose().map_err(db_err)
+    }
+
+    /// Instance types by name, after `after`, at most `limit`.
+    pub async fn instance_type_list(
+        &self,
+        after: &str,
+        limit: i64,
+    ) -> ApiResult<Vec<InstanceTypeRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {TYPE_COLS} FROM instance_types WHERE name > $1 ORDER BY name LIMIT $2"
+        ))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_type)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    /// Creates or replaces the type (a replaced one keeps its creation
+    /// time); true when it was created. Instances made from the old size
+    /// keep theirs: they copy it.
+    pub async fn instance_type_put(&self, t: &InstanceTypeRow) -> ApiResult<bool> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let existed = sqlx::query("SELECT name FROM instance_types WHERE name = $1")
+            .bind(&t.name)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db_err)?
+            .is_some();
+        sqlx::query(&format!(
+            "INSERT INTO instance_types ({TYPE_COLS}) VALUES ($1, $2, $3, $4, $5) \
+             ON CONFLICT (name) DO UPDATE SET vcpus = excluded.vcpus, \
+             memory_mib = excluded.memory_mib, description = excluded.description"
+        ))
+        .bind(&t.name)
+        .bind(t.vcpus)
+        .bind(t.memory_mib)
+        .bind(&t.description)
+        .bind(t.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(!existed)
+    }
+
+    /// Deletes the type; false if there was none.
+    pub async fn instance_type_delete(&self, name: &str) -> ApiResult<bool> {
+        let done = sqlx::query("DELETE FROM instance_types WHERE name = $1")
+            .bind(name)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Inserts `types` if the table is empty (a fresh installation); an
+    /// existing catalogue is left alone. Returns how many were inserted.
+    pub async fn instance_type_seed(&self, types: &[InstanceTypeRow]) -> ApiResult<u64> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        let n: i64 = sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM instance_types")
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if n > 0 {
+            return Ok(0);
+        }
+        let mut inserted = 0;
+        for t in types {
+            // Another server sharing the database may be seeding too.
+            let done = sqlx::query(&format!(
+                "INSERT INTO instance_types ({TYPE_COLS}) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (name) DO NOTHING"
+            ))
+            .bind(&t.name)
+            .bind(t.vcpus)
+            .bind(t.memory_mib)
+            .bind(&t.description)
+            .bind(t.created_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            inserted += done.rows_affected();
+        }
+        tx.commit().await.map_err(db_err)?;
+        Ok(inserted)
+    }
+}
