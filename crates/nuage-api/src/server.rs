@@ -72,6 +72,11 @@ pub struct ServerConfig {
     pub key_sweep_every: Duration,
     /// How often bucket lifecycle rules are applied.
     pub lifecycle_every: Duration,
+    /// The name of this server's compute node (its embedded agent runs
+    /// the VMs placed there); the host name by default.
+    pub node_name: String,
+    /// How long a guest has to power off before its VM is killed.
+    pub stop_timeout: Duration,
 }
 
 /// The seal key file sits beside the data directory, never inside it:
@@ -108,6 +113,8 @@ impl ServerConfig {
             kms: KmsConfig::default(),
             key_sweep_every: Duration::from_secs(60),
             lifecycle_every: Duration::from_secs(3600),
+            node_name: nuage_compute::nodes::hostname(),
+            stop_timeout: Duration::from_secs(60),
             data_dir,
         }
     }
@@ -151,6 +158,9 @@ pub struct RunningServer {
     key_sweeper: JoinHandle<()>,
     lifecycle: nuage_objects::lifecycle::Lifecycle,
     lifecycle_task: JoinHandle<()>,
+    compute: nuage_compute::Compute,
+    agent: (tokio::sync::watch::Sender<bool>, JoinHandle<()>),
+    heartbeat: JoinHandle<()>,
     store: Store,
 }
 
@@ -160,8 +170,14 @@ impl RunningServer {
         &self.lifecycle
     }
 
+    /// The compute service (tests kill their VMs through it).
+    pub fn compute(&self) -> &nuage_compute::Compute {
+        &self.compute
+    }
+
     /// Stops accepting connections, lets in-flight requests finish (up to
-    /// 30 s), flushes the audit log and signs a last checkpoint.
+    /// 30 s), flushes the audit log and signs a last checkpoint. Running
+    /// VMs keep running: the next start re-attaches to them.
     pub async fn shutdown(self) {
         for h in &self.handles {
             h.graceful_shutdown(Some(Duration::from_secs(30)));
@@ -175,6 +191,9 @@ impl RunningServer {
         self.key_sweeper.abort();
         self.lifecycle_task.abort();
         drop(self.lifecycle);
+        let _ = self.agent.0.send(true);
+        let _ = self.agent.1.await;
+        self.heartbeat.abort();
         self.audit.shutdown().await;
         self.store.close().await;
     }
@@ -349,15 +368,38 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
 
     let metrics = Arc::new(Metrics::default());
     metrics.watch_store(&store);
-    let compute = nuage_compute::Compute::open(
-        store.clone(),
-        kms.clone(),
-        nuage_compute::ComputeConfig::under(&cfg.data_dir),
-    )
-    .map_err(|source| StartError::DataDir {
-        path: cfg.data_dir.join("compute"),
-        source,
-    })?;
+    let mut compute_cfg = nuage_compute::ComputeConfig::under(&cfg.data_dir);
+    compute_cfg.stop_timeout = cfg.stop_timeout;
+    let compute = nuage_compute::Compute::open(store.clone(), kms.clone(), compute_cfg).map_err(
+        |source| StartError::DataDir {
+            path: cfg.data_dir.join("compute"),
+            source,
+        },
+    )?;
+    // This server is a compute node too: its agent runs the VMs placed on
+    // it (and re-attaches to those still running from before a restart).
+    let node = nuage_compute::nodes::register_local(&store, &cfg.node_name, &cfg.data_dir)
+        .await
+        .map_err(|e| StartError::Config(format!("compute node: {}", e.detail)))?;
+    let accel = if node.accel == "kvm" {
+        nuage_qemu::Accel::Kvm
+    } else {
+        nuage_qemu::Accel::Tcg
+    };
+    compute.set_local_node(&node.id, accel);
+    let (agent_stop, agent_stop_rx) = tokio::sync::watch::channel(false);
+    let agent_task = tokio::spawn(nuage_compute::agent::run(compute.clone(), agent_stop_rx));
+    let heartbeat_store = store.clone();
+    let heartbeat_node = node.id.clone();
+    let heartbeat = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            if let Err(e) = nuage_compute::nodes::heartbeat(&heartbeat_store, &heartbeat_node).await
+            {
+                tracing::warn!(error = %e.detail, "compute node heartbeat failed");
+            }
+        }
+    });
     let state = |realm| {
         AppState::new(AppStateInner {
             store: store.clone(),
@@ -479,6 +521,9 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         key_sweeper,
         lifecycle,
         lifecycle_task,
+        compute,
+        agent: (agent_stop, agent_task),
+        heartbeat,
         store,
     })
 }

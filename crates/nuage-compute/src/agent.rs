@@ -175,7 +175,10 @@ impl Compute {
                     let _ = std::fs::remove_file(self.seed_path(&i.id));
                     self.settle_volumes(i, &HashSet::new(), false).await?;
                     if i.state != "stopped" {
-                        self.0.store.instance_set_state(&i.id, "stopped", "").await?;
+                        self.0
+                            .store
+                            .instance_set_state(&i.id, "stopped", "")
+                            .await?;
                     }
                     Ok(())
                 }
@@ -183,7 +186,10 @@ impl Compute {
             _ => {
                 if alive {
                     if i.state != "running" {
-                        self.0.store.instance_set_state(&i.id, "running", "").await?;
+                        self.0
+                            .store
+                            .instance_set_state(&i.id, "running", "")
+                            .await?;
                     }
                     self.converge_disks(i).await
                 } else if status.state == VmState::Failed && i.state == "running" {
@@ -330,18 +336,19 @@ impl Compute {
                             )));
                         }
                     }
-                    self.0.store.volume_set_attachment(&v.id, "attached").await?;
+                    self.0
+                        .store
+                        .volume_set_attachment(&v.id, "attached")
+                        .await?;
                 }
                 "detaching" => {
                     if present.contains(&name) {
-                        vm.detach_disk(&name, DETACH_TIMEOUT)
-                            .await
-                            .map_err(|e| {
-                                ApiError::internal(format!(
-                                    "the guest did not release volume {}: {e}",
-                                    v.name
-                                ))
-                            })?;
+                        vm.detach_disk(&name, DETACH_TIMEOUT).await.map_err(|e| {
+                            ApiError::internal(format!(
+                                "the guest did not release volume {}: {e}",
+                                v.name
+                            ))
+                        })?;
                     }
                     self.0
                         .store
@@ -365,7 +372,10 @@ impl Compute {
         for v in self.0.store.instance_volumes(&i.id).await? {
             match v.state.as_str() {
                 "attaching" if !running || attached.contains(&v.id) => {
-                    self.0.store.volume_set_attachment(&v.id, "attached").await?
+                    self.0
+                        .store
+                        .volume_set_attachment(&v.id, "attached")
+                        .await?
                 }
                 "detaching" => {
                     self.0
@@ -476,6 +486,9 @@ mod tests {
         assert!(n.starts_with('d'));
         assert_eq!(serial(id).len(), 20);
         assert!(id.ends_with(&serial(id)));
-        assert_ne!(disk_name("vol_aaaa0000000000000000000000000001"), disk_name("vol_aaaa0000000000000000000000000002"));
+        assert_ne!(
+            disk_name("vol_aaaa0000000000000000000000000001"),
+            disk_name("vol_aaaa0000000000000000000000000002")
+        );
     }
 }

@@ -19,7 +19,7 @@ use nuage_kms::aead::{self, SecretKey};
 use nuage_kms::{KeyUse, Purpose};
 use nuage_store::{InstanceRow, VolumeRow};
 
-use crate::model::{parse_memory_mib, parse_size, CreateInstance};
+use crate::model::{parse_size, CreateInstance};
 use crate::service::{image_file, volume_file, Compute, LayerRef};
 
 /// The most user-data a guest gets (cloud-init's own NoCloud limit is
@@ -70,7 +70,10 @@ impl Compute {
             if ud.len() > MAX_USER_DATA {
                 return Err(invalid(
                     "user_data_too_large",
-                    format!("user-data is {} bytes; the limit is {MAX_USER_DATA}", ud.len()),
+                    format!(
+                        "user-data is {} bytes; the limit is {MAX_USER_DATA}",
+                        ud.len()
+                    ),
                 ));
             }
         }
@@ -219,7 +222,7 @@ impl Compute {
                 let memory = body
                     .memory
                     .as_deref()
-                    .map(parse_memory_mib)
+                    .map(crate::placement::parse_memory)
                     .transpose()?
                     .unwrap_or(512);
                 crate::placement::check_request(vcpus, memory)?;
@@ -245,7 +248,10 @@ impl Compute {
             }
             "stopping" => Err(ApiError::conflict(
                 "instance_stopping",
-                format!("instance {} is stopping; start it once it is stopped", i.name),
+                format!(
+                    "instance {} is stopping; start it once it is stopped",
+                    i.name
+                ),
             )),
             _ => {
                 self.0
@@ -324,7 +330,10 @@ impl Compute {
         if attached.len() >= crate::agent::MAX_DISKS {
             return Err(ApiError::conflict(
                 "too_many_volumes",
-                format!("an instance holds at most {} volumes", crate::agent::MAX_DISKS),
+                format!(
+                    "an instance holds at most {} volumes",
+                    crate::agent::MAX_DISKS
+                ),
             ));
         }
         self.0.store.volume_attach(&v.id, &i.id).await?;

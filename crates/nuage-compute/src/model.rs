@@ -329,27 +329,3 @@ pub struct AttachVolume {
 pub struct ConsoleLog {
     pub output: String,
 }
-
-/// Parses a memory size (`512M`, `1G`, or MiB as a bare number) into MiB.
-pub fn parse_memory_mib(s: &str) -> Result<i64, ApiError> {
-    let bad = || {
-        ApiError::bad_request(
-            "invalid_instance_size",
-            format!("memory {s:?} is not a size such as 512M or 2G (at least 64M)"),
-        )
-    };
-    let t = s.trim();
-    let mib = if t.chars().all(|c| c.is_ascii_digit()) {
-        t.parse::<u64>().map_err(|_| bad())?
-    } else {
-        let bytes = parse_size(t).map_err(|_| bad())?;
-        if bytes % (1 << 20) != 0 {
-            return Err(bad());
-        }
-        bytes >> 20
-    };
-    if !(64..=262_144).contains(&mib) {
-        return Err(bad());
-    }
-    i64::try_from(mib).map_err(|_| bad())
-}

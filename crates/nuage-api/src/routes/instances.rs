@@ -323,7 +323,9 @@ pub async fn console(
     let socket = ctx.state.compute.console_socket(&row);
     let serial = tokio::net::UnixStream::connect(&socket)
         .await
-        .map_err(|e| ApiError::conflict("console_busy", format!("the console is not available: {e}")))?;
+        .map_err(|e| {
+            ApiError::conflict("console_busy", format!("the console is not available: {e}"))
+        })?;
     ctx.record_detail("console", "opened");
     Ok(ws.on_upgrade(move |ws| bridge(ws, serial)))
 }

@@ -35,6 +35,8 @@ pub struct Srv {
     pub dir: tempfile::TempDir,
     pub data_dir: PathBuf,
     running: Option<RunningServer>,
+    /// Kept so that [`Srv::restart`] comes back as the same node.
+    node_name: String,
 }
 
 pub fn test_config(data_dir: &Path) -> ServerConfig {
@@ -44,6 +46,9 @@ pub fn test_config(data_dir: &Path) -> ServerConfig {
     cfg.s3_listen = "127.0.0.1:0".parse().unwrap();
     cfg.checkpoint_every = Duration::from_secs(1);
     cfg.sqlite_sync_full = false;
+    // Servers sharing a database in one test are distinct nodes.
+    cfg.node_name = format!("node-{}", uuid_like());
+    cfg.stop_timeout = Duration::from_secs(20);
     cfg
 }
 
@@ -90,6 +95,7 @@ impl Srv {
         let data_dir = dir.path().join("data");
         let mut cfg = test_config(&data_dir);
         f(&mut cfg);
+        let node_name = cfg.node_name.clone();
         let running = nuage_api::start(cfg).await.expect("server starts");
         let bootstrap = running.bootstrap_token.clone().unwrap_or_default();
         Srv {
@@ -101,7 +107,24 @@ impl Srv {
             dir,
             data_dir,
             running: Some(running),
+            node_name,
         }
+    }
+
+    /// Stops the server the way an operator restarting it would (VMs keep
+    /// running) and starts it again on the same data directory and node;
+    /// the listeners get new ports.
+    pub async fn restart(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.shutdown().await;
+        }
+        let mut cfg = test_config(&self.data_dir);
+        cfg.node_name = self.node_name.clone();
+        let running = nuage_api::start(cfg).await.expect("server restarts");
+        self.tenant = format!("http://{}", running.tenant_addr);
+        self.admin = format!("http://{}", running.admin_addr);
+        self.s3 = format!("http://{}", running.s3_addr);
+        self.running = Some(running);
     }
 
     /// Runs one bucket lifecycle pass as if the time were `now_ms`.
@@ -112,8 +135,13 @@ impl Srv {
 
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
+            r.compute().kill_all_vms();
             r.shutdown().await;
         }
+    }
+
+    pub fn running(&self) -> &nuage_api::RunningServer {
+        self.running.as_ref().expect("server running")
     }
 
     pub async fn req(
@@ -236,4 +264,13 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 
 pub fn contains_bytes(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+impl Drop for Srv {
+    /// A test that fails half-way leaves no VM behind.
+    fn drop(&mut self) {
+        if let Some(r) = &self.running {
+            r.compute().kill_all_vms();
+        }
+    }
 }
