@@ -57,7 +57,7 @@ pub async fn run(compute: Compute, mut stop: watch::Receiver<bool>) {
 }
 
 /// The name of a volume's disk inside QEMU, and the serial the guest sees.
-fn disk_name(volume_id: &str) -> String {
+pub(crate) fn disk_name(volume_id: &str) -> String {
     let tail: String = volume_id
         .chars()
         .rev()
@@ -424,10 +424,7 @@ impl Compute {
         let boot = self.0.store.volume_by_id(&i.boot_volume_id).await?;
         self.0.store.instance_remove(i).await?;
         if let Some(b) = boot {
-            if let Some(top) = layers_of(&b)?.first() {
-                let _ = std::fs::remove_file(self.path(&top.file));
-            }
-            self.0.kms.data_key_delete(&b.data_key_id).await?;
+            self.release(&layers_of(&b)?).await?;
         }
         self.0.kms.data_key_delete(&i.data_key_id).await
     }
@@ -440,8 +437,7 @@ async fn sqlx_free_note(c: &Compute, i: &InstanceRow, note: &str) -> ApiResult<(
 }
 
 fn layers_of(v: &VolumeRow) -> ApiResult<Vec<LayerRef>> {
-    serde_json::from_str(&v.layers)
-        .map_err(|e| ApiError::internal(format!("volume {} has unreadable layers: {e}", v.id)))
+    crate::snapshots::layers_of(&v.layers)
 }
 
 fn disk_spec(v: &VolumeRow, chain: Chain) -> DiskSpec {

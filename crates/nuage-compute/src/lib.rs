@@ -8,6 +8,8 @@
 //! - [`nodes`]: the machines that run instances (registered with what
 //!   they measured, kept alive by heartbeats) and the instance types.
 //! - [`placement`]: which node a new instance runs on.
+//! - [`snapshots`]: snapshots (no copy: the volume gets a new top file)
+//!   and growing volumes.
 //! - [`spool`]: an upload held sealed under a memory-only key while QEMU's
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.
@@ -18,6 +20,7 @@ pub mod model;
 pub mod nodes;
 pub mod placement;
 pub mod service;
+pub mod snapshots;
 pub mod spool;
 
 pub use service::{Compute, ComputeConfig};
@@ -44,7 +47,12 @@ pub const ACTIONS: &[ActionDef] = &[
     act("compute.get_volume", Level::Read),
     act("compute.create_volume", Level::Write),
     act("compute.delete_volume", Level::Write),
+    act("compute.update_volume", Level::Write),
     act("compute.attach_volume", Level::Write),
+    act("compute.list_snapshots", Level::Read),
+    act("compute.get_snapshot", Level::Read),
+    act("compute.create_snapshot", Level::Write),
+    act("compute.delete_snapshot", Level::Write),
     act("compute.detach_volume", Level::Write),
     act("compute.list_instances", Level::Read),
     act("compute.get_instance", Level::Read),

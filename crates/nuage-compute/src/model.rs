@@ -162,6 +162,59 @@ pub struct CreateVolume {
     /// organization shares) the volume starts as a copy of.
     #[serde(default)]
     pub image: Option<String>,
+    /// Snapshot (name or id in this project) the volume starts as a copy of.
+    #[serde(default)]
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVolume {
+    /// A new, larger size (`20G`); volumes only grow, also while attached.
+    #[serde(default)]
+    pub size: Option<String>,
+}
+
+/// A point-in-time copy of a volume.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct Snapshot {
+    pub id: String,
+    pub name: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub volume_id: String,
+    pub size_bytes: i64,
+    pub state: String,
+    pub created_by: String,
+    #[serde(with = "nuage_core::time::rfc3339")]
+    #[schema(value_type = String, format = DateTime)]
+    pub created_at: i64,
+}
+
+impl From<&nuage_store::SnapshotRow> for Snapshot {
+    fn from(r: &nuage_store::SnapshotRow) -> Self {
+        Snapshot {
+            id: r.id.clone(),
+            name: r.name.clone(),
+            org_id: r.org_id.clone(),
+            project_id: r.project_id.clone(),
+            volume_id: r.volume_id.clone(),
+            size_bytes: r.size_bytes,
+            state: r.state.clone(),
+            created_by: r.created_by.clone(),
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateSnapshot {
+    /// DNS label, unique in the project.
+    pub name: String,
+    /// The volume (name or id) to snapshot; while a VM runs it is
+    /// crash-consistent, otherwise exact.
+    pub volume: String,
 }
 
 /// The largest volume: 16 TiB.

@@ -327,8 +327,16 @@ impl Compute {
         Ok(report)
     }
 
-    /// Deletes an image that no volume uses, with its file and data key.
+    /// Deletes an image that no volume or snapshot uses, with its file and
+    /// data key.
     pub async fn image_delete(&self, image: &ImageRow) -> ApiResult<()> {
+        let users = self.0.store.layers_referencing(&image_file(&image.id)).await?;
+        if users > 0 {
+            return Err(ApiError::conflict(
+                "image_in_use",
+                format!("the image is the base of {users} volume(s) or snapshot(s); delete them first"),
+            ));
+        }
         self.0.store.image_delete(&image.id).await?;
         let _ = std::fs::remove_file(self.path(&image_file(&image.id)));
         self.0.kms.data_key_delete(&image.data_key_id).await
@@ -353,6 +361,22 @@ impl Compute {
     ) -> ApiResult<(VolumeRow, Vec<KeyUse>)> {
         name::validate("volume", &body.name)?;
         let requested = body.size.as_deref().map(parse_size).transpose()?;
+        if body.image.is_some() && body.snapshot.is_some() {
+            return Err(ApiError::bad_request(
+                "invalid_source",
+                "a volume starts from an image or from a snapshot, not both",
+            ));
+        }
+        let snapshot = match &body.snapshot {
+            Some(sn) => Some(
+                self.0
+                    .store
+                    .snapshot_get(&project.id, sn)
+                    .await?
+                    .ok_or_else(|| ApiError::not_found("snapshot", sn))?,
+            ),
+            None => None,
+        };
         let image = match &body.image {
             Some(i) => Some(
                 self.0
@@ -378,7 +402,7 @@ impl Compute {
             (Some(s), b) if s < b => {
                 return Err(ApiError::bad_request(
                     "volume_too_small",
-                    format!("the volume must hold its image: at least {b} bytes"),
+                    format!("the volume must hold its source: at least {b} bytes"),
                 ))
             }
             (Some(s), _) => s,
@@ -411,6 +435,9 @@ impl Compute {
                 owner: img.id.clone(),
             });
         }
+        if let Some(sn) = &snapshot {
+            layers.extend(crate::snapshots::layers_of(&sn.layers)?);
+        }
         let layers_json = serde_json::to_string(&layers)
             .map_err(|e| ApiError::internal(format!("layers do not encode: {e}")))?;
         let now = now_ms();
@@ -422,7 +449,7 @@ impl Compute {
             name: body.name.clone(),
             size_bytes,
             source_image_id: image.as_ref().map(|i| i.id.clone()),
-            source_snapshot_id: None,
+            source_snapshot_id: snapshot.as_ref().map(|s| s.id.clone()),
             key_id: key.id.clone(),
             data_key_id: dk.id.clone(),
             layers: layers_json.clone(),
@@ -437,15 +464,10 @@ impl Compute {
         self.0.store.volume_create(&dek_row, &row).await?;
         let disk_key = DiskKey::from_data_key(dk.key.expose()).map_err(qemu_err)?;
         let file = self.path(&volume_file(&id));
-        let made = match &image {
-            Some(img) => {
-                nuage_qemu::disk::create_overlay(
-                    &file,
-                    &self.path(&image_file(&img.id)),
-                    size,
-                    &disk_key,
-                )
-                .await
+        let made = match layers.get(1) {
+            Some(base) => {
+                nuage_qemu::disk::create_overlay(&file, &self.path(&base.file), size, &disk_key)
+                    .await
             }
             None => nuage_qemu::disk::create(&file, size, &disk_key).await,
         };
@@ -467,12 +489,11 @@ impl Compute {
         Ok((row, vec![used]))
     }
 
-    /// Deletes a detached volume with its own file and data key (the files
-    /// it shares with an image or snapshot stay).
+    /// Deletes a detached volume with the files and data key no snapshot
+    /// or other volume still needs.
     pub async fn volume_delete(&self, v: &VolumeRow) -> ApiResult<()> {
         self.0.store.volume_delete(&v.id).await?;
-        let _ = std::fs::remove_file(self.path(&volume_file(&v.id)));
-        self.0.kms.data_key_delete(&v.data_key_id).await
+        self.release(&crate::snapshots::layers_of(&v.layers)?).await
     }
 }
 

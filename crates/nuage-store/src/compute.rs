@@ -401,3 +401,162 @@ pub(crate) async fn insert_volume(
     .await?;
     Ok(())
 }
+
+/// A point-in-time copy of a volume: the chain of files it froze.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotRow {
+    pub id: String,
+    pub org_id: String,
+    pub project_id: String,
+    pub name: String,
+    pub volume_id: String,
+    pub size_bytes: i64,
+    /// JSON: the frozen chain of files, top first, with their data keys.
+    pub layers: String,
+    pub state: String,
+    pub status_message: String,
+    pub created_by: String,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+const SNAPSHOT_COLS: &str = "id, org_id, project_id, name, volume_id, size_bytes, layers, state, \
+     status_message, created_by, generation, created_at, updated_at";
+
+fn row_to_snapshot(r: &AnyRow) -> Result<SnapshotRow, sqlx::Error> {
+    Ok(SnapshotRow {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        project_id: r.try_get("project_id")?,
+        name: r.try_get("name")?,
+        volume_id: r.try_get("volume_id")?,
+        size_bytes: r.try_get("size_bytes")?,
+        layers: r.try_get("layers")?,
+        state: r.try_get("state")?,
+        status_message: r.try_get("status_message")?,
+        created_by: r.try_get("created_by")?,
+        generation: r.try_get("generation")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
+}
+
+impl Store {
+    /// Records a snapshot and the volume's new chain (its new top file
+    /// over the files the snapshot froze) in one transaction.
+    pub async fn snapshot_create(&self, s: &SnapshotRow, volume_layers: &str) -> ApiResult<()> {
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        sqlx::query(&format!(
+            "INSERT INTO snapshots ({SNAPSHOT_COLS}) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(&s.id)
+        .bind(&s.org_id)
+        .bind(&s.project_id)
+        .bind(&s.name)
+        .bind(&s.volume_id)
+        .bind(s.size_bytes)
+        .bind(&s.layers)
+        .bind(&s.state)
+        .bind(&s.status_message)
+        .bind(&s.created_by)
+        .bind(s.generation)
+        .bind(s.created_at)
+        .bind(s.updated_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(insert_err("snapshot", &s.name))?;
+        sqlx::query(
+            "UPDATE volumes SET layers = $1, generation = generation + 1, updated_at = $2 \
+             WHERE id = $3",
+        )
+        .bind(volume_layers)
+        .bind(nuage_core::time::now_ms())
+        .bind(&s.volume_id)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)
+    }
+
+    /// The snapshot named (or with id) `name` in project `project_id`.
+    pub async fn snapshot_get(
+        &self,
+        project_id: &str,
+        name: &str,
+    ) -> ApiResult<Option<SnapshotRow>> {
+        let row = sqlx::query(&format!(
+            "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE project_id = $1 AND (name = $2 OR id = $2)"
+        ))
+        .bind(project_id)
+        .bind(name)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_snapshot(&r)).transpose().map_err(db_err)
+    }
+
+    /// Snapshots of a project, by name, after `after`, at most `limit`.
+    pub async fn snapshot_list(
+        &self,
+        project_id: &str,
+        after: &str,
+        limit: i64,
+    ) -> ApiResult<Vec<SnapshotRow>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {SNAPSHOT_COLS} FROM snapshots WHERE project_id = $1 AND name > $2 \
+             ORDER BY name LIMIT $3"
+        ))
+        .bind(project_id)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.read)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(row_to_snapshot)
+            .collect::<Result<_, _>>()
+            .map_err(db_err)
+    }
+
+    pub async fn snapshot_delete(&self, id: &str) -> ApiResult<()> {
+        sqlx::query("DELETE FROM snapshots WHERE id = $1")
+            .bind(id)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?;
+        Ok(())
+    }
+
+    /// How many volumes and snapshots still name `needle` (a file or data
+    /// key id) in their chain of files: what a delete may not remove while
+    /// non-zero.
+    pub async fn layers_referencing(&self, needle: &str) -> ApiResult<i64> {
+        let pattern = format!("%{needle}%");
+        let n: i64 = sqlx::query_scalar(
+            "SELECT CAST((SELECT COUNT(*) FROM volumes WHERE layers LIKE $1) + \
+             (SELECT COUNT(*) FROM snapshots WHERE layers LIKE $1) AS BIGINT)",
+        )
+        .bind(&pattern)
+        .fetch_one(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(n)
+    }
+
+    /// Records a volume's new size.
+    pub async fn volume_set_size(&self, id: &str, size_bytes: i64) -> ApiResult<()> {
+        sqlx::query(
+            "UPDATE volumes SET size_bytes = $1, generation = generation + 1, updated_at = $2 \
+             WHERE id = $3",
+        )
+        .bind(size_bytes)
+        .bind(nuage_core::time::now_ms())
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(())
+    }
+}

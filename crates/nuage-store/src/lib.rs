@@ -43,7 +43,7 @@ use sqlx::{AnyPool, Executor};
 
 pub use access_keys::AccessKeyAuth;
 pub use audit::{AuditAppend, AuditFilter, AuditRow, StoredCheckpoint};
-pub use compute::{ImageRow, VolumeRow};
+pub use compute::{ImageRow, SnapshotRow, VolumeRow};
 pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
 pub use instances::InstanceRow;

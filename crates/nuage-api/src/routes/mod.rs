@@ -18,6 +18,7 @@ pub mod orgs;
 pub mod principals;
 pub mod projects;
 pub mod seal;
+pub mod snapshots;
 pub mod tokens;
 pub mod volumes;
 
@@ -49,7 +50,9 @@ fn tenant_org_scoped() -> OpenApiRouter<AppState> {
         .routes(routes!(images::get, images::update, images::delete))
         .routes(routes!(images::upload))
         .routes(routes!(volumes::list, volumes::create))
-        .routes(routes!(volumes::get, volumes::delete))
+        .routes(routes!(volumes::get, volumes::update, volumes::delete))
+        .routes(routes!(snapshots::list, snapshots::create))
+        .routes(routes!(snapshots::get, snapshots::delete))
         .routes(routes!(instances::list, instances::create))
         .routes(routes!(instances::get, instances::delete))
         .routes(routes!(instances::start))

@@ -3,7 +3,7 @@
 use axum::extract::Path;
 use axum::Json;
 use http::StatusCode;
-use nuage_compute::model::{CreateVolume, Volume};
+use nuage_compute::model::{CreateVolume, UpdateVolume, Volume};
 use nuage_core::model::kms::Justification;
 use nuage_core::page::{Page, PageParams};
 use nuage_core::ApiError;
@@ -100,6 +100,34 @@ pub async fn get(
 ) -> HandlerResult<Json<Volume>> {
     let (target, row) = find(&ctx, &project, &volume).await?;
     ctx.authorize("compute.get_volume", &target).await?;
+    Ok(Json(Volume::from(&row)))
+}
+
+#[utoipa::path(patch, path = "/v1/orgs/{org}/projects/{project}/volumes/{volume}", tag = "compute",
+    request_body = UpdateVolume,
+    params(("org" = String, Path, description = "Organization name or id"),
+        ("project" = String, Path, description = "Project name or id"),
+        ("volume" = String, Path, description = "Volume name or id")),
+    responses((status = 200, body = Volume), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn update(
+    ctx: Ctx,
+    Path((_org, project, volume)): Path<(String, String, String)>,
+    Body(body): Body<UpdateVolume>,
+) -> HandlerResult<Json<Volume>> {
+    let (target, row) = find(&ctx, &project, &volume).await?;
+    ctx.authorize("compute.update_volume", &target).await?;
+    if let Some(size) = &body.size {
+        ctx.state
+            .compute
+            .volume_resize(
+                &row,
+                size,
+                &ctx.purpose(Justification::ServiceForPrincipal),
+            )
+            .await?;
+        ctx.record_detail("size", size);
+    }
+    let (_, row) = find(&ctx, &project, &row.id).await?;
     Ok(Json(Volume::from(&row)))
 }
 

@@ -135,8 +135,10 @@ impl Srv {
 
     pub async fn shutdown(mut self) {
         if let Some(r) = self.running.take() {
-            r.compute().kill_all_vms();
+            // After the agent has stopped, so no VM starts behind our back.
+            let compute = r.compute().clone();
             r.shutdown().await;
+            compute.kill_all_vms();
         }
     }
 
