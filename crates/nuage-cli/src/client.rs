@@ -460,13 +460,16 @@ impl Api {
         mut sent: impl FnMut(u64) + Send + 'static,
     ) -> Result<Value> {
         use futures::StreamExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
         let url = self.url(path, &Query::new())?;
-        let mut total = 0u64;
+        let total = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&total);
         let chunks =
             tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
                 if let Ok(c) = &chunk {
-                    total += c.len() as u64;
-                    sent(total);
+                    let n = counted.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64;
+                    sent(n);
                 }
                 chunk
             });
@@ -476,8 +479,20 @@ impl Api {
             .header(header::CONTENT_LENGTH, len)
             .body(reqwest::Body::wrap_stream(chunks))
             .send()
-            .await
-            .map_err(|e| self.unreachable(&e))?;
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => return Err(self.unreachable(&e)),
+            // The server may answer and close before it has the whole body
+            // (a refusal that needs no file); the client then only sees
+            // the broken connection, never the answer.
+            Err(e) => bail!(
+                "the connection broke after {} of {} bytes ({})",
+                total.load(Ordering::Relaxed),
+                len,
+                root_cause(&e)
+            ),
+        };
         if !resp.status().is_success() {
             return Err(self.failure(&url, resp).await);
         }

@@ -83,7 +83,7 @@ fn line(sent: u64, total: u64, elapsed: Duration) -> String {
             human_bytes(total)
         );
     }
-    let pct = if total == 0 { 100 } else { sent * 100 / total };
+    let pct = (sent.saturating_mul(100)).checked_div(total).unwrap_or(100);
     format!(
         "uploading {} / {} ({pct}%){rate}",
         human_bytes(sent),

@@ -171,6 +171,15 @@ pub async fn run(ctx: &mut Ctx, args: ImageArgs) -> Result<u8> {
         ImageCmd::Upload { name, file } => {
             let (disk, len) = open_disk(&file).await?;
             let path = [&base[..], &[name.as_str()]].concat();
+            // The server refuses a second file before reading it; said here,
+            // as a large upload would only see the connection close.
+            let image = api.get(&path, &Query::new()).await?;
+            if image["state"] == "available" {
+                bail!(
+                    "the image {name} already has its file (image_available); \
+                     create a new image instead"
+                );
+            }
             let image = send_file(ctx, &api, &path, &project, &name, disk, len).await?;
             show(ctx.json, image);
         }
