@@ -183,6 +183,10 @@ pub struct Listing {
 #[derive(Debug, Clone)]
 pub struct Api {
     http: reqwest::Client,
+    /// Like `http` without the read timeout: reqwest counts it from the
+    /// start of the request, so it would cut off a long upload (and the
+    /// server's import of it) that is progressing fine.
+    uploads: reqwest::Client,
     base: Url,
     token: Option<String>,
     admin: bool,
@@ -196,10 +200,7 @@ impl Api {
         admin: bool,
     ) -> Result<Self> {
         let base = parse_base_url(base)?;
-        let mut builder = reqwest::Client::builder()
-            .user_agent(concat!("nuage-cli/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .read_timeout(Duration::from_secs(120));
+        let mut roots = Vec::new();
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path)
                 .with_context(|| format!("could not read the CA certificate {}", path.display()))?;
@@ -208,13 +209,28 @@ impl Api {
             if certs.is_empty() {
                 bail!("{} holds no PEM certificate", path.display());
             }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
-            }
+            roots = certs;
         }
-        let http = builder.build().context("could not set up HTTP")?;
+        let builder = || {
+            let mut b = reqwest::Client::builder()
+                .user_agent(concat!("nuage-cli/", env!("CARGO_PKG_VERSION")))
+                .connect_timeout(Duration::from_secs(10));
+            for cert in &roots {
+                b = b.add_root_certificate(cert.clone());
+            }
+            b
+        };
+        let http = builder()
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .context("could not set up HTTP")?;
+        let uploads = builder()
+            .tcp_keepalive(Duration::from_secs(30))
+            .build()
+            .context("could not set up HTTP")?;
         Ok(Api {
             http,
+            uploads,
             base,
             token,
             admin,
@@ -262,13 +278,7 @@ impl Api {
         if_match: Option<i64>,
     ) -> Result<reqwest::Response> {
         let url = self.url(path, query)?;
-        let mut req = self
-            .http
-            .request(method, url.clone())
-            .header(header::ACCEPT, "application/json");
-        if let Some(token) = &self.token {
-            req = req.bearer_auth(token);
-        }
+        let mut req = self.request(&self.http, method, &url);
         if let Some(generation) = if_match {
             req = req.header(header::IF_MATCH, format!("\"{generation}\""));
         }
@@ -282,6 +292,21 @@ impl Api {
             return Ok(resp);
         }
         Err(self.failure(&url, resp).await)
+    }
+
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        url: &Url,
+    ) -> reqwest::RequestBuilder {
+        let req = http
+            .request(method, url.clone())
+            .header(header::ACCEPT, "application/json");
+        match &self.token {
+            Some(token) => req.bearer_auth(token),
+            None => req,
+        }
     }
 
     fn unreachable(&self, err: &reqwest::Error) -> anyhow::Error {
@@ -422,6 +447,56 @@ impl Api {
                 }
             }
         }
+    }
+
+    /// PUTs a file as `application/octet-stream`, read and sent a chunk at
+    /// a time so that a disk image of any size never sits in memory;
+    /// `sent` is told the running total after each chunk.
+    pub async fn upload(
+        &self,
+        path: &[&str],
+        file: tokio::fs::File,
+        len: u64,
+        mut sent: impl FnMut(u64) + Send + 'static,
+    ) -> Result<Value> {
+        use futures::StreamExt;
+        use std::sync::atomic::{AtomicU64, Ordering};
+        use std::sync::Arc;
+        let url = self.url(path, &Query::new())?;
+        let total = Arc::new(AtomicU64::new(0));
+        let counted = Arc::clone(&total);
+        let chunks =
+            tokio_util::io::ReaderStream::with_capacity(file, 256 << 10).map(move |chunk| {
+                if let Ok(c) = &chunk {
+                    let n = counted.fetch_add(c.len() as u64, Ordering::Relaxed) + c.len() as u64;
+                    sent(n);
+                }
+                chunk
+            });
+        let resp = self
+            .request(&self.uploads, Method::PUT, &url)
+            .header(header::CONTENT_TYPE, "application/octet-stream")
+            .header(header::CONTENT_LENGTH, len)
+            .body(reqwest::Body::wrap_stream(chunks))
+            .send()
+            .await;
+        let resp = match resp {
+            Ok(resp) => resp,
+            Err(e) if e.is_connect() => return Err(self.unreachable(&e)),
+            // The server may answer and close before it has the whole body
+            // (a refusal that needs no file); the client then only sees
+            // the broken connection, never the answer.
+            Err(e) => bail!(
+                "the connection broke after {} of {} bytes ({})",
+                total.load(Ordering::Relaxed),
+                len,
+                root_cause(&e)
+            ),
+        };
+        if !resp.status().is_success() {
+            return Err(self.failure(&url, resp).await);
+        }
+        Self::json(resp).await
     }
 
     /// Streams a body to `out` without holding it in memory; returns bytes written.

@@ -9,6 +9,7 @@ mod commands;
 mod config;
 mod context;
 mod output;
+mod progress;
 mod secret;
 
 use std::process::ExitCode;
@@ -105,6 +106,36 @@ mod tests {
             "--project",
             "web",
         ]);
+        ok(&[
+            "nuage",
+            "image",
+            "create",
+            "debian",
+            "-p",
+            "web",
+            "--file",
+            "disk.qcow2",
+            "--visibility",
+            "org",
+        ]);
+        ok(&[
+            "nuage",
+            "image",
+            "-p",
+            "web",
+            "set-visibility",
+            "debian",
+            "org",
+        ]);
+        ok(&[
+            "nuage", "volume", "create", "root", "--image", "debian", "--size", "10G", "-p", "web",
+        ]);
+        ok(&["nuage", "volume", "list", "--json", "-p", "web", "--all"]);
+        assert!(Cli::try_parse_from(["nuage", "image", "set-visibility", "d", "world"]).is_err());
+        assert!(
+            Cli::try_parse_from(["nuage", "image", "create", "d", "-p", "web"]).is_err(),
+            "an image is created with its file"
+        );
         let err = Cli::try_parse_from(["nuage", "project", "create", "web", "--label", "oops"])
             .unwrap_err()
             .to_string();

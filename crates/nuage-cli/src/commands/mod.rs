@@ -13,12 +13,14 @@ pub mod audit;
 pub mod auth;
 pub mod bucket;
 pub mod group;
+pub mod image;
 pub mod key;
 pub mod org;
 pub mod policy;
 pub mod principal;
 pub mod project;
 pub mod token;
+pub mod volume;
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -49,6 +51,10 @@ pub enum Command {
     AccessKey(access_key::AccessKeyArgs),
     /// Manage buckets (objects go through the S3 endpoint).
     Bucket(bucket::BucketArgs),
+    /// Manage disk images (qcow2 or raw files, stored encrypted).
+    Image(image::ImageArgs),
+    /// Manage block volumes (blank, or copies of an image).
+    Volume(volume::VolumeArgs),
     /// List roles, and grant or revoke them.
     Role(access::RoleArgs),
     /// Manage custom Cedar policies and test access decisions.
@@ -110,6 +116,8 @@ pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
         Command::Token(a) => token::run(ctx, a).await,
         Command::AccessKey(a) => access_key::run(ctx, a).await,
         Command::Bucket(a) => bucket::run(ctx, a).await,
+        Command::Image(a) => image::run(ctx, a).await,
+        Command::Volume(a) => volume::run(ctx, a).await,
         Command::Role(a) => access::run(ctx, a).await,
         Command::Policy(a) => policy::run(ctx, a).await,
         Command::Mfa(a) => auth::mfa(ctx, crate::context::Realm::Tenant, a.cmd).await,

@@ -474,3 +474,276 @@ async fn bucket_quotas_from_the_cli() {
     assert_eq!(u["usage"]["objects"], 0);
     s.shutdown().await;
 }
+
+/// The names of the items of a `--json` listing.
+fn names(stdout: &str) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_str(stdout).expect("--json prints JSON");
+    v["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|i| i["name"].as_str().expect("name").to_string())
+        .collect()
+}
+
+/// Images and volumes from the CLI with the real qemu-img: a raw disk and
+/// a qcow2 uploaded from files, listed, a volume made from an image, a
+/// refused file reported on one line with what became of the image, and
+/// an image in use kept until its volume is gone.
+#[tokio::test]
+async fn images_and_volumes_from_the_cli() {
+    if !crate::compute::qemu_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let r = s
+        .t(
+            http::Method::POST,
+            "/v1/orgs/acme/projects",
+            &owner,
+            Some(serde_json::json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let run = |args: Vec<&str>| {
+        let cfg = cfg.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nuage(&cfg, &refs, Some("correct horse battery\n")).await
+        }
+    };
+    let o = run(vec![
+        "login",
+        "--url",
+        &s.tenant,
+        "--org",
+        "acme",
+        "--user",
+        "owner",
+        "--password-stdin",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let raw = dir.path().join("disk.img");
+    std::fs::write(&raw, crate::compute::raw_disk(b"CLI-MARKER")).unwrap();
+    let st = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2", "disk.qcow2", "8M"])
+        .current_dir(dir.path())
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let qcow2 = dir.path().join("disk.qcow2");
+    let junk = dir.path().join("junk.img");
+    std::fs::write(&junk, b"this is not a disk image at all".repeat(100)).unwrap();
+    let path = |p: &std::path::Path| p.to_str().unwrap().to_string();
+
+    // For people: the image as a table, with its size readable.
+    let o = run(vec![
+        "image",
+        "create",
+        "base",
+        "-p",
+        "web",
+        "--file",
+        &path(&raw),
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for want in ["available", "raw", "4.0 MiB (4194304 bytes)", "project"] {
+        assert!(o.stdout.contains(want), "{want}: {}", o.stdout);
+    }
+    // For scripts: the API's JSON and nothing on stderr (no meter off a
+    // terminal).
+    let o = run(vec![
+        "image",
+        "create",
+        "qc",
+        "-p",
+        "web",
+        "--file",
+        &path(&qcow2),
+        "--visibility",
+        "org",
+        "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(o.stderr, "", "no meter when stderr is not a terminal");
+    let qc: serde_json::Value = serde_json::from_str(&o.stdout).expect("--json prints JSON");
+    assert_eq!(qc["state"], "available", "{qc}");
+    assert_eq!(qc["source_format"], "qcow2", "{qc}");
+    assert_eq!(qc["virtual_size"], 8 << 20, "{qc}");
+    assert_eq!(qc["visibility"], "org", "{qc}");
+
+    let o = run(vec!["image", "list", "-p", "web", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(names(&o.stdout), ["base", "qc"]);
+    let o = run(vec!["image", "list", "-p", "web"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let lines: Vec<&str> = o.stdout.lines().collect();
+    assert!(
+        lines[0].starts_with("NAME") && lines[0].contains("VISIBILITY"),
+        "{}",
+        o.stdout
+    );
+    let row = lines.iter().find(|l| l.starts_with("qc ")).expect("qc row");
+    for want in ["available", "qcow2", "8.0 MiB", "org"] {
+        assert!(row.contains(want), "{want}: {row}");
+    }
+    let o = run(vec![
+        "image",
+        "set-visibility",
+        "qc",
+        "project",
+        "-p",
+        "web",
+        "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["visibility"], "project");
+
+    // A volume from the image: its size by default, the image by name.
+    let o = run(vec![
+        "volume", "create", "root", "-p", "web", "--image", "base", "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let root: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let base_id = {
+        let o = run(vec!["image", "show", "base", "-p", "web", "--json"]).await;
+        let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+        v["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(root["source_image_id"], base_id.as_str(), "{root}");
+    assert_eq!(root["size_bytes"], 4 << 20, "{root}");
+    assert_eq!(root["state"], "available", "{root}");
+    let o = run(vec![
+        "volume", "create", "scratch", "-p", "web", "--size", "16M",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("16.0 MiB"), "{}", o.stdout);
+    let o = run(vec!["volume", "list", "-p", "web", "--json"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(names(&o.stdout), ["root", "scratch"]);
+    let o = run(vec!["volume", "list", "-p", "web"]).await;
+    assert!(o.stdout.starts_with("NAME"), "{}", o.stdout);
+    assert!(o.stdout.contains("ATTACHED TO"), "{}", o.stdout);
+    let row = o
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("root "))
+        .expect("root row");
+    for want in ["available", "4.0 MiB", " base "] {
+        assert!(row.contains(want), "{want:?}: {row}");
+    }
+    let o = run(vec![
+        "volume", "create", "bad", "-p", "web", "--size", "1.5G",
+    ])
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("invalid_size"), "{}", o.stderr);
+
+    // A refused file: one line with the server's reason and what to do;
+    // the image stays, failed, with that reason.
+    let o = run(vec![
+        "image",
+        "create",
+        "junk",
+        "-p",
+        "web",
+        "--file",
+        &path(&junk),
+    ])
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stderr);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
+    for want in ["not_an_image", "failed", "nuage image delete junk -p web"] {
+        assert!(o.stderr.contains(want), "{want}: {}", o.stderr);
+    }
+    let refused = o.stderr;
+    let o = run(vec!["image", "show", "junk", "-p", "web", "--json"]).await;
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(j["state"], "failed", "{j}");
+    let reason = j["status_message"].as_str().unwrap();
+    assert!(
+        !reason.is_empty() && refused.contains(reason),
+        "the line gives the reason the image keeps: {j} {refused}"
+    );
+    // The way out the message gives works: another file for the image.
+    let o = run(vec![
+        "image",
+        "upload",
+        "junk",
+        "-p",
+        "web",
+        "--file",
+        &path(&raw),
+        "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let j: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        (j["state"].as_str(), j["status_message"].as_str()),
+        (Some("available"), Some("")),
+        "{j}"
+    );
+    // An image has one file.
+    let o = run(vec![
+        "image",
+        "upload",
+        "qc",
+        "-p",
+        "web",
+        "--file",
+        &path(&raw),
+    ])
+    .await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert!(o.stderr.contains("image_available"), "{}", o.stderr);
+
+    // A file that is not there creates no image.
+    let o = run(vec![
+        "image",
+        "create",
+        "ghost",
+        "-p",
+        "web",
+        "--file",
+        "/nonexistent/disk.img",
+    ])
+    .await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("/nonexistent/disk.img"), "{}", o.stderr);
+    let o = run(vec!["image", "list", "-p", "web", "--json"]).await;
+    assert_eq!(names(&o.stdout), ["base", "junk", "qc"]);
+
+    // An image in use stays; once its volume is gone it can go.
+    let o = run(vec!["image", "delete", "base", "-p", "web"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
+    assert!(
+        o.stderr.contains("image_in_use") && o.stderr.contains("delete them first"),
+        "{}",
+        o.stderr
+    );
+    let o = run(vec!["volume", "delete", "root", "-p", "web"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["volume", "list", "-p", "web", "--json"]).await;
+    assert_eq!(names(&o.stdout), ["scratch"]);
+    let o = run(vec!["image", "delete", "base", "-p", "web"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("Deleted image base"), "{}", o.stdout);
+    let o = run(vec!["image", "show", "base", "-p", "web"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("not_found"), "{}", o.stderr);
+    s.shutdown().await;
+}

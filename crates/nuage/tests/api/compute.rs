@@ -12,7 +12,7 @@ use crate::common::{contains_bytes, files_under, into_resp, Resp, Srv};
 
 /// True when qemu-img is here; with `NUAGE_TEST_REQUIRE_QEMU=1` its absence
 /// fails the test instead of skipping it.
-fn qemu_present() -> bool {
+pub(crate) fn qemu_present() -> bool {
     let ok = Command::new("qemu-img").arg("--version").output().is_ok();
     if !ok {
         assert!(
@@ -38,7 +38,7 @@ async fn upload(s: &Srv, token: &str, path: &str, bytes: Vec<u8>) -> Resp {
 }
 
 /// A 4 MiB raw disk: an MBR signature and a marker text we can look for.
-fn raw_disk(marker: &[u8]) -> Vec<u8> {
+pub(crate) fn raw_disk(marker: &[u8]) -> Vec<u8> {
     let mut d = vec![0u8; 4 << 20];
     d[510] = 0x55;
     d[511] = 0xaa;
