@@ -72,6 +72,9 @@ pub struct ServerConfig {
     pub key_sweep_every: Duration,
     /// How often bucket lifecycle rules are applied.
     pub lifecycle_every: Duration,
+    /// The name this host registers under as a compute node (default: the
+    /// hostname); a restart under the same name keeps the node's settings.
+    pub node_name: String,
 }
 
 /// The seal key file sits beside the data directory, never inside it:
@@ -108,6 +111,7 @@ impl ServerConfig {
             kms: KmsConfig::default(),
             key_sweep_every: Duration::from_secs(60),
             lifecycle_every: Duration::from_secs(3600),
+            node_name: nuage_compute::nodes::hostname(),
             data_dir,
         }
     }
@@ -135,6 +139,8 @@ pub enum StartError {
     Bootstrap(String),
     #[error("root key: {0}")]
     Seal(String),
+    #[error("compute node: {0}")]
+    Compute(String),
 }
 
 pub struct RunningServer {
@@ -151,6 +157,9 @@ pub struct RunningServer {
     key_sweeper: JoinHandle<()>,
     lifecycle: nuage_objects::lifecycle::Lifecycle,
     lifecycle_task: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+    /// The compute node of this host, as registered at start.
+    pub node: nuage_store::NodeRow,
     store: Store,
 }
 
@@ -174,6 +183,7 @@ impl RunningServer {
         self.maintenance.abort();
         self.key_sweeper.abort();
         self.lifecycle_task.abort();
+        self.heartbeat.abort();
         drop(self.lifecycle);
         self.audit.shutdown().await;
         self.store.close().await;
@@ -330,6 +340,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     registry.register(crate::routes::keys::ACTIONS);
     registry.register(nuage_objects::ACTIONS);
     registry.register(nuage_compute::ACTIONS);
+    registry.register(nuage_compute::nodes::ACTIONS);
     let registry = Arc::new(registry);
     let authz = Arc::new(
         Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
@@ -358,6 +369,18 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         path: cfg.data_dir.join("compute"),
         source,
     })?;
+    let compute_err = |e: nuage_core::ApiError| StartError::Compute(e.detail);
+    nuage_compute::nodes::seed_types(&store)
+        .await
+        .map_err(compute_err)?;
+    let node = nuage_compute::nodes::register_local(
+        &store,
+        &cfg.node_name,
+        &nuage_compute::ComputeConfig::under(&cfg.data_dir).dir,
+    )
+    .await
+    .map_err(compute_err)?;
+    let heartbeat = tokio::spawn(heartbeats(store.clone(), node.id.clone()));
     let state = |realm| {
         AppState::new(AppStateInner {
             store: store.clone(),
@@ -366,6 +389,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
             audit: audit.clone(),
             kms: kms.clone(),
             compute: compute.clone(),
+            node_id: Some(node.id.clone()),
             metrics: metrics.clone(),
             realm,
             max_body_bytes: cfg.max_body_bytes,
@@ -479,8 +503,21 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         key_sweeper,
         lifecycle,
         lifecycle_task,
+        heartbeat,
+        node,
         store,
     })
+}
+
+/// Tells placement this host's node is alive, every
+/// [`nuage_compute::nodes::HEARTBEAT_EVERY`] until the server stops.
+async fn heartbeats(store: Store, node_id: String) {
+    loop {
+        tokio::time::sleep(nuage_compute::nodes::HEARTBEAT_EVERY).await;
+        if let Err(e) = nuage_compute::nodes::heartbeat(&store, &node_id).await {
+            tracing::warn!(node = %node_id, error = %e.detail, "compute node heartbeat failed");
+        }
+    }
 }
 
 /// Destroys keys whose waiting period is over, recording each destruction

@@ -9,6 +9,7 @@ mod compute;
 mod flow;
 mod isolation;
 mod kms;
+mod nodes;
 mod oidc;
 mod openapi;
 mod process;
