@@ -142,6 +142,8 @@ pub enum StartError {
     Bootstrap(String),
     #[error("root key: {0}")]
     Seal(String),
+    #[error("compute node: {0}")]
+    Compute(String),
 }
 
 pub struct RunningServer {
@@ -161,6 +163,8 @@ pub struct RunningServer {
     compute: nuage_compute::Compute,
     agent: (tokio::sync::watch::Sender<bool>, JoinHandle<()>),
     heartbeat: JoinHandle<()>,
+    /// The compute node of this host, as registered at start.
+    pub node: nuage_store::NodeRow,
     store: Store,
 }
 
@@ -190,10 +194,10 @@ impl RunningServer {
         self.maintenance.abort();
         self.key_sweeper.abort();
         self.lifecycle_task.abort();
+        self.heartbeat.abort();
         drop(self.lifecycle);
         let _ = self.agent.0.send(true);
         let _ = self.agent.1.await;
-        self.heartbeat.abort();
         self.audit.shutdown().await;
         self.store.close().await;
     }
@@ -349,6 +353,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     registry.register(crate::routes::keys::ACTIONS);
     registry.register(nuage_objects::ACTIONS);
     registry.register(nuage_compute::ACTIONS);
+    registry.register(nuage_compute::nodes::ACTIONS);
     let registry = Arc::new(registry);
     let authz = Arc::new(
         Authorizer::new(store.clone(), registry).map_err(|e| StartError::Config(e.detail))?,
@@ -378,9 +383,17 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     )?;
     // This server is a compute node too: its agent runs the VMs placed on
     // it (and re-attaches to those still running from before a restart).
-    let node = nuage_compute::nodes::register_local(&store, &cfg.node_name, &cfg.data_dir)
+    let compute_err = |e: nuage_core::ApiError| StartError::Compute(e.detail);
+    nuage_compute::nodes::seed_types(&store)
         .await
-        .map_err(|e| StartError::Config(format!("compute node: {}", e.detail)))?;
+        .map_err(compute_err)?;
+    let node = nuage_compute::nodes::register_local(
+        &store,
+        &cfg.node_name,
+        &nuage_compute::ComputeConfig::under(&cfg.data_dir).dir,
+    )
+    .await
+    .map_err(compute_err)?;
     let accel = if node.accel == "kvm" {
         nuage_qemu::Accel::Kvm
     } else {
@@ -389,17 +402,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     compute.set_local_node(&node.id, accel);
     let (agent_stop, agent_stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(nuage_compute::agent::run(compute.clone(), agent_stop_rx));
-    let heartbeat_store = store.clone();
-    let heartbeat_node = node.id.clone();
-    let heartbeat = tokio::spawn(async move {
-        loop {
-            tokio::time::sleep(Duration::from_secs(10)).await;
-            if let Err(e) = nuage_compute::nodes::heartbeat(&heartbeat_store, &heartbeat_node).await
-            {
-                tracing::warn!(error = %e.detail, "compute node heartbeat failed");
-            }
-        }
-    });
+    let heartbeat = tokio::spawn(heartbeats(store.clone(), node.id.clone()));
     let state = |realm| {
         AppState::new(AppStateInner {
             store: store.clone(),
@@ -408,6 +411,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
             audit: audit.clone(),
             kms: kms.clone(),
             compute: compute.clone(),
+            node_id: Some(node.id.clone()),
             metrics: metrics.clone(),
             realm,
             max_body_bytes: cfg.max_body_bytes,
@@ -524,8 +528,20 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         compute,
         agent: (agent_stop, agent_task),
         heartbeat,
+        node,
         store,
     })
+}
+
+/// Tells placement this host's node is alive, every
+/// [`nuage_compute::nodes::HEARTBEAT_EVERY`] until the server stops.
+async fn heartbeats(store: Store, node_id: String) {
+    loop {
+        tokio::time::sleep(nuage_compute::nodes::HEARTBEAT_EVERY).await;
+        if let Err(e) = nuage_compute::nodes::heartbeat(&store, &node_id).await {
+            tracing::warn!(node = %node_id, error = %e.detail, "compute node heartbeat failed");
+        }
+    }
 }
 
 /// Destroys keys whose waiting period is over, recording each destruction

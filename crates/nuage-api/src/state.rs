@@ -35,6 +35,9 @@ pub struct AppStateInner {
     pub audit: AuditLog,
     pub kms: Kms,
     pub compute: nuage_compute::Compute,
+    /// The compute node this server registered at start (its embedded
+    /// agent's host), if any.
+    pub node_id: Option<String>,
     pub metrics: Arc<Metrics>,
     /// Which realm's tokens this listener accepts.
     pub realm: Realm,

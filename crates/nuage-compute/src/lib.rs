@@ -8,8 +8,8 @@
 //! - [`nodes`]: the machines that run instances (registered with what
 //!   they measured, kept alive by heartbeats) and the instance types.
 //! - [`placement`]: which node a new instance runs on.
-//! - [`snapshots`]: snapshots (no copy: the volume gets a new top file)
-//!   and growing volumes.
+//! - [`snapshots`]: volume snapshots with no copy (the volume gets a new top
+//!   file), and growing volumes.
 //! - [`spool`]: an upload held sealed under a memory-only key while QEMU's
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.

@@ -330,11 +330,17 @@ impl Compute {
     /// Deletes an image that no volume or snapshot uses, with its file and
     /// data key.
     pub async fn image_delete(&self, image: &ImageRow) -> ApiResult<()> {
-        let users = self.0.store.layers_referencing(&image_file(&image.id)).await?;
+        let users = self
+            .0
+            .store
+            .layers_referencing(&image_file(&image.id))
+            .await?;
         if users > 0 {
             return Err(ApiError::conflict(
                 "image_in_use",
-                format!("the image is the base of {users} volume(s) or snapshot(s); delete them first"),
+                format!(
+                    "the image is the base of {users} volume(s) or snapshot(s); delete them first"
+                ),
             ));
         }
         self.0.store.image_delete(&image.id).await?;

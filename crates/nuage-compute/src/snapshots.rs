@@ -74,7 +74,10 @@ impl Compute {
         if matches!(v.state.as_str(), "attaching" | "detaching" | "creating") {
             return Err(ApiError::conflict(
                 "volume_busy",
-                format!("volume {} is {}; try again when it settles", v.name, v.state),
+                format!(
+                    "volume {} is {}; try again when it settles",
+                    v.name, v.state
+                ),
             ));
         }
         let frozen = layers_of(&v.layers)?;
@@ -175,7 +178,10 @@ impl Compute {
         if size < current {
             return Err(ApiError::bad_request(
                 "volume_shrink",
-                format!("volumes only grow: {} is {current} bytes, asked {size}", v.name),
+                format!(
+                    "volumes only grow: {} is {current} bytes, asked {size}",
+                    v.name
+                ),
             ));
         }
         if size == current {

@@ -82,6 +82,9 @@ struct ServerArgs {
     /// Installation name used in audit checkpoints.
     #[arg(long, default_value = "nuage.local")]
     public_name: String,
+    /// Name this host registers under as a compute node [default: the hostname].
+    #[arg(long, env = "NUAGE_NODE_NAME")]
+    node_name: Option<String>,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -206,6 +209,9 @@ async fn serve(a: ServerArgs) -> ExitCode {
     cfg.audit_retention_days = a.audit_retention_days;
     cfg.sqlite_sync_full = a.sqlite_sync == "full";
     cfg.public_name = a.public_name;
+    if let Some(name) = a.node_name {
+        cfg.node_name = name;
+    }
     cfg.kms.cache_ttl = Duration::from_secs(a.key_cache_seconds);
     if a.seal == "passphrase" {
         let passphrase = if a.unseal_from_stdin {

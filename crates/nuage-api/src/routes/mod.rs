@@ -10,9 +10,11 @@ pub mod buckets;
 pub mod groups;
 pub mod health;
 pub mod images;
+pub mod instance_types;
 pub mod instances;
 pub mod key_managers;
 pub mod keys;
+pub mod nodes;
 pub mod oidc;
 pub mod orgs;
 pub mod principals;
@@ -137,6 +139,7 @@ fn tenant_authenticated() -> OpenApiRouter<AppState> {
         .routes(routes!(auth::enroll_mfa))
         .routes(routes!(auth::confirm_mfa))
         .routes(routes!(orgs::list_orgs))
+        .routes(routes!(instance_types::list))
 }
 
 fn tenant_public() -> OpenApiRouter<AppState> {
@@ -197,6 +200,10 @@ fn admin_authenticated() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::consistency_proof))
         .routes(routes!(admin::export_audit))
         .routes(routes!(admin::public_key))
+        .routes(routes!(nodes::list_nodes))
+        .routes(routes!(nodes::update_node))
+        .routes(routes!(instance_types::admin_list))
+        .routes(routes!(instance_types::put, instance_types::delete))
 }
 
 fn admin_public() -> OpenApiRouter<AppState> {

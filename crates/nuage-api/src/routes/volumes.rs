@@ -119,11 +119,7 @@ pub async fn update(
     if let Some(size) = &body.size {
         ctx.state
             .compute
-            .volume_resize(
-                &row,
-                size,
-                &ctx.purpose(Justification::ServiceForPrincipal),
-            )
+            .volume_resize(&row, size, &ctx.purpose(Justification::ServiceForPrincipal))
             .await?;
         ctx.record_detail("size", size);
     }

@@ -37,6 +37,12 @@ enum AdminCmd {
     Mfa(MfaCmd),
     /// Change your operator password.
     Password(PasswordArgs),
+    /// Compute nodes: capacity, use and overcommit.
+    #[command(subcommand)]
+    Node(super::node::NodeCmd),
+    /// Define the instance types tenants create instances with.
+    #[command(subcommand)]
+    InstanceType(super::instance_type::AdminInstanceTypeCmd),
     /// Show whether the server is sealed (no login needed).
     SealStatus,
     /// Unseal a server started with --seal passphrase (no login needed: the
@@ -136,6 +142,8 @@ pub async fn run(ctx: &mut Ctx, args: AdminArgs) -> Result<u8> {
         AdminCmd::Token(cmd) => tokens(ctx, cmd).await,
         AdminCmd::Mfa(cmd) => super::auth::mfa(ctx, Realm::Admin, cmd).await,
         AdminCmd::Password(a) => super::auth::password(ctx, Realm::Admin, a).await,
+        AdminCmd::Node(cmd) => super::node::run(ctx, cmd).await,
+        AdminCmd::InstanceType(cmd) => super::instance_type::admin(ctx, cmd).await,
         AdminCmd::SealStatus => seal(ctx, None).await,
         AdminCmd::Unseal { passphrase_stdin } => {
             let p = crate::secret::obtain(passphrase_stdin, "Unseal passphrase", false)?;

@@ -14,7 +14,9 @@ pub mod auth;
 pub mod bucket;
 pub mod group;
 pub mod image;
+pub mod instance_type;
 pub mod key;
+pub mod node;
 pub mod org;
 pub mod policy;
 pub mod principal;
@@ -69,6 +71,8 @@ pub enum Command {
     KeyManager(key::KeyManagerArgs),
     /// Read, export and verify the tamper-evident audit log.
     Audit(audit::AuditArgs),
+    /// List the instance types (sizes) instances are created with.
+    InstanceType(instance_type::InstanceTypeArgs),
     /// Operate the platform through the operator API (organizations, operators).
     Admin(admin::AdminArgs),
 }
@@ -125,6 +129,7 @@ pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
         Command::Key(a) => key::run(ctx, a).await,
         Command::KeyManager(a) => key::run_managers(ctx, a).await,
         Command::Audit(a) => audit::run(ctx, a).await,
+        Command::InstanceType(a) => instance_type::run(ctx, a).await,
         Command::Admin(a) => admin::run(ctx, a).await,
     }
 }

@@ -747,3 +747,137 @@ async fn images_and_volumes_from_the_cli() {
     assert!(o.stderr.contains("not_found"), "{}", o.stderr);
     s.shutdown().await;
 }
+
+/// Nodes and instance types from the CLI: the operator's commands and the
+/// tenant's list, tables and --json.
+#[tokio::test]
+async fn nodes_and_instance_types_from_the_cli() {
+    let s = Srv::start_with(|c| c.node_name = "cli-host".into()).await;
+    s.org("acme").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let run = |args: Vec<&str>| {
+        let cfg = cfg.clone();
+        let args: Vec<String> = args.into_iter().map(String::from).collect();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nuage(&cfg, &refs, Some("correct horse battery\n")).await
+        }
+    };
+    let o = run(vec![
+        "login",
+        "--admin",
+        "--url",
+        &s.admin,
+        "--token",
+        &s.bootstrap,
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+
+    let o = run(vec!["admin", "node", "list"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("cli-host") && o.stdout.contains("ready"),
+        "{}",
+        o.stdout
+    );
+    let o = run(vec![
+        "admin",
+        "node",
+        "set-overcommit",
+        "cli-host",
+        "--cpu",
+        "8",
+        "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let n: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(
+        (
+            n["cpu_overcommit"].as_f64(),
+            n["memory_overcommit"].as_f64()
+        ),
+        (Some(8.0), Some(1.0))
+    );
+    let o = run(vec![
+        "admin",
+        "node",
+        "set-overcommit",
+        "cli-host",
+        "--memory",
+        "5",
+    ])
+    .await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("at most 4"), "{}", o.stderr);
+    let o = run(vec!["admin", "node", "list", "--json"]).await;
+    let l: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(l["items"][0]["cpu_overcommit"], 8.0);
+    assert_eq!(l["items"][0]["memory_overcommit"], 1.0);
+
+    let o = run(vec![
+        "admin",
+        "instance-type",
+        "set",
+        "tiny",
+        "--vcpus",
+        "1",
+        "--memory",
+        "256M",
+        "--description",
+        "for tests",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("256"), "{}", o.stdout);
+    let o = run(vec![
+        "admin",
+        "instance-type",
+        "set",
+        "big",
+        "--vcpus",
+        "99",
+        "--memory",
+        "1G",
+    ])
+    .await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("1 to 64 vCPUs"), "{}", o.stderr);
+    let o = run(vec!["admin", "instance-type", "delete", "large"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["admin", "instance-type", "list", "--json"]).await;
+    let l: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let names: Vec<&str> = l["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["medium", "small", "tiny"]);
+
+    let o = run(vec![
+        "login",
+        "--url",
+        &s.tenant,
+        "--org",
+        "acme",
+        "--user",
+        "owner",
+        "--password-stdin",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["instance-type", "list"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.contains("tiny") && o.stdout.contains("for tests") && !o.stdout.contains("large"),
+        "{}",
+        o.stdout
+    );
+    let o = run(vec!["instance-type", "list", "--json"]).await;
+    let l: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(l["items"].as_array().map(Vec::len), Some(3), "{}", o.stdout);
+    s.shutdown().await;
+}

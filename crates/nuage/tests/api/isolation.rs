@@ -83,6 +83,11 @@ async fn every_org_route_answers_404_to_another_tenant() {
             json!({"name": "vol1", "size": "1M"}),
         )
         .await;
+        mk(
+            "/v1/orgs/alpha/projects/web/snapshots",
+            json!({"name": "snap1", "volume": "vol1"}),
+        )
+        .await;
         // An image with a file, and an instance of it (its VM boots to
         // "no bootable device" and idles until the server's VMs are killed).
         let mut disk = vec![0u8; 1 << 20];
@@ -90,7 +95,10 @@ async fn every_org_route_answers_404_to_another_tenant() {
         disk[511] = 0xaa;
         let r = s
             .http
-            .put(format!("{}/v1/orgs/alpha/projects/web/images/img1/file", s.tenant))
+            .put(format!(
+                "{}/v1/orgs/alpha/projects/web/images/img1/file",
+                s.tenant
+            ))
             .bearer_auth(&a)
             .body(disk)
             .send()
@@ -116,6 +124,7 @@ async fn every_org_route_answers_404_to_another_tenant() {
         ("image", "img1".to_string()),
         ("volume", "vol1".to_string()),
         ("instance", "vm1".to_string()),
+        ("snapshot", "snap1".to_string()),
         (
             "access_key",
             access_key.body["access_key"]["id"]

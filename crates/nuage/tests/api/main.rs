@@ -10,6 +10,7 @@ mod flow;
 mod instances;
 mod isolation;
 mod kms;
+mod nodes;
 mod oidc;
 mod openapi;
 mod process;

@@ -1,0 +1,44 @@
+//! Compute nodes, for operators (admin listener only): what each node
+//! measured and probed, what its instances use, and the overcommit ratios
+//! placement applies to it. Tenants never see nodes.
+
+use axum::extract::Path;
+use axum::Json;
+use nuage_compute::nodes::{self, Node, UpdateNode};
+use nuage_core::page::Page;
+
+use crate::ctx::{Body, Ctx};
+use crate::problem::{HandlerResult, Problem};
+
+/// Every compute node (a handful: one page).
+#[utoipa::path(get, path = "/admin/v1/nodes", tag = "operator",
+    responses((status = 200, body = Page<Node>)))]
+pub async fn list_nodes(ctx: Ctx) -> HandlerResult<Json<Page<Node>>> {
+    ctx.allow_operator("compute.list_nodes", "platform");
+    Ok(Json(Page {
+        items: nodes::list(&ctx.state.store).await?,
+        next_page_token: None,
+    }))
+}
+
+/// Set a node's overcommit ratios: vCPUs (above 0, at most 16) and memory
+/// (above 0, at most 4) placement may hand out per unit of the host's.
+#[utoipa::path(patch, path = "/admin/v1/nodes/{node}", tag = "operator", request_body = UpdateNode,
+    params(("node" = String, Path, description = "Node name or id")),
+    responses((status = 200, body = Node), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn update_node(
+    ctx: Ctx,
+    Path(name): Path<String>,
+    Body(b): Body<UpdateNode>,
+) -> HandlerResult<Json<Node>> {
+    ctx.allow_operator("compute.update_node", &format!("node:{name}"));
+    if let Some(c) = b.cpu_overcommit {
+        ctx.record_detail("cpu_overcommit", &c.to_string());
+    }
+    if let Some(m) = b.memory_overcommit {
+        ctx.record_detail("memory_overcommit", &m.to_string());
+    }
+    Ok(Json(
+        nodes::set_overcommit(&ctx.state.store, &name, &b).await?,
+    ))
+}

@@ -1,0 +1,306 @@
+//! Compute nodes and instance types over the REST API: the server
+//! registers its own host at start, operators tune overcommit and the
+//! instance type catalogue, tenants read it; bad values are refused and
+//! change nothing.
+
+use http::Method;
+use serde_json::json;
+
+use crate::common::Srv;
+
+#[tokio::test]
+async fn the_server_registers_its_host_and_operators_tune_it() {
+    let s = Srv::start_with(|c| c.node_name = "host-a".into()).await;
+    let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let items = r.body["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{}", r.text);
+    let n = &items[0];
+    let probe = nuage_compute::nodes::local_accel().await;
+    assert_eq!(n["name"], "host-a");
+    assert_eq!(n["accel"], probe.accel.as_str(), "{}", r.text);
+    assert_eq!(n["accel_reason"], probe.reason.as_str());
+    assert!(!probe.reason.is_empty());
+    assert!(n["vcpus"].as_i64().unwrap() >= 1, "{}", r.text);
+    assert!(n["memory_mib"].as_i64().unwrap() > 0, "{}", r.text);
+    assert!(n["disk_bytes"].as_i64().unwrap() > 0, "{}", r.text);
+    assert_eq!(
+        (n["used_vcpus"].as_i64(), n["used_memory_mib"].as_i64()),
+        (Some(0), Some(0))
+    );
+    assert_eq!(n["state"], "ready");
+    assert_eq!(n["live"], true);
+    assert!(n["heartbeat_age_secs"].as_i64().unwrap() < 60);
+    assert_eq!(n["cpu_overcommit"], 4.0);
+    assert_eq!(n["memory_overcommit"], 1.0);
+
+    // Out-of-bounds ratios are refused and change nothing.
+    for bad in [
+        json!({"cpu_overcommit": 0}),
+        json!({"cpu_overcommit": -2}),
+        json!({"cpu_overcommit": 16.5}),
+        json!({"memory_overcommit": 4.5}),
+        json!({"cpu_overcommit": 8, "memory_overcommit": 0}),
+        json!({}),
+    ] {
+        let r = s
+            .a(Method::PATCH, "/admin/v1/nodes/host-a", Some(bad.clone()))
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, "invalid_overcommit"),
+            "{bad}: {}",
+            r.text
+        );
+    }
+    let r = s
+        .a(
+            Method::PATCH,
+            "/admin/v1/nodes/host-a",
+            Some(json!({"cpu_ratio": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 400, "unknown fields are refused: {}", r.text);
+    let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    assert_eq!(r.body["items"][0]["cpu_overcommit"], 4.0);
+    assert_eq!(r.body["items"][0]["memory_overcommit"], 1.0);
+
+    let r = s
+        .a(
+            Method::PATCH,
+            "/admin/v1/nodes/host-a",
+            Some(json!({"cpu_overcommit": 16, "memory_overcommit": 1.5})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["cpu_overcommit"], 16.0);
+    assert_eq!(r.body["memory_overcommit"], 1.5);
+    // by id too, one ratio at a time
+    let id = r.body["id"].as_str().unwrap().to_string();
+    let r = s
+        .a(
+            Method::PATCH,
+            &format!("/admin/v1/nodes/{id}"),
+            Some(json!({"memory_overcommit": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (
+            r.body["cpu_overcommit"].as_f64(),
+            r.body["memory_overcommit"].as_f64()
+        ),
+        (Some(16.0), Some(2.0))
+    );
+    let r = s
+        .a(
+            Method::PATCH,
+            "/admin/v1/nodes/nope",
+            Some(json!({"cpu_overcommit": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    // The change is in the platform's audit log.
+    let r = s
+        .a(
+            Method::GET,
+            "/admin/v1/audit/entries?action=compute.update_node",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["items"].as_array().expect("items");
+    assert!(
+        entries
+            .iter()
+            .any(|e| e["record"]["status"] == 200
+                && e["record"]["details"]["cpu_overcommit"] == "16"),
+        "{}",
+        r.text
+    );
+    s.shutdown().await;
+}
+
+#[tokio::test]
+async fn instance_types_are_seeded_replaced_deleted_and_read_by_tenants() {
+    let s = Srv::start().await;
+    let names = |r: &crate::common::Resp| -> Vec<(String, i64, i64)> {
+        r.body["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .map(|t| {
+                (
+                    t["name"].as_str().unwrap().to_string(),
+                    t["vcpus"].as_i64().unwrap(),
+                    t["memory_mib"].as_i64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let r = s.a(Method::GET, "/admin/v1/instance-types", None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        names(&r),
+        [
+            ("large".to_string(), 4, 8192),
+            ("medium".to_string(), 2, 2048),
+            ("small".to_string(), 1, 512)
+        ]
+    );
+
+    // Replace one, create one.
+    let r = s
+        .a(
+            Method::PUT,
+            "/admin/v1/instance-types/small",
+            Some(json!({"vcpus": 1, "memory_mib": 1024, "description": "bigger small"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["description"], "bigger small");
+    let r = s
+        .a(
+            Method::PUT,
+            "/admin/v1/instance-types/xlarge",
+            Some(json!({"vcpus": 8, "memory_mib": 16384})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    // Impossible sizes and bad names: 400, nothing changed.
+    for (name, body, code) in [
+        (
+            "small",
+            json!({"vcpus": 0, "memory_mib": 512}),
+            "invalid_instance_size",
+        ),
+        (
+            "small",
+            json!({"vcpus": 65, "memory_mib": 512}),
+            "invalid_instance_size",
+        ),
+        (
+            "small",
+            json!({"vcpus": 1, "memory_mib": 63}),
+            "invalid_instance_size",
+        ),
+        (
+            "small",
+            json!({"vcpus": 1, "memory_mib": 262145}),
+            "invalid_instance_size",
+        ),
+        (
+            "huge",
+            json!({"vcpus": 128, "memory_mib": 512}),
+            "invalid_instance_size",
+        ),
+        (
+            "Bad_Name",
+            json!({"vcpus": 1, "memory_mib": 512}),
+            "invalid_name",
+        ),
+        (
+            "small",
+            json!({"vcpus": 1, "memory_mib": 1.5}),
+            "invalid_body",
+        ),
+        ("small", json!({"vcpus": 1}), "invalid_body"),
+    ] {
+        let r = s
+            .a(
+                Method::PUT,
+                &format!("/admin/v1/instance-types/{name}"),
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.code()),
+            (400, code),
+            "{name} {body}: {}",
+            r.text
+        );
+    }
+    let r = s.a(Method::GET, "/admin/v1/instance-types", None).await;
+    assert_eq!(
+        names(&r),
+        [
+            ("large".to_string(), 4, 8192),
+            ("medium".to_string(), 2, 2048),
+            ("small".to_string(), 1, 1024),
+            ("xlarge".to_string(), 8, 16384)
+        ]
+    );
+
+    let r = s
+        .a(Method::DELETE, "/admin/v1/instance-types/medium", None)
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .a(Method::DELETE, "/admin/v1/instance-types/medium", None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    // Tenants read the same catalogue (paged), audited in their own log.
+    let a = s.org("acme").await;
+    let r = s
+        .t(Method::GET, "/v1/instance-types?limit=2", &a, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        names(&r),
+        [
+            ("large".to_string(), 4, 8192),
+            ("small".to_string(), 1, 1024)
+        ]
+    );
+    let token = r.body["next_page_token"]
+        .as_str()
+        .expect("more")
+        .to_string();
+    let r = s
+        .t(
+            Method::GET,
+            &format!("/v1/instance-types?page_token={token}"),
+            &a,
+            None,
+        )
+        .await;
+    assert_eq!(names(&r), [("xlarge".to_string(), 8, 16384)]);
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/audit/entries?action=compute.list_instance_types",
+            &a,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["items"].as_array().expect("items");
+    assert!(
+        entries.len() >= 2 && entries.iter().all(|e| e["record"]["decision"] == "allow"),
+        "{}",
+        r.text
+    );
+    // Not without a token, and not on the tenant listener for changes.
+    let r = s
+        .req(
+            Method::GET,
+            &format!("{}/v1/instance-types", s.tenant),
+            None,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 401, "{}", r.text);
+    let r = s
+        .t(
+            Method::PUT,
+            "/admin/v1/instance-types/small",
+            &a,
+            Some(json!({"vcpus": 1, "memory_mib": 512})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    s.shutdown().await;
+}
