@@ -401,9 +401,11 @@ impl Compute {
                 ));
             }
         }
-        let base = image
-            .as_ref()
-            .map_or(0, |i| u64::try_from(i.virtual_size).unwrap_or(0));
+        let base = match (&image, &snapshot) {
+            (Some(i), _) => u64::try_from(i.virtual_size).unwrap_or(0),
+            (_, Some(sn)) => u64::try_from(sn.size_bytes).unwrap_or(0),
+            _ => 0,
+        };
         let size = match (requested, base) {
             (Some(s), b) if s < b => {
                 return Err(ApiError::bad_request(

@@ -251,6 +251,39 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
         .t(Method::DELETE, &format!("{BASE}/volumes/data"), &a, None)
         .await;
     assert_eq!((r.status, r.code()), (409, "volume_attached"), "{}", r.text);
+
+    // Grown while attached; never shrunk.
+    let r = s
+        .t(
+            Method::PATCH,
+            &format!("{BASE}/volumes/data"),
+            &a,
+            Some(json!({"size": "128M"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["size_bytes"], 128 << 20, "{}", r.text);
+    let r = s
+        .t(
+            Method::PATCH,
+            &format!("{BASE}/volumes/data"),
+            &a,
+            Some(json!({"size": "64M"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "volume_shrink"), "{}", r.text);
+
+    // A snapshot while the VM runs; a new volume from it carries the
+    // marker the guest wrote on the original.
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/snapshots"),
+            &a,
+            Some(json!({"name": "s1", "volume": "data"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
     let r = s
         .t(Method::DELETE, &format!("{inst}/volumes/data"), &a, None)
         .await;
@@ -260,6 +293,69 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
     })
     .await;
     console_until(&s, &a, "vm1", 30, &format!("serial={serial} gone")).await;
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/volumes"),
+            &a,
+            Some(json!({"name": "copy", "snapshot": "s1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["size_bytes"], 128 << 20, "{}", r.text);
+    let copy_id = r.body["id"].as_str().expect("copy id").to_string();
+    let copy_serial = copy_id[copy_id.len() - 20..].to_string();
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{inst}/volumes"),
+            &a,
+            Some(json!({"volume": "copy"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let out = console_until(&s, &a, "vm1", 60, &format!("serial={copy_serial} marker=")).await;
+    assert!(
+        out.contains(&format!("serial={copy_serial} marker={id} {serial}")),
+        "the snapshot's copy holds the marker written on the original: {out}"
+    );
+    let r = s
+        .t(Method::DELETE, &format!("{inst}/volumes/copy"), &a, None)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &format!("{BASE}/volumes/copy"), 60, |b| {
+        b["state"] == "available"
+    })
+    .await;
+
+    // A volume of another project cannot be attached: it is not found.
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &a,
+            Some(json!({"name": "other"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/other/volumes",
+            &a,
+            Some(json!({"name": "foreign", "size": "8M"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{inst}/volumes"),
+            &a,
+            Some(json!({"volume": "foreign"})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.text);
 
     // Stop asks the guest (ACPI); it powers off; start boots it again.
     let r = s.t(Method::POST, &format!("{inst}/stop"), &a, None).await;
@@ -317,15 +413,39 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
         .t(Method::GET, &format!("{BASE}/volumes/data"), &a, None)
         .await;
     assert_eq!(r.body["state"], "available", "{}", r.text);
-    let leftovers: Vec<_> = std::fs::read_dir(s.data_dir.join("compute/volumes"))
-        .expect("volumes dir")
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().to_string())
-        .collect();
-    assert_eq!(
-        leftovers,
-        [format!("{vol_id}.qcow2")],
-        "only the data volume's file remains"
+    // Files shared with the snapshot stay until nothing names them.
+    let boot_id = b["boot_volume_id"].as_str().unwrap_or("none").to_string();
+    let files = || -> Vec<String> {
+        std::fs::read_dir(s.data_dir.join("compute/volumes"))
+            .expect("volumes dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect()
+    };
+    assert!(
+        !files().iter().any(|f| f.contains(&boot_id)),
+        "the boot volume's files are gone: {:?}",
+        files()
+    );
+    assert!(
+        files().contains(&format!("{vol_id}.qcow2")),
+        "{:?}",
+        files()
+    );
+    for path in [
+        format!("{BASE}/snapshots/s1"),
+        format!("{BASE}/volumes/copy"),
+        format!("{BASE}/volumes/data"),
+    ] {
+        let r = s.t(Method::DELETE, &path, &a, None).await;
+        assert_eq!(r.status, 204, "{path}: {}", r.text);
+    }
+    assert!(
+        !files()
+            .iter()
+            .any(|f| f.contains(&vol_id) || f.contains(&copy_id)),
+        "deleting the snapshot and its volumes removes their files: {:?}",
+        files()
     );
     s.shutdown().await;
 }
