@@ -110,15 +110,17 @@ impl Compute {
             created_at: t,
             updated_at: t,
         };
-        // The rows first: should the switch below not happen, the agent
+        // The key first: a revoked or destroyed project key stops here,
+        // with nothing written.
+        let (key, _) = self
+            .disk_key(&v.project_id, &v.data_key_id, &v.id, why)
+            .await?;
+        // The rows next: should the switch below not happen, the agent
         // makes the missing top file as an empty overlay, which holds the
         // same disk.
         self.0
             .store
             .snapshot_create(&snap, &encode(&now_layers)?)
-            .await?;
-        let (key, _) = self
-            .disk_key(&v.project_id, &v.data_key_id, &v.id, why)
             .await?;
         let path = self.path(&file);
         let switched = match self.holder(&v).await? {

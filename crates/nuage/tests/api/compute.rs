@@ -335,3 +335,108 @@ async fn images_and_volumes_are_encrypted_checked_and_refused_cleanly() {
     );
     s.shutdown().await;
 }
+
+/// Disabling the project key stops every use of the project's disks with a
+/// clear error and writes nothing; scheduling its destruction keeps them
+/// unreadable until it is gone for good (destroying at once needs an MFA
+/// session, which the key service's own tests cover). The files stay
+/// encrypted on disk.
+#[tokio::test]
+async fn a_revoked_project_key_makes_volumes_unusable() {
+    if !qemu_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let a = s.org("acme").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &a,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let base = "/v1/orgs/acme/projects/web";
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/volumes"),
+            &a,
+            Some(json!({"name": "v1", "size": "8M"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/keys/default/disable"),
+            &a,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let attempts: [(Method, String, serde_json::Value); 3] = [
+        (
+            Method::POST,
+            format!("{base}/snapshots"),
+            json!({"name": "s1", "volume": "v1"}),
+        ),
+        (
+            Method::PATCH,
+            format!("{base}/volumes/v1"),
+            json!({"size": "16M"}),
+        ),
+        (
+            Method::POST,
+            format!("{base}/volumes"),
+            json!({"name": "v2", "size": "8M"}),
+        ),
+    ];
+    for (m, path, body) in &attempts {
+        let r = s.t(m.clone(), path, &a, Some(body.clone())).await;
+        assert_eq!(r.code(), "key_disabled", "{m} {path}: {}", r.text);
+    }
+    let r = s
+        .t(Method::GET, &format!("{base}/snapshots"), &a, None)
+        .await;
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(0),
+        "{}",
+        r.text
+    );
+    let r = s
+        .t(Method::GET, &format!("{base}/volumes/v1"), &a, None)
+        .await;
+    assert_eq!(r.body["size_bytes"], 8 << 20, "nothing changed: {}", r.text);
+    let r = s
+        .t(Method::GET, &format!("{base}/volumes/v2"), &a, None)
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/keys/default/schedule-destruction"),
+            &a,
+            Some(json!({"days": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for (m, path, body) in &attempts[..2] {
+        let r = s.t(m.clone(), path, &a, Some(body.clone())).await;
+        assert_eq!(r.code(), "key_destroy_scheduled", "{m} {path}: {}", r.text);
+    }
+    let id = s
+        .t(Method::GET, &format!("{base}/volumes/v1"), &a, None)
+        .await
+        .body["id"]
+        .as_str()
+        .expect("id")
+        .to_string();
+    let info = qemu_img_info(&compute_dir(&s).join("volumes").join(format!("{id}.qcow2")));
+    assert_eq!(info["encrypted"], true, "{info}");
+    s.shutdown().await;
+}
