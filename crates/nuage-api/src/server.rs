@@ -371,6 +371,16 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     );
     let bootstrap_token = bootstrap(&store, &authn, &cfg.data_dir).await?;
 
+    let engine = nuage_objects::Engine::open(
+        store.clone(),
+        kms.clone(),
+        &cfg.data_dir,
+        cfg.objects.clone(),
+    )
+    .map_err(|source| StartError::DataDir {
+        path: cfg.data_dir.join("objects"),
+        source,
+    })?;
     let metrics = Arc::new(Metrics::default());
     metrics.watch_store(&store);
     let mut compute_cfg = nuage_compute::ComputeConfig::under(&cfg.data_dir);
@@ -411,6 +421,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
             audit: audit.clone(),
             kms: kms.clone(),
             compute: compute.clone(),
+            objects: engine.clone(),
             node_id: Some(node.id.clone()),
             metrics: metrics.clone(),
             realm,
@@ -419,16 +430,6 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     };
     let (tenant_app, _) = crate::routes::tenant(state(Realm::Tenant));
     let (admin_app, _) = crate::routes::admin(state(Realm::Operator));
-    let engine = nuage_objects::Engine::open(
-        store.clone(),
-        kms.clone(),
-        &cfg.data_dir,
-        cfg.objects.clone(),
-    )
-    .map_err(|source| StartError::DataDir {
-        path: cfg.data_dir.join("objects"),
-        source,
-    })?;
     let gc = engine.clone();
     let started = std::time::SystemTime::now();
     tokio::spawn(async move {

@@ -35,6 +35,8 @@ pub struct AppStateInner {
     pub audit: AuditLog,
     pub kms: Kms,
     pub compute: nuage_compute::Compute,
+    /// Object storage (images can be made from objects).
+    pub objects: nuage_objects::Engine,
     /// The compute node this server registered at start (its embedded
     /// agent's host), if any.
     pub node_id: Option<String>,

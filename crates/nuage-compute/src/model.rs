@@ -89,6 +89,19 @@ pub struct CreateImage {
     pub name: String,
     #[serde(default)]
     pub visibility: Visibility,
+    /// Import the image from an object of one of the organization's
+    /// buckets (the caller needs `s3.get_object` there) instead of
+    /// uploading its file afterwards.
+    #[serde(default)]
+    pub source: Option<ObjectSource>,
+}
+
+/// An object holding a disk image.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ObjectSource {
+    pub bucket: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

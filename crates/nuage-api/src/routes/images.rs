@@ -68,6 +68,33 @@ pub async fn create(
     Body(body): Body<CreateImage>,
 ) -> HandlerResult<(StatusCode, Json<Image>)> {
     let p = ctx.project(&project).await?;
+    let why = ctx.purpose(Justification::ServiceForPrincipal);
+    // From an object: the caller must be able to read it (decided first,
+    // so the audit entry ends with the image's own decision).
+    let source = match &body.source {
+        Some(src) => {
+            let b = nuage_objects::buckets::get_in_org(&ctx.state.store, &p.org_id, &src.bucket)
+                .await?
+                .ok_or_else(|| ApiError::not_found("bucket", &src.bucket))?;
+            let bp = ctx.project(&b.project_id).await?;
+            ctx.authorize(
+                "s3.get_object",
+                &Target::project(&b.org_id, &bp.id, &bp.name),
+            )
+            .await?;
+            let (mut opened, used) = ctx
+                .state
+                .objects
+                .open_object(&b, &src.key, &why)
+                .await?
+                .ok_or_else(|| ApiError::not_found("object", &src.key))?;
+            opened.unlock(None)?;
+            ctx.record_use(&used);
+            ctx.record_detail("source", &format!("{}/{}", src.bucket, src.key));
+            Some(opened)
+        }
+        None => None,
+    };
     ctx.authorize(
         "compute.create_image",
         &Target::project(&p.org_id, &p.id, &p.name),
@@ -76,15 +103,18 @@ pub async fn create(
     let (row, used) = ctx
         .state
         .compute
-        .image_create(
-            &p,
-            &body,
-            &ctx.subject.principal.id,
-            &ctx.purpose(Justification::ServiceForPrincipal),
-        )
+        .image_create(&p, &body, &ctx.subject.principal.id, &why)
         .await?;
     ctx.record_use(&used);
     ctx.record_detail("image", &row.name);
+    let row = match source {
+        Some(opened) => {
+            let len = u64::try_from(opened.row.size).unwrap_or(0);
+            let stream = Box::pin(ctx.state.objects.read(&opened, 0, len));
+            ctx.state.compute.image_upload(&row, stream, &why).await?.0
+        }
+        None => row,
+    };
     Ok((StatusCode::CREATED, Json(Image::from(&row))))
 }
 

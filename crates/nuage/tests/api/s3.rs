@@ -1416,3 +1416,98 @@ async fn s3_versioning_authz_and_isolation() {
     }));
     s.shutdown().await;
 }
+
+/// An image imported from an object put with aws-cli (a multipart upload:
+/// more than 8 MiB), read by the compute service through the object
+/// engine; a caller who may not read the bucket gets no image.
+#[tokio::test]
+async fn images_import_from_objects() {
+    if !clients_present() || !crate::compute::qemu_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    project(&s, "acme", &owner, "web").await;
+    let key = access_key(&s, "acme", &owner).await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/buckets",
+            &owner,
+            Some(json!({"name": "acme-images"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let aws = Aws::new(&s);
+    let mut disk = crate::compute::raw_disk(b"IMAGE-FROM-AN-OBJECT");
+    disk.resize(12 << 20, 0);
+    std::fs::write(aws.path("disk.raw"), &disk).unwrap();
+    aws.ok(
+        &key,
+        &[
+            "s3",
+            "cp",
+            &aws.path("disk.raw"),
+            "s3://acme-images/disk.raw",
+        ],
+    )
+    .await;
+
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/images",
+            &owner,
+            Some(json!({"name": "from-object",
+                        "source": {"bucket": "acme-images", "key": "disk.raw"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["state"], "available", "{}", r.text);
+    assert_eq!(r.body["source_format"], "raw");
+    assert_eq!(r.body["virtual_size"], 12 << 20);
+
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/images",
+            &owner,
+            Some(json!({"name": "missing",
+                        "source": {"bucket": "acme-images", "key": "nope"}})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (404, "not_found"), "{}", r.text);
+
+    // A viewer of the project may not create images; an object writer of
+    // the bucket may not either: each is refused, and no image appears.
+    for role in ["viewer", "object-reader"] {
+        let name = format!("u-{role}");
+        let t = s.user("acme", &owner, &name, Some(role)).await;
+        let r = s
+            .t(
+                Method::POST,
+                "/v1/orgs/acme/projects/web/images",
+                &t,
+                Some(json!({"name": format!("by-{role}"),
+                            "source": {"bucket": "acme-images", "key": "disk.raw"}})),
+            )
+            .await;
+        assert_eq!(r.status, 403, "{role}: {}", r.text);
+    }
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/projects/web/images",
+            &owner,
+            None,
+        )
+        .await;
+    let names: Vec<&str> = r.body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["name"].as_str())
+        .collect();
+    assert_eq!(names, ["from-object"], "{}", r.text);
+    s.shutdown().await;
+}
