@@ -186,6 +186,16 @@ impl Compute {
             _ => {
                 if alive {
                     if i.state != "running" {
+                        // A launch cut short (the agent was killed) leaves
+                        // QEMU paused before its guest ever ran: start over.
+                        let vm = self.vm(&i.id).await?;
+                        if matches!(i.state.as_str(), "creating" | "starting")
+                            && vm.status().await.state == VmState::Paused
+                        {
+                            machine::kill_dir(&dir);
+                            self.forget_vm(&i.id);
+                            return Ok(());
+                        }
                         self.0
                             .store
                             .instance_set_state(&i.id, "running", "")
