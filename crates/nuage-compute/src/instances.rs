@@ -100,7 +100,8 @@ impl Compute {
             Some(s) => s,
             None => image_size,
         };
-        let node = self.place(vcpus, memory_mib).await?;
+        let node = crate::placement::place(&self.0.store, vcpus, memory_mib).await?;
+        let limits = crate::placement::limits(&node);
 
         let key = self.0.kms.default_key(project).await?;
         let id = new_id(Kind::Project).replacen("prj_", "ins_", 1);
@@ -170,7 +171,7 @@ impl Compute {
             data_key_id: idk.id.clone(),
             sealed_user_data,
             desired: "running".into(),
-            node_id: Some(node),
+            node_id: Some(node.id.clone()),
             state: "creating".into(),
             status_message: "waiting for its node".into(),
             created_by: created_by.to_string(),
@@ -181,7 +182,7 @@ impl Compute {
         match self
             .0
             .store
-            .instance_create(&[&idk_row, &vdk_row], &boot, &row)
+            .instance_create(&[&idk_row, &vdk_row], &boot, &row, limits)
             .await
         {
             Err(e) if e.code == "already_exists" && e.detail.contains("volume") => {
@@ -229,12 +230,6 @@ impl Compute {
                 Ok((String::new(), vcpus, memory))
             }
         }
-    }
-
-    /// The node that will run a new instance.
-    async fn place(&self, vcpus: i64, memory_mib: i64) -> ApiResult<String> {
-        let node = crate::placement::place(&self.0.store, vcpus, memory_mib).await?;
-        Ok(node.id)
     }
 
     /// Asks for the instance to run (a stopped or failed one starts again).

@@ -84,15 +84,24 @@ pub struct Candidate {
     pub used: NodeUsage,
 }
 
+/// What placement may hand out on `node` in all: (vCPUs, MiB), its
+/// capacity times the operator's overcommit ratios.
+pub fn limits(node: &NodeRow) -> (i64, i64) {
+    (
+        (node.vcpus as f64 * node.cpu_overcommit).floor() as i64,
+        (node.memory_mib as f64 * node.memory_overcommit).floor() as i64,
+    )
+}
+
 impl Candidate {
     /// vCPUs placement may hand out on the node, in all.
     pub fn vcpu_limit(&self) -> i64 {
-        (self.node.vcpus as f64 * self.node.cpu_overcommit).floor() as i64
+        limits(&self.node).0
     }
 
     /// MiB placement may hand out on the node, in all.
     pub fn memory_limit(&self) -> i64 {
-        (self.node.memory_mib as f64 * self.node.memory_overcommit).floor() as i64
+        limits(&self.node).1
     }
 
     pub fn free_vcpus(&self) -> i64 {

@@ -72,13 +72,42 @@ fn row_to_instance(r: &AnyRow) -> Result<InstanceRow, sqlx::Error> {
 impl Store {
     /// Inserts an instance with its boot volume and both data keys in one
     /// transaction: either the whole request is recorded or nothing is.
+    /// `limits` (vCPUs, MiB) are what its node may hand out in all: the
+    /// node's row is locked and its usage summed again inside the
+    /// transaction, so two concurrent creations cannot both take the last
+    /// room that placement saw.
     pub async fn instance_create(
         &self,
         deks: &[&DataKeyRow],
         boot: &VolumeRow,
         i: &InstanceRow,
+        limits: (i64, i64),
     ) -> ApiResult<()> {
         let mut tx = self.write.begin().await.map_err(db_err)?;
+        if let Some(node) = &i.node_id {
+            sqlx::query("UPDATE compute_nodes SET heartbeat_at = heartbeat_at WHERE id = $1")
+                .bind(node)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            let r = sqlx::query(
+                "SELECT CAST(COALESCE(SUM(vcpus), 0) AS BIGINT) AS vcpus, \
+                 CAST(COALESCE(SUM(memory_mib), 0) AS BIGINT) AS memory_mib \
+                 FROM instances WHERE node_id = $1 AND state <> 'deleted'",
+            )
+            .bind(node)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db_err)?;
+            let used_cpu: i64 = r.try_get("vcpus").map_err(db_err)?;
+            let used_mem: i64 = r.try_get("memory_mib").map_err(db_err)?;
+            if used_cpu + i.vcpus > limits.0 || used_mem + i.memory_mib > limits.1 {
+                return Err(ApiError::conflict(
+                    "insufficient_capacity",
+                    "the node's last room was just taken by another instance; try again",
+                ));
+            }
+        }
         for d in deks {
             insert_data_key(&mut tx, d).await.map_err(db_err)?;
         }

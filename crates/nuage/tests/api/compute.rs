@@ -440,3 +440,89 @@ async fn a_revoked_project_key_makes_volumes_unusable() {
     assert_eq!(info["encrypted"], true, "{info}");
     s.shutdown().await;
 }
+
+/// Two instances asking at once for a node's last room: one gets it, the
+/// other a clear `insufficient_capacity`, never both (the node's usage is
+/// summed again inside the creating transaction).
+#[tokio::test]
+async fn concurrent_creations_never_overcommit_a_node() {
+    if !qemu_present() {
+        return;
+    }
+    let s = Srv::start().await;
+    let a = s.org("acme").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &a,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let base = "/v1/orgs/acme/projects/web";
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/images"),
+            &a,
+            Some(json!({"name": "disk"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = upload(&s, &a, &format!("{base}/images/disk/file"), raw_disk(b"x")).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // Room for exactly one 1-vCPU instance.
+    let nodes = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    let node = nodes.body["items"][0]["name"]
+        .as_str()
+        .or_else(|| nodes.body[0]["name"].as_str())
+        .expect("a node")
+        .to_string();
+    let vcpus = nodes.body["items"][0]["vcpus"]
+        .as_i64()
+        .or_else(|| nodes.body[0]["vcpus"].as_i64())
+        .expect("vcpus") as f64;
+    let r = s
+        .a(
+            Method::PATCH,
+            &format!("/admin/v1/nodes/{node}"),
+            Some(json!({"cpu_overcommit": 1.0 / vcpus})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let create = |name: &'static str| {
+        s.t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/instances",
+            &a,
+            Some(json!({"name": name, "image": "disk", "vcpus": 1, "memory": "64M"})),
+        )
+    };
+    let (one, two) = tokio::join!(create("one"), create("two"));
+    let mut codes = [
+        (one.status, one.code().to_string()),
+        (two.status, two.code().to_string()),
+    ];
+    codes.sort();
+    assert_eq!(
+        codes,
+        [
+            (201, String::new()),
+            (409, "insufficient_capacity".to_string())
+        ],
+        "{} / {}",
+        one.text,
+        two.text
+    );
+    let r = s
+        .t(Method::GET, &format!("{base}/instances"), &a, None)
+        .await;
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text
+    );
+    s.shutdown().await;
+}
