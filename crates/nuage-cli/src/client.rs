@@ -189,6 +189,9 @@ pub struct Api {
     uploads: reqwest::Client,
     base: Url,
     token: Option<String>,
+    /// The extra CA certificates (PEM) given at login, for connections
+    /// made without reqwest (the console's WebSocket).
+    ca_pem: Option<Vec<u8>>,
     admin: bool,
 }
 
@@ -201,6 +204,7 @@ impl Api {
     ) -> Result<Self> {
         let base = parse_base_url(base)?;
         let mut roots = Vec::new();
+        let mut ca_pem = None;
         if let Some(path) = ca_cert {
             let pem = std::fs::read(path)
                 .with_context(|| format!("could not read the CA certificate {}", path.display()))?;
@@ -210,6 +214,7 @@ impl Api {
                 bail!("{} holds no PEM certificate", path.display());
             }
             roots = certs;
+            ca_pem = Some(pem);
         }
         let builder = || {
             let mut b = reqwest::Client::builder()
@@ -233,12 +238,21 @@ impl Api {
             uploads,
             base,
             token,
+            ca_pem,
             admin,
         })
     }
 
     pub fn base(&self) -> &Url {
         &self.base
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref()
+    }
+
+    pub fn ca_pem(&self) -> Option<&[u8]> {
+        self.ca_pem.as_deref()
     }
 
     /// The same listener with another credential.
@@ -315,6 +329,11 @@ impl Api {
         } else {
             root_cause(err)
         };
+        self.unreachable_because(reason)
+    }
+
+    /// [`Unreachable`] for a connection made without reqwest.
+    pub fn unreachable_because(&self, reason: String) -> anyhow::Error {
         Unreachable {
             url: display_url(&self.base),
             reason,
@@ -326,19 +345,7 @@ impl Api {
     async fn failure(&self, url: &Url, resp: reqwest::Response) -> anyhow::Error {
         let status = resp.status();
         let bytes = resp.bytes().await.unwrap_or_default();
-        match serde_json::from_slice::<ApiProblem>(&bytes) {
-            Ok(mut problem) if !problem.code.is_empty() || !problem.detail.is_empty() => {
-                if problem.status == 0 {
-                    problem.status = status.as_u16();
-                }
-                problem.into()
-            }
-            _ => HttpError {
-                status,
-                url: display_url(url),
-            }
-            .into(),
-        }
+        error_from_body(url, status, &bytes)
     }
 
     async fn json(resp: reqwest::Response) -> Result<Value> {
@@ -372,6 +379,11 @@ impl Api {
                 .await?,
         )
         .await
+    }
+
+    /// A POST without a body, with a query (`stop?force=true`).
+    pub async fn post_query(&self, path: &[&str], query: &Query) -> Result<Value> {
+        Self::json(self.send(Method::POST, path, query, None, None).await?).await
     }
 
     pub async fn put<B: Serialize>(&self, path: &[&str], body: &B) -> Result<Value> {
@@ -509,6 +521,24 @@ impl Api {
         }
         out.flush()?;
         Ok(written)
+    }
+}
+
+/// The error of a failed request: the API's problem, or the status alone
+/// when the body is no problem.
+pub fn error_from_body(url: &Url, status: StatusCode, body: &[u8]) -> anyhow::Error {
+    match serde_json::from_slice::<ApiProblem>(body) {
+        Ok(mut problem) if !problem.code.is_empty() || !problem.detail.is_empty() => {
+            if problem.status == 0 {
+                problem.status = status.as_u16();
+            }
+            problem.into()
+        }
+        _ => HttpError {
+            status,
+            url: display_url(url),
+        }
+        .into(),
     }
 }
 

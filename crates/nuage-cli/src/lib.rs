@@ -7,10 +7,12 @@
 mod client;
 mod commands;
 mod config;
+mod console;
 mod context;
 mod output;
 mod progress;
 mod secret;
+mod wait;
 
 use std::process::ExitCode;
 
@@ -131,6 +133,80 @@ mod tests {
             "nuage", "volume", "create", "root", "--image", "debian", "--size", "10G", "-p", "web",
         ]);
         ok(&["nuage", "volume", "list", "--json", "-p", "web", "--all"]);
+        ok(&[
+            "nuage",
+            "instance",
+            "create",
+            "vm1",
+            "-p",
+            "web",
+            "--image",
+            "debian",
+            "--vcpus",
+            "2",
+            "--memory",
+            "1G",
+            "--ssh-key",
+            "a.pub",
+            "--ssh-key",
+            "b.pub",
+            "--wait",
+        ]);
+        ok(&[
+            "nuage",
+            "instance",
+            "-p",
+            "web",
+            "create",
+            "vm1",
+            "--image",
+            "d",
+            "--type",
+            "small",
+            "--wait",
+            "--timeout",
+            "60",
+            "--json",
+        ]);
+        ok(&[
+            "nuage", "instance", "stop", "vm1", "--force", "--wait", "-p", "web",
+        ]);
+        ok(&[
+            "nuage", "instance", "console", "vm1", "--for", "5", "-p", "web",
+        ]);
+        ok(&["nuage", "instance", "console-log", "vm1", "--bytes", "4096"]);
+        ok(&[
+            "nuage",
+            "volume",
+            "attach",
+            "data",
+            "--instance",
+            "vm1",
+            "--wait",
+        ]);
+        ok(&["nuage", "volume", "detach", "data"]);
+        ok(&["nuage", "volume", "resize", "data", "--size", "20G"]);
+        ok(&["nuage", "volume", "create", "copy", "--snapshot", "s1"]);
+        ok(&[
+            "nuage", "snapshot", "create", "s1", "--volume", "data", "-p", "web",
+        ]);
+        let refused = |args: &[&str]| assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        refused(&[
+            "nuage", "instance", "create", "vm1", "--image", "d", "--type", "s", "--vcpus", "2",
+        ]);
+        refused(&["nuage", "instance", "start", "vm1", "--timeout", "5"]);
+        refused(&[
+            "nuage",
+            "volume",
+            "create",
+            "v",
+            "--image",
+            "i",
+            "--snapshot",
+            "s",
+        ]);
+        refused(&["nuage", "volume", "attach", "data"]);
+        refused(&["nuage", "snapshot", "create", "s1"]);
         assert!(Cli::try_parse_from(["nuage", "image", "set-visibility", "d", "world"]).is_err());
         assert!(
             Cli::try_parse_from(["nuage", "image", "create", "d", "-p", "web"]).is_err(),

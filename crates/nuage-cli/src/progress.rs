@@ -1,8 +1,9 @@
-//! A one-line upload meter on stderr (bytes sent, share, rate), redrawn
-//! with `\r`. Disk images are large and the server says nothing until it
-//! has them, so a person at a terminal needs to see that bytes move; a
-//! script or a log (stderr not a terminal, or `--json`) gets no meter.
-//! One line needs no terminal library.
+//! One-line indicators on stderr, redrawn with `\r`: an upload meter
+//! (bytes sent, share, rate) and the state of a resource being waited for.
+//! Disk images are large and VMs take a while to boot, and the server says
+//! nothing until they are done, so a person at a terminal needs to see that
+//! something moves; a script or a log (stderr not a terminal, or `--json`)
+//! gets no indicator. One line needs no terminal library.
 
 use std::io::{IsTerminal, Write};
 use std::sync::{Arc, Mutex};
@@ -69,6 +70,65 @@ impl Meter {
     }
 }
 
+/// The state of a resource being waited for, with a spinner and the time
+/// spent: `| instance vm1: starting (12s)`.
+pub struct StateLine {
+    start: Instant,
+    on: bool,
+    drawn: bool,
+    tick: usize,
+}
+
+impl StateLine {
+    /// A line drawn only when `wanted` and stderr is a terminal.
+    pub fn new(wanted: bool) -> StateLine {
+        StateLine {
+            start: Instant::now(),
+            on: wanted && std::io::stderr().is_terminal(),
+            drawn: false,
+            tick: 0,
+        }
+    }
+
+    /// Redraws the line: `what` is in `state`.
+    pub fn show(&mut self, what: &str, state: &str) {
+        if !self.on {
+            return;
+        }
+        let text = state_line(self.tick, what, state, self.start.elapsed());
+        self.tick += 1;
+        self.drawn = true;
+        let mut err = std::io::stderr().lock();
+        let _ = write!(err, "\r\x1b[2K{text}");
+        let _ = err.flush();
+    }
+
+    /// Clears the line.
+    pub fn finish(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[2K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+}
+
+impl Drop for StateLine {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+fn state_line(tick: usize, what: &str, state: &str, elapsed: Duration) -> String {
+    const SPIN: [char; 4] = ['|', '/', '-', '\\'];
+    format!(
+        "{} {what}: {state} ({}s)",
+        SPIN[tick % SPIN.len()],
+        elapsed.as_secs()
+    )
+}
+
 /// The meter's text after `elapsed`.
 fn line(sent: u64, total: u64, elapsed: Duration) -> String {
     let secs = elapsed.as_secs_f64();
@@ -108,6 +168,15 @@ mod tests {
         let done = line(4 << 20, 4 << 20, Duration::from_secs(1));
         assert!(done.starts_with("sent 4.0 MiB in 1.0s"), "{done}");
         assert!(done.contains("checking"), "{done}");
+    }
+
+    #[test]
+    fn state_lines_spin_and_count() {
+        assert_eq!(
+            state_line(0, "instance vm1", "starting", Duration::from_millis(12_400)),
+            "| instance vm1: starting (12s)"
+        );
+        assert!(state_line(5, "x", "y", Duration::ZERO).starts_with("/ "));
     }
 
     #[test]

@@ -1,9 +1,13 @@
 //! The command tree, one module per area of the API, and the arguments
 //! several commands share.
 
+use std::collections::HashMap;
+use std::time::Duration;
+
 use anyhow::Result;
 use clap::{Args, Subcommand};
 
+use crate::client::{Api, Query};
 use crate::context::Ctx;
 
 pub mod access;
@@ -14,6 +18,7 @@ pub mod auth;
 pub mod bucket;
 pub mod group;
 pub mod image;
+pub mod instance;
 pub mod instance_type;
 pub mod key;
 pub mod node;
@@ -21,6 +26,7 @@ pub mod org;
 pub mod policy;
 pub mod principal;
 pub mod project;
+pub mod snapshot;
 pub mod token;
 pub mod volume;
 
@@ -55,8 +61,13 @@ pub enum Command {
     Bucket(bucket::BucketArgs),
     /// Manage disk images (qcow2 or raw files, stored encrypted).
     Image(image::ImageArgs),
-    /// Manage block volumes (blank, or copies of an image).
+    /// Manage block volumes (blank, or copies of an image or snapshot);
+    /// attach them to instances, grow them.
     Volume(volume::VolumeArgs),
+    /// Manage snapshots of volumes (new volumes can start from them).
+    Snapshot(snapshot::SnapshotArgs),
+    /// Manage virtual machines: create, start, stop, delete; their consoles.
+    Instance(instance::InstanceArgs),
     /// List roles, and grant or revoke them.
     Role(access::RoleArgs),
     /// Manage custom Cedar policies and test access decisions.
@@ -107,6 +118,55 @@ pub struct IfMatch {
     pub if_match: Option<i64>,
 }
 
+/// `--wait` for changes the server makes in the background.
+#[derive(Debug, Clone, Args)]
+pub struct WaitArgs {
+    /// Wait until it is done (a state line shows while waiting, at a
+    /// terminal); a failure exits 1 with the server's reason.
+    #[arg(long)]
+    pub wait: bool,
+    /// Stop waiting after this many seconds.
+    #[arg(long, value_name = "SECONDS", default_value_t = 600, requires = "wait")]
+    pub timeout: u64,
+}
+
+impl WaitArgs {
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout)
+    }
+}
+
+/// The project the project-scoped commands work on.
+pub fn project(flag: &Option<String>) -> Result<String> {
+    match flag {
+        Some(p) if !p.is_empty() => Ok(p.clone()),
+        _ => anyhow::bail!("no project: pass --project (or set NUAGE_PROJECT)"),
+    }
+}
+
+/// Ids to names of everything listed at `path` (images, volumes of a
+/// project), for showing names where the API gives ids. Only for display:
+/// on any failure the ids are shown.
+pub async fn names_by_id(api: &Api, path: &[&str]) -> HashMap<String, String> {
+    let all = PageArgs {
+        all: true,
+        ..PageArgs::default()
+    };
+    let Ok(listing) = api.list(path, &Query::new(), &all).await else {
+        return HashMap::new();
+    };
+    listing
+        .items
+        .iter()
+        .filter_map(|i| {
+            Some((
+                i["id"].as_str()?.to_string(),
+                i["name"].as_str()?.to_string(),
+            ))
+        })
+        .collect()
+}
+
 pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
     match cmd {
         Command::Login(a) => auth::login(ctx, a).await,
@@ -122,6 +182,8 @@ pub async fn dispatch(cmd: Command, ctx: &mut Ctx) -> Result<u8> {
         Command::Bucket(a) => bucket::run(ctx, a).await,
         Command::Image(a) => image::run(ctx, a).await,
         Command::Volume(a) => volume::run(ctx, a).await,
+        Command::Snapshot(a) => snapshot::run(ctx, a).await,
+        Command::Instance(a) => instance::run(ctx, a).await,
         Command::Role(a) => access::run(ctx, a).await,
         Command::Policy(a) => policy::run(ctx, a).await,
         Command::Mfa(a) => auth::mfa(ctx, crate::context::Realm::Tenant, a.cmd).await,

@@ -1,5 +1,6 @@
-//! Block volumes of a project: blank, or copy-on-write copies of an image,
-//! encrypted on the server. Instances attach them as disks.
+//! Block volumes of a project: blank, or copy-on-write copies of an image
+//! or a snapshot, encrypted on the server. Instances attach them as disks;
+//! they grow (also while attached), never shrink.
 
 use std::collections::HashMap;
 
@@ -8,11 +9,12 @@ use clap::{Args, Subcommand};
 use serde_json::{json, Value};
 
 use super::bucket::strip_nulls;
-use super::{OrgFlag, PageArgs};
+use super::{names_by_id, OrgFlag, PageArgs, WaitArgs};
 use crate::client::{Api, Listing, Query};
 use crate::context::{Ctx, Realm};
 use crate::exit;
 use crate::output::{self, Field};
+use crate::wait::{Goal, Wait};
 
 #[derive(Debug, Args)]
 pub struct VolumeArgs {
@@ -29,20 +31,50 @@ pub struct VolumeArgs {
 enum VolumeCmd {
     /// List the project's volumes.
     List(PageArgs),
-    /// Create a volume: blank (give --size), or a copy of an image.
+    /// Create a volume: blank (give --size), or a copy of an image or a
+    /// snapshot.
     Create {
         name: String,
         /// Size in bytes or with a unit, 1024-based: 512M, 10G, 1T. From an
-        /// image it defaults to the image's size and may not be smaller.
+        /// image or snapshot it defaults to its size and may not be smaller.
         #[arg(long)]
         size: Option<String>,
         /// Image (name or id in the project, or id of an image the
         /// organization shares) the volume starts as a copy of.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "snapshot")]
         image: Option<String>,
+        /// Snapshot (name or id in the project) the volume starts as a copy of.
+        #[arg(long)]
+        snapshot: Option<String>,
     },
     /// Show a volume.
     Show { name: String },
+    /// Attach a volume to an instance (hot-plugged if it runs).
+    Attach {
+        name: String,
+        /// The instance (name or id).
+        #[arg(long, short = 'i')]
+        instance: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Detach a volume from its instance (hot-unplugged if it runs).
+    Detach {
+        name: String,
+        /// The instance (default: the one the volume is attached to).
+        #[arg(long, short = 'i')]
+        instance: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Grow a volume (also while attached; the guest sees the new size).
+    /// Volumes never shrink.
+    Resize {
+        name: String,
+        /// The new size: 20G, 512M … (1024-based), larger than now.
+        #[arg(long)]
+        size: String,
+    },
     /// Delete a volume no instance has attached.
     Delete { name: String },
 }
@@ -99,31 +131,13 @@ async fn image_names(api: &Api, images: &[&str], volumes: &[&Value]) -> HashMap<
     if volumes.iter().all(|v| v["source_image_id"].is_null()) {
         return HashMap::new();
     }
-    let all = PageArgs {
-        all: true,
-        ..PageArgs::default()
-    };
-    let Ok(listing) = api.list(images, &Query::new(), &all).await else {
-        return HashMap::new();
-    };
-    listing
-        .items
-        .iter()
-        .filter_map(|i| {
-            Some((
-                i["id"].as_str()?.to_string(),
-                i["name"].as_str()?.to_string(),
-            ))
-        })
-        .collect()
+    names_by_id(api, images).await
 }
 
 pub async fn run(ctx: &mut Ctx, args: VolumeArgs) -> Result<u8> {
     let api = ctx.api(Realm::Tenant)?;
     let org = ctx.org(&args.org.org)?;
-    let Some(project) = args.project.clone() else {
-        bail!("no project: pass --project (or set NUAGE_PROJECT)");
-    };
+    let project = super::project(&args.project)?;
     let base = [
         "v1",
         "orgs",
@@ -160,8 +174,15 @@ pub async fn run(ctx: &mut Ctx, args: VolumeArgs) -> Result<u8> {
                 output::list(false, &listing, COLUMNS);
             }
         }
-        VolumeCmd::Create { name, size, image } => {
-            let body = strip_nulls(json!({ "name": name, "size": size, "image": image }));
+        VolumeCmd::Create {
+            name,
+            size,
+            image,
+            snapshot,
+        } => {
+            let body = strip_nulls(
+                json!({ "name": name, "size": size, "image": image, "snapshot": snapshot }),
+            );
             let v = api.post(&base, &body).await?;
             let names = if ctx.json {
                 HashMap::new()
@@ -173,6 +194,99 @@ pub async fn run(ctx: &mut Ctx, args: VolumeArgs) -> Result<u8> {
         VolumeCmd::Show { name } => {
             let v = api
                 .get(&[&base[..], &[name.as_str()]].concat(), &Query::new())
+                .await?;
+            let names = if ctx.json {
+                HashMap::new()
+            } else {
+                image_names(&api, &images, &[&v]).await
+            };
+            show(v, &names);
+        }
+        VolumeCmd::Attach {
+            name,
+            instance,
+            wait,
+        } => {
+            let path = [&base[..5], &["instances", instance.as_str(), "volumes"]].concat();
+            let v = api.post(&path, &json!({ "volume": name })).await?;
+            let v = if wait.wait {
+                let vol = [&base[..], &[name.as_str()]].concat();
+                let what = format!("volume {name}");
+                Wait {
+                    api: &api,
+                    path: &vol,
+                    what: &what,
+                    goal: Goal::State("attached"),
+                    passing: &["attaching"],
+                    timeout: wait.timeout(),
+                    show: !ctx.json,
+                }
+                .run()
+                .await?
+            } else {
+                v
+            };
+            if ctx.json {
+                output::json(&v);
+            } else if v["state"] == "attached" {
+                println!("Attached volume {name} to instance {instance}.");
+            } else {
+                println!("Attaching volume {name} to instance {instance}.");
+            }
+        }
+        VolumeCmd::Detach {
+            name,
+            instance,
+            wait,
+        } => {
+            let vol = [&base[..], &[name.as_str()]].concat();
+            let instance = match instance {
+                Some(i) => i,
+                None => {
+                    let v = api.get(&vol, &Query::new()).await?;
+                    match v["instance_id"].as_str() {
+                        Some(id) => id.to_string(),
+                        None => bail!("volume {name} is not attached to an instance"),
+                    }
+                }
+            };
+            let path = [
+                &base[..5],
+                &["instances", instance.as_str(), "volumes", name.as_str()],
+            ]
+            .concat();
+            let v = api.delete(&path, None).await?;
+            let v = if wait.wait {
+                let what = format!("volume {name}");
+                Wait {
+                    api: &api,
+                    path: &vol,
+                    what: &what,
+                    goal: Goal::State("available"),
+                    passing: &["detaching"],
+                    timeout: wait.timeout(),
+                    show: !ctx.json,
+                }
+                .run()
+                .await?
+            } else {
+                v
+            };
+            if ctx.json {
+                output::json(&v);
+            } else if v["state"] == "available" {
+                println!("Detached volume {name}.");
+            } else {
+                println!("Detaching volume {name}.");
+            }
+        }
+        VolumeCmd::Resize { name, size } => {
+            let v = api
+                .patch(
+                    &[&base[..], &[name.as_str()]].concat(),
+                    &json!({ "size": size }),
+                    None,
+                )
                 .await?;
             let names = if ctx.json {
                 HashMap::new()

@@ -881,3 +881,256 @@ async fn nodes_and_instance_types_from_the_cli() {
     assert_eq!(l["items"].as_array().map(Vec::len), Some(3), "{}", o.stdout);
     s.shutdown().await;
 }
+
+/// Instances, volume attachment, resizing and snapshots from the CLI, on
+/// the real QEMU with the test guest: created with `--wait` until running,
+/// its console log and its interactive console (piped), a volume attached,
+/// snapshotted, copied, detached and grown (a shrink refused on one line),
+/// the console refused once stopped, and delete `--wait` leaves no VM.
+#[tokio::test]
+async fn instances_volumes_and_snapshots_from_the_cli() {
+    use crate::instances::{guest, qemu_pid, SSH_FP, SSH_KEY};
+    let Some(guest) = guest() else { return };
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let r = s
+        .t(
+            http::Method::POST,
+            "/v1/orgs/acme/projects",
+            &owner,
+            Some(serde_json::json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config");
+    let run_in = |args: Vec<&str>, stdin: &str| {
+        let cfg = cfg.clone();
+        let mut args: Vec<String> = args.into_iter().map(String::from).collect();
+        if args.first().is_some_and(|a| a != "login") {
+            args.extend(["-p".to_string(), "web".to_string()]);
+        }
+        let stdin = stdin.to_string();
+        async move {
+            let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+            nuage(&cfg, &refs, Some(&stdin)).await
+        }
+    };
+    let run = |args: Vec<&str>| run_in(args, "");
+    let json = |o: &Out| -> serde_json::Value {
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        serde_json::from_str(&o.stdout).expect("--json prints JSON")
+    };
+    let o = run_in(
+        vec![
+            "login",
+            "--url",
+            &s.tenant,
+            "--org",
+            "acme",
+            "--user",
+            "owner",
+            "--password-stdin",
+        ],
+        "correct horse battery\n",
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec![
+        "image",
+        "create",
+        "guest",
+        "--file",
+        guest.to_str().unwrap(),
+        "--json",
+    ])
+    .await;
+    assert_eq!(json(&o)["state"], "available");
+    let pubkey = dir.path().join("id_ed25519.pub");
+    std::fs::write(&pubkey, format!("{SSH_KEY}\n")).unwrap();
+
+    // Created and waited for: running when the command returns; nothing
+    // on stderr off a terminal.
+    let o = run(vec![
+        "instance",
+        "create",
+        "vm1",
+        "--image",
+        "guest",
+        "--vcpus",
+        "1",
+        "--memory",
+        "256M",
+        "--ssh-key",
+        pubkey.to_str().unwrap(),
+        "--wait",
+        "--json",
+    ])
+    .await;
+    let vm = json(&o);
+    assert_eq!(o.stderr, "", "no state line off a terminal");
+    assert_eq!(vm["state"], "running", "{vm}");
+    assert_eq!(vm["memory_mib"], 256, "{vm}");
+    assert_eq!(vm["ssh_keys"], serde_json::json!([SSH_KEY]), "{vm}");
+    let id = vm["id"].as_str().unwrap().to_string();
+    let o = run(vec!["instance", "list"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let header = o.stdout.lines().next().unwrap_or("");
+    for col in [
+        "NAME", "STATE", "VCPUS", "MEMORY", "IMAGE", "NODE", "CREATED",
+    ] {
+        assert!(header.contains(col), "{col}: {}", o.stdout);
+    }
+    let row = o.stdout.lines().find(|l| l.starts_with("vm1 ")).unwrap();
+    for want in ["running", " 1 ", "256.0 MiB", " guest "] {
+        assert!(row.contains(want), "{want:?}: {row}");
+    }
+    let o = run(vec!["instance", "show", "vm1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    for want in ["vm1-boot", "ssh-ed25519 test@nuage", "256.0 MiB"] {
+        assert!(o.stdout.contains(want), "{want}: {}", o.stdout);
+    }
+
+    // The console log shows the guest up with what the seed told it.
+    let start = std::time::Instant::now();
+    let log = loop {
+        let o = run(vec!["instance", "console-log", "vm1"]).await;
+        assert_eq!(o.code, 0, "{}", o.stderr);
+        if o.stdout.contains("nuage-guest: ready") {
+            break o.stdout;
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(90),
+            "the guest did not come up: {}",
+            o.stdout
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(
+        log.contains(&format!("nuage-guest: instance-id={id}")),
+        "{log}"
+    );
+    assert!(log.contains(&format!("ssh-key={SSH_FP}")), "{log}");
+    let o = run(vec!["instance", "console-log", "vm1", "--bytes", "100"]).await;
+    assert!(o.stdout.len() <= 101, "{}", o.stdout);
+
+    // The interactive console, piped: the guest's shell runs the line.
+    let o = run_in(
+        vec!["instance", "console", "vm1", "--for", "5"],
+        "echo hello-$((40+2))\n",
+    )
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("hello-42"), "{:?}", o.stdout);
+
+    // A volume attached to the running VM, snapshotted, copied, detached.
+    let o = run(vec!["volume", "create", "data", "--size", "64M", "--json"]).await;
+    assert_eq!(json(&o)["state"], "available");
+    let o = run(vec![
+        "volume",
+        "attach",
+        "data",
+        "--instance",
+        "vm1",
+        "--wait",
+        "--json",
+    ])
+    .await;
+    let v = json(&o);
+    assert_eq!(
+        (v["state"].as_str(), v["instance_id"].as_str()),
+        (Some("attached"), Some(id.as_str())),
+        "{v}"
+    );
+    let o = run(vec![
+        "snapshot", "create", "s1", "--volume", "data", "--json",
+    ])
+    .await;
+    let snap = json(&o);
+    assert_eq!(snap["volume_id"], v["id"], "{snap}");
+    assert_eq!(snap["size_bytes"], 64 << 20, "{snap}");
+    let o = run(vec!["snapshot", "list"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout.starts_with("NAME") && o.stdout.contains("VOLUME"),
+        "{}",
+        o.stdout
+    );
+    let row = o.stdout.lines().find(|l| l.starts_with("s1 ")).unwrap();
+    assert!(row.contains(" data ") && row.contains("64.0 MiB"), "{row}");
+    // The size is given: the server does not yet default it to the
+    // snapshot's (it answers size_required).
+    let o = run(vec![
+        "volume",
+        "create",
+        "copy",
+        "--snapshot",
+        "s1",
+        "--size",
+        "64M",
+        "--json",
+    ])
+    .await;
+    let copy = json(&o);
+    assert_eq!(copy["source_snapshot_id"], snap["id"], "{copy}");
+    assert_eq!(copy["size_bytes"], 64 << 20, "{copy}");
+    let o = run(vec!["volume", "delete", "copy"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec![
+        "volume",
+        "detach",
+        "data",
+        "--instance",
+        "vm1",
+        "--wait",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("Detached volume data"), "{}", o.stdout);
+    let o = run(vec!["volume", "show", "data", "--json"]).await;
+    assert_eq!(json(&o)["state"], "available");
+
+    // Volumes grow; a shrink is refused on one line with the code.
+    let o = run(vec!["volume", "resize", "data", "--size", "128M"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("134217728 bytes"), "{}", o.stdout);
+    let o = run(vec!["volume", "show", "data", "--json"]).await;
+    assert_eq!(json(&o)["size_bytes"], 134217728u64);
+    let o = run(vec!["volume", "resize", "data", "--size", "64M"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
+    assert!(o.stderr.contains("volume_shrink"), "{}", o.stderr);
+    let o = run(vec!["volume", "show", "data", "--json"]).await;
+    assert_eq!(json(&o)["size_bytes"], 134217728u64);
+
+    // Stopped and waited for; the console is then refused on one line.
+    let o = run(vec!["instance", "stop", "vm1", "--wait", "--json"]).await;
+    assert_eq!(json(&o)["state"], "stopped");
+    assert!(
+        qemu_pid(&s, &id).is_none(),
+        "a stopped instance has no QEMU"
+    );
+    let o = run(vec!["instance", "console", "vm1", "--for", "1"]).await;
+    assert_eq!(o.code, 1, "{}", o.stdout);
+    assert_eq!(o.stderr.trim().lines().count(), 1, "one line: {}", o.stderr);
+    assert!(o.stderr.contains("instance_not_running"), "{}", o.stderr);
+
+    // Deleted and waited for: gone, nothing left running.
+    let o = run(vec!["instance", "delete", "vm1", "--wait"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("Deleted instance vm1"), "{}", o.stdout);
+    let o = run(vec!["instance", "show", "vm1"]).await;
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("not_found"), "{}", o.stderr);
+    assert!(
+        !s.data_dir.join("compute/vm").join(&id).exists(),
+        "run dir left"
+    );
+    let o = run(vec!["snapshot", "delete", "s1"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["snapshot", "list", "--json"]).await;
+    assert!(names(&o.stdout).is_empty(), "{}", o.stdout);
+    let o = run(vec!["instance", "list", "--json"]).await;
+    assert!(names(&o.stdout).is_empty(), "{}", o.stdout);
+    s.shutdown().await;
+}

@@ -13,16 +13,16 @@ use serde_json::{json, Value};
 
 use crate::common::{into_resp, Srv};
 
-const SSH_KEY: &str =
+pub(crate) const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKEyB/7F/4pWHJXLkISVcYVcmzDawmxRvt2EF7k7LAP test@nuage";
 /// `ssh-keygen -lf` of [`SSH_KEY`].
-const SSH_FP: &str = "SHA256:03TTQdexnZpZRV49XTD/n9YCJ465lX49AIhfYaEduXU";
+pub(crate) const SSH_FP: &str = "SHA256:03TTQdexnZpZRV49XTD/n9YCJ465lX49AIhfYaEduXU";
 const BASE: &str = "/v1/orgs/acme/projects/web";
 
 /// The test guest's qcow2: `NUAGE_TEST_GUEST`, or built by
 /// `scripts/test-guest`. None (skip) when QEMU is missing, unless
 /// `NUAGE_TEST_REQUIRE_QEMU=1`.
-fn guest() -> Option<PathBuf> {
+pub(crate) fn guest() -> Option<PathBuf> {
     let require = std::env::var("NUAGE_TEST_REQUIRE_QEMU").as_deref() == Ok("1");
     if let Ok(p) = std::env::var("NUAGE_TEST_GUEST") {
         return Some(PathBuf::from(p));
@@ -86,7 +86,7 @@ async fn console_until(s: &Srv, token: &str, instance: &str, secs: u64, needle: 
     body["output"].as_str().unwrap_or("").to_string()
 }
 
-fn qemu_pid(s: &Srv, instance_id: &str) -> Option<i32> {
+pub(crate) fn qemu_pid(s: &Srv, instance_id: &str) -> Option<i32> {
     let pid = std::fs::read_to_string(
         s.data_dir
             .join("compute/vm")
