@@ -127,7 +127,8 @@ pub struct Volume {
     /// The instance it is attached to.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub instance_id: Option<String>,
-    /// `creating`, `available`, `attached` or `failed`.
+    /// `creating`, `available`, `attaching`, `attached`, `detaching` or
+    /// `failed`.
     pub state: String,
     pub status_message: String,
     pub key_id: String,

@@ -330,9 +330,10 @@ pub async fn console(
     Ok(ws.on_upgrade(move |ws| bridge(ws, serial)))
 }
 
-/// Copies bytes both ways until either side closes. The serial side is
-/// always read (a stalled reader would freeze the guest's console), so
-/// output the WebSocket cannot take fast enough is dropped.
+/// Copies bytes both ways until either side closes; when the VM's side
+/// ends (it stopped), the client gets a Close. The serial side is always
+/// read (a stalled reader would freeze the guest's console), so output the
+/// WebSocket cannot take fast enough is dropped.
 async fn bridge(ws: WebSocket, serial: tokio::net::UnixStream) {
     use futures::{SinkExt, StreamExt};
     let (mut ws_tx, mut ws_rx) = ws.split();
@@ -350,23 +351,30 @@ async fn bridge(ws: WebSocket, serial: tokio::net::UnixStream) {
         }
     });
     let writer = tokio::spawn(async move {
+        // Ends when the reader is done and every chunk is sent.
         while let Some(chunk) = out_rx.recv().await {
             if ws_tx.send(Message::Binary(chunk.into())).await.is_err() {
+                return;
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    });
+    let input = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let data: Vec<u8> = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if serial_tx.write_all(&data).await.is_err() {
                 break;
             }
         }
-    });
-    while let Some(Ok(msg)) = ws_rx.next().await {
-        let data: Vec<u8> = match msg {
-            Message::Binary(b) => b.to_vec(),
-            Message::Text(t) => t.as_bytes().to_vec(),
-            Message::Close(_) => break,
-            _ => continue,
-        };
-        if serial_tx.write_all(&data).await.is_err() {
-            break;
-        }
+    };
+    tokio::select! {
+        _ = input => {}
+        _ = writer => {}
     }
     reader.abort();
-    writer.abort();
 }
