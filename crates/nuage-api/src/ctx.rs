@@ -218,6 +218,19 @@ impl Ctx {
             .ok_or_else(|| ApiError::not_found("project", name))
     }
 
+    /// Project `name` of the request's organization, once `action` on it
+    /// is allowed (a 404 for a project of another organization).
+    pub async fn project_allowing(
+        &self,
+        name: &str,
+        action: &'static str,
+    ) -> Result<(Project, Target), ApiError> {
+        let p = self.project(name).await?;
+        let target = Target::project(&p.org_id, &p.id, &p.name);
+        self.authorize(action, &target).await?;
+        Ok((p, target))
+    }
+
     /// Who is using a key for this request, and why.
     pub fn purpose(&self, justification: Justification) -> Purpose {
         Purpose {

@@ -37,12 +37,9 @@ pub async fn list(
     Path((_org, project)): Path<(String, String)>,
     Q(page): Q<PageParams>,
 ) -> HandlerResult<Json<Page<Image>>> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.list_images",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.list_images")
+        .await?;
     let page = page.validate()?;
     let rows = ctx
         .state

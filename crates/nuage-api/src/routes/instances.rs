@@ -53,12 +53,9 @@ pub async fn list(
     Path((_org, project)): Path<(String, String)>,
     Q(page): Q<PageParams>,
 ) -> HandlerResult<Json<Page<Instance>>> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.list_instances",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.list_instances")
+        .await?;
     let page = page.validate()?;
     let rows = ctx
         .state
@@ -84,12 +81,9 @@ pub async fn create(
     Path((_org, project)): Path<(String, String)>,
     Body(body): Body<CreateInstance>,
 ) -> HandlerResult<(StatusCode, Json<Instance>)> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.create_instance",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.create_instance")
+        .await?;
     let (row, uses) = ctx
         .state
         .compute

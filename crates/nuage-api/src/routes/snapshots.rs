@@ -35,12 +35,9 @@ pub async fn list(
     Path((_org, project)): Path<(String, String)>,
     Q(page): Q<PageParams>,
 ) -> HandlerResult<Json<Page<Snapshot>>> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.list_snapshots",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.list_snapshots")
+        .await?;
     let page = page.validate()?;
     let rows = ctx
         .state
@@ -66,12 +63,9 @@ pub async fn create(
     Path((_org, project)): Path<(String, String)>,
     Body(body): Body<CreateSnapshot>,
 ) -> HandlerResult<(StatusCode, Json<Snapshot>)> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.create_snapshot",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.create_snapshot")
+        .await?;
     let v = ctx
         .state
         .store

@@ -35,12 +35,9 @@ pub async fn list(
     Path((_org, project)): Path<(String, String)>,
     Q(page): Q<PageParams>,
 ) -> HandlerResult<Json<Page<Volume>>> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.list_volumes",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.list_volumes")
+        .await?;
     let page = page.validate()?;
     let rows = ctx
         .state
@@ -66,12 +63,9 @@ pub async fn create(
     Path((_org, project)): Path<(String, String)>,
     Body(body): Body<CreateVolume>,
 ) -> HandlerResult<(StatusCode, Json<Volume>)> {
-    let p = ctx.project(&project).await?;
-    ctx.authorize(
-        "compute.create_volume",
-        &Target::project(&p.org_id, &p.id, &p.name),
-    )
-    .await?;
+    let (p, _) = ctx
+        .project_allowing(&project, "compute.create_volume")
+        .await?;
     let (row, uses) = ctx
         .state
         .compute
