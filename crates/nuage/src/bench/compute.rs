@@ -17,6 +17,9 @@
 //!   process with the server; QEMU processes are separate and reported
 //!   apart).
 //!
+//! `RUST_LOG=…` shows the server's log on stderr (e.g.
+//! `RUST_LOG=info,nuage_qemu=debug` for the agent's QMP commands).
+//!
 //! The node's overcommit ratios are raised through the admin API when the
 //! burst would not fit otherwise, and every QEMU is killed at the end, also
 //! on error, so a failed run leaves no VM behind.
@@ -767,6 +770,14 @@ async fn burst(api: &Api, a: &ComputeArgs, vm_dir: &Path) -> Result<Burst, Strin
 // ---------------------------------------------------------------- run
 
 pub async fn run(a: ComputeArgs) -> Result<(), String> {
+    // The server's log (the agent's steps, with timestamps) only when asked
+    // for: it would drown the tables otherwise.
+    if let Ok(filter) = tracing_subscriber::EnvFilter::try_from_env("RUST_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
     let guest = guest(a.guest.clone())?;
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
     let data_dir = dir.path().join("data");
