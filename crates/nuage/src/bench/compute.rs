@@ -560,7 +560,10 @@ struct Burst {
     idle_to: Duration,
     rss_before: f64,
     rss_with: f64,
+    /// The peak during the burst.
     hwm: f64,
+    /// Once every instance is deleted.
+    rss_after: f64,
     qemu_n: usize,
     qemu_rss: f64,
     delete: Duration,
@@ -746,6 +749,7 @@ async fn burst(api: &Api, a: &ComputeArgs, vm_dir: &Path) -> Result<Burst, Strin
 
     println!("burst: deleting the {n} instances");
     let delete = delete_all(api, &names).await?;
+    let (rss_after, _) = rss();
     Ok(Burst {
         vms: n,
         create_p50: percentile(&create_lat, 0.5),
@@ -761,6 +765,7 @@ async fn burst(api: &Api, a: &ComputeArgs, vm_dir: &Path) -> Result<Burst, Strin
         rss_before,
         rss_with,
         hwm,
+        rss_after,
         qemu_n,
         qemu_rss: qemu_rss_total,
         delete,
@@ -1106,11 +1111,18 @@ async fn bench(
         );
         let whole = window(&b.samples, Duration::ZERO, b.end, None);
 
-        let per_vm = (b.rss_with - b.rss_before) / b.vms.max(1) as f64;
+        // The allocator returns memory at its own pace, so RSS with the
+        // VMs can even be below the figure before; the peak bounds it.
+        let vms = b.vms.max(1) as f64;
+        let per_vm = (b.rss_with - b.rss_before) / vms;
+        let per_vm_peak = (b.hwm.max(b.rss_with) - b.rss_before) / vms;
         println!();
         println!(
-            "memory (bench and server share the process): RSS {:.1} MiB before the burst, {:.1} MiB with {} VMs running (peak {:.1} MiB): {:+.2} MiB per VM",
-            b.rss_before, b.rss_with, b.qemu_n, b.hwm, per_vm
+            "memory (bench and server share the process): RSS {:.1} MiB before the burst, {:.1} MiB with {} VMs running, peak {:.1} MiB during the burst, {:.1} MiB once they are deleted",
+            b.rss_before, b.rss_with, b.qemu_n, b.hwm, b.rss_after
+        );
+        println!(
+            "  per VM: {per_vm:+.2} MiB (with − before), at most {per_vm_peak:+.2} MiB (peak − before)"
         );
         println!(
             "  QEMU processes (separate, not counted above): {} with {:.0} MiB RSS in all, {:.1} MiB each",
@@ -1132,8 +1144,8 @@ async fn bench(
             met(whole.p99 < Duration::from_millis(50) && whole.errors == 0)
         ));
         goals.push(format!(
-            "goal agent memory overhead < 5 MiB per VM (server RSS): {per_vm:.2} MiB: {}",
-            met(per_vm < 5.0)
+            "goal agent memory overhead < 5 MiB per VM (server RSS, peak − before): {per_vm_peak:.2} MiB: {}",
+            met(per_vm_peak < 5.0)
         ));
     }
 
