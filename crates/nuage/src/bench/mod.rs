@@ -4,6 +4,9 @@
 //!
 //! - `nuage bench api`: the control plane under load against a bare axum
 //!   handler returning the same JSON.
+//! - `nuage bench compute`: virtual machines: time to the guest's first
+//!   console line against a raw QEMU start of the same guest, and a burst
+//!   of small VMs (API latency meanwhile, memory per VM).
 //! - `nuage bench kms`: the key service: the chunked stream format against a
 //!   raw AES-256-GCM loop, data-key unwraps from the cache against the cold
 //!   path, and with `--kmip` the same through a real PyKMIP server.
@@ -11,6 +14,7 @@
 //!   in the same data directory, small objects under load, and memory.
 
 mod api;
+mod compute;
 mod kms;
 mod s3;
 
@@ -27,6 +31,9 @@ pub struct BenchArgs {
 enum What {
     /// API throughput and latency against a bare handler baseline.
     Api(api::ApiArgs),
+    /// Compute: time to the first console line vs a raw QEMU start, and a
+    /// burst of small VMs (API latency, memory per VM).
+    Compute(compute::ComputeArgs),
     /// Key service: stream encryption vs raw AES-GCM, data-key unwrap warm vs
     /// cold, and (with --kmip) through a real KMIP server.
     Kms(kms::KmsArgs),
@@ -42,6 +49,7 @@ pub async fn run(a: BenchArgs, json: bool) -> ExitCode {
     }
     let (name, result) = match a.what {
         What::Api(a) => ("nuage bench api", api::run(a).await),
+        What::Compute(a) => ("nuage bench compute", compute::run(a).await),
         What::Kms(a) => ("nuage bench kms", kms::run(a).await),
         What::S3(a) => ("nuage bench s3", s3::run(a).await),
     };
