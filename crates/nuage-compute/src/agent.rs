@@ -425,7 +425,8 @@ impl Compute {
         if alive {
             machine::kill_dir(&dir);
             self.forget_vm(&i.id);
-            // The next pass removes the rest once QEMU is gone.
+            // The next pass (right away) removes the rest once QEMU is gone.
+            self.wake_agent();
             return Ok(());
         }
         self.forget_vm(&i.id);
