@@ -93,9 +93,16 @@ impl Compute {
                 if machine::kill_dir(&e.path()) {
                     n += 1;
                 }
+                let _ = std::fs::remove_file(self.seed_path(&e.file_name().to_string_lossy()));
             }
         }
         n
+    }
+
+    /// At shutdown: removes the seed directory if no VM still needs a seed
+    /// in it (running VMs keep theirs; the next start reuses the directory).
+    pub fn release_seed_dir(&self) {
+        let _ = std::fs::remove_dir(&self.0.cfg.seed_dir);
     }
 
     fn seed_path(&self, instance_id: &str) -> PathBuf {

@@ -139,6 +139,7 @@ impl Srv {
             let compute = r.compute().clone();
             r.shutdown().await;
             compute.kill_all_vms();
+            compute.release_seed_dir();
         }
     }
 
