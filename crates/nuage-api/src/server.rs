@@ -77,6 +77,10 @@ pub struct ServerConfig {
     pub node_name: String,
     /// How long a guest has to power off before its VM is killed.
     pub stop_timeout: Duration,
+    /// Empty encrypted disks the node keeps ready (`nuage_compute::ComputeConfig`).
+    pub spare_disks: usize,
+    /// CPU niceness of the VMs' QEMU (0–19).
+    pub vm_nice: i32,
 }
 
 /// The seal key file sits beside the data directory, never inside it:
@@ -115,6 +119,8 @@ impl ServerConfig {
             lifecycle_every: Duration::from_secs(3600),
             node_name: nuage_compute::nodes::hostname(),
             stop_timeout: Duration::from_secs(60),
+            spare_disks: 2,
+            vm_nice: 5,
             data_dir,
         }
     }
@@ -386,6 +392,8 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     metrics.watch_store(&store);
     let mut compute_cfg = nuage_compute::ComputeConfig::under(&cfg.data_dir);
     compute_cfg.stop_timeout = cfg.stop_timeout;
+    compute_cfg.spare_disks = cfg.spare_disks;
+    compute_cfg.vm_nice = cfg.vm_nice;
     let compute = nuage_compute::Compute::open(store.clone(), kms.clone(), compute_cfg).map_err(
         |source| StartError::DataDir {
             path: cfg.data_dir.join("compute"),

@@ -41,6 +41,7 @@ const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Runs the agent of node `node_id` until `stop` turns true.
 pub async fn run(compute: Compute, mut stop: watch::Receiver<bool>) {
+    let spares = tokio::spawn(crate::spares::fill(compute.clone(), stop.clone()));
     loop {
         if let Err(e) = compute.reconcile().await {
             tracing::warn!(error = %e.detail, "compute reconcile pass failed");
@@ -54,6 +55,7 @@ pub async fn run(compute: Compute, mut stop: watch::Receiver<bool>) {
             break;
         }
     }
+    let _ = spares.await;
 }
 
 /// The name of a volume's disk inside QEMU, and the serial the guest sees.
@@ -287,6 +289,7 @@ impl Compute {
             data_disks: data,
             seed: Some(seed_path),
             nics: Vec::new(),
+            nice: self.0.cfg.vm_nice,
         };
         self.0
             .store
@@ -315,13 +318,22 @@ impl Compute {
             .disk_key(&top.project_id, &top.data_key_id, &top.owner, why)
             .await?;
         let size = u64::try_from(v.size_bytes).unwrap_or(0);
-        match layers.get(1) {
-            Some(base) => {
-                nuage_qemu::disk::create_overlay(&file, &self.path(&base.file), size, &key).await
+        let backing = layers.get(1).map(|b| self.path(&b.file));
+        // A spare the request set aside for this volume is already
+        // encrypted with its data key.
+        let aside = self.0.spares.set_aside_path(&v.id);
+        if aside.exists() {
+            match nuage_qemu::disk::adopt(&aside, &file, backing.as_deref(), size, &key).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    tracing::warn!(volume = %v.id, error = %e, "a set-aside spare could not be adopted");
+                    let _ = std::fs::remove_file(&aside);
+                }
             }
-            None => nuage_qemu::disk::create(&file, size, &key).await,
         }
-        .map_err(qemu_err)
+        self.make_disk(None, &file, backing.as_deref(), size, &key)
+            .await
+            .map_err(qemu_err)
     }
 
     /// Plugs volumes being attached and unplugs volumes being detached.
@@ -439,6 +451,7 @@ impl Compute {
         self.forget_vm(&i.id);
         machine::cleanup(&dir).map_err(qemu_err)?;
         let _ = std::fs::remove_file(self.seed_path(&i.id));
+        let _ = std::fs::remove_file(self.0.spares.set_aside_path(&i.boot_volume_id));
         let boot = self.0.store.volume_by_id(&i.boot_volume_id).await?;
         self.0.store.instance_remove(i).await?;
         if let Some(b) = boot {

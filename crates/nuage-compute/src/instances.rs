@@ -111,10 +111,15 @@ impl Compute {
             .kms
             .data_key_unsaved(&project.id, &key.name, &id, why)
             .await?;
+        // The boot disk comes from a spare of the node when it has one
+        // (only this server's own node keeps spares).
+        let spare = if self.local_node() == Some(node.id.as_str()) {
+            self.0.spares.take()
+        } else {
+            None
+        };
         let (vdk, used_v, vdk_row) = self
-            .0
-            .kms
-            .data_key_unsaved(&project.id, &key.name, &vol_id, why)
+            .new_disk_key(project, &key.name, &vol_id, why, &spare)
             .await?;
         let sealed_user_data = match &body.user_data {
             Some(ud) => B64.encode(aead::wrap(&idk.key, &user_data_aad(&id), ud.as_bytes())),
@@ -195,6 +200,9 @@ impl Compute {
                 ))
             }
             r => r?,
+        }
+        if let Some(s) = spare {
+            s.set_aside(&self.0.spares.set_aside_path(&row.boot_volume_id));
         }
         self.wake_agent();
         Ok((row, vec![used_i, used_v]))

@@ -10,6 +10,8 @@
 //! - [`placement`]: which node a new instance runs on.
 //! - [`snapshots`]: volume snapshots with no copy (the volume gets a new top
 //!   file), and growing volumes.
+//! - [`spares`]: empty encrypted disks made ahead of need, so a new disk
+//!   does not wait for QEMU's LUKS key-derivation benchmark.
 //! - [`spool`]: an upload held sealed under a memory-only key while QEMU's
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.
@@ -21,6 +23,7 @@ pub mod nodes;
 pub mod placement;
 pub mod service;
 pub mod snapshots;
+pub(crate) mod spares;
 pub mod spool;
 
 pub use service::{Compute, ComputeConfig};

@@ -21,6 +21,7 @@ use nuage_store::{ImageRow, Store, VolumeRow};
 use serde::{Deserialize, Serialize};
 
 use crate::model::{parse_size, CreateImage, CreateVolume, Visibility};
+use crate::spares::{Spare, Spares};
 use crate::spool::{Spool, SpoolError};
 
 /// Where the service keeps its files, and its limits.
@@ -36,6 +37,13 @@ pub struct ComputeConfig {
     /// How long a guest has to power off after the ACPI request before
     /// its QEMU is killed.
     pub stop_timeout: std::time::Duration,
+    /// Empty encrypted disks kept ready (see [`crate::spares`]); 0 makes
+    /// every disk when it is asked for.
+    pub spare_disks: usize,
+    /// CPU niceness of the VMs' QEMU (0–19): guests yield to the control
+    /// plane, so its API stays responsive on a node whose guests keep
+    /// every core busy (guests only lose what the control plane uses).
+    pub vm_nice: i32,
 }
 
 impl ComputeConfig {
@@ -51,6 +59,8 @@ impl ComputeConfig {
             dir,
             max_image_bytes: 64 << 30,
             stop_timeout: std::time::Duration::from_secs(60),
+            spare_disks: 2,
+            vm_nice: 5,
         }
     }
 }
@@ -82,6 +92,7 @@ pub(crate) struct Inner {
     pub(crate) reconciling: tokio::sync::Mutex<()>,
     /// Open QMP handles of running VMs, by instance id.
     pub(crate) vms: std::sync::Mutex<std::collections::HashMap<String, Arc<nuage_qemu::Vm>>>,
+    pub(crate) spares: Spares,
 }
 
 pub(crate) fn io_err(what: &str) -> impl Fn(std::io::Error) -> ApiError + '_ {
@@ -115,9 +126,11 @@ impl Compute {
                 let _ = std::fs::remove_file(&p);
             }
         }
+        let spares = Spares::open(cfg.dir.join("spares"), cfg.spare_disks)?;
         Ok(Compute(Arc::new(Inner {
             store,
             kms,
+            spares,
             cfg,
             node: OnceLock::new(),
             wake: tokio::sync::Notify::new(),
@@ -272,6 +285,8 @@ impl Compute {
                         i64::try_from(report.virtual_size).unwrap_or(i64::MAX),
                     )
                     .await?;
+                // VMs are coming: have disks ready for them.
+                self.0.spares.wake();
             }
             Err(e) => {
                 self.0
@@ -424,10 +439,9 @@ impl Compute {
         };
         let key = self.0.kms.default_key(project).await?;
         let id = new_id(Kind::Project).replacen("prj_", "vol_", 1);
+        let spare = self.0.spares.take();
         let (dk, used, dek_row) = self
-            .0
-            .kms
-            .data_key_unsaved(&project.id, &key.name, &id, why)
+            .new_disk_key(project, &key.name, &id, why, &spare)
             .await?;
         let mut layers = vec![LayerRef {
             file: volume_file(&id),
@@ -472,13 +486,10 @@ impl Compute {
         self.0.store.volume_create(&dek_row, &row).await?;
         let disk_key = DiskKey::from_data_key(dk.key.expose()).map_err(qemu_err)?;
         let file = self.path(&volume_file(&id));
-        let made = match layers.get(1) {
-            Some(base) => {
-                nuage_qemu::disk::create_overlay(&file, &self.path(&base.file), size, &disk_key)
-                    .await
-            }
-            None => nuage_qemu::disk::create(&file, size, &disk_key).await,
-        };
+        let backing = layers.get(1).map(|b| self.path(&b.file));
+        let made = self
+            .make_disk(spare, &file, backing.as_deref(), size, &disk_key)
+            .await;
         let (state, message) = match &made {
             Ok(()) => ("available", String::new()),
             Err(e) => ("failed", format!("the disk could not be created: {e}")),
@@ -495,6 +506,49 @@ impl Compute {
             .await?
             .ok_or_else(|| ApiError::not_found("volume", &body.name))?;
         Ok((row, vec![used]))
+    }
+
+    /// The data key of a new disk `owner`: the spare's key when there is a
+    /// spare for it, else a fresh one.
+    pub(crate) async fn new_disk_key(
+        &self,
+        project: &Project,
+        key: &str,
+        owner: &str,
+        why: &Purpose,
+        spare: &Option<Spare>,
+    ) -> ApiResult<(nuage_kms::DataKey, KeyUse, nuage_store::DataKeyRow)> {
+        let kms = &self.0.kms;
+        match spare {
+            Some(s) => {
+                kms.data_key_unsaved_from(&project.id, key, owner, why, s.key().clone())
+                    .await
+            }
+            None => kms.data_key_unsaved(&project.id, key, owner, why).await,
+        }
+    }
+
+    /// Makes the encrypted disk `dest` (an overlay of `backing` if given)
+    /// of `size` bytes under `key`: from `spare` when there is one (whose
+    /// key `key` is), the slow way otherwise or if that fails.
+    pub(crate) async fn make_disk(
+        &self,
+        spare: Option<Spare>,
+        dest: &Path,
+        backing: Option<&Path>,
+        size: u64,
+        key: &DiskKey,
+    ) -> nuage_qemu::Result<()> {
+        if let Some(s) = spare {
+            match s.adopt(dest, backing, size).await {
+                Ok(()) => return Ok(()),
+                Err(e) => tracing::warn!(error = %e, "a spare disk could not be adopted"),
+            }
+        }
+        match backing {
+            Some(b) => nuage_qemu::disk::create_overlay(dest, b, size, key).await,
+            None => nuage_qemu::disk::create(dest, size, key).await,
+        }
     }
 
     /// Deletes a detached volume with the files and data key no snapshot

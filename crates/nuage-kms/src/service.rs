@@ -993,9 +993,24 @@ impl Kms {
         owner: &str,
         why: &Purpose,
     ) -> ApiResult<(DataKey, KeyUse, DataKeyRow)> {
+        self.data_key_unsaved_from(project_id, key, owner, why, SecretKey::generate())
+            .await
+    }
+
+    /// [`Kms::data_key_unsaved`] for a fresh random key the caller drew
+    /// before it knew the project (a spare disk made ahead of need is
+    /// already encrypted with it). The key must never have been used for
+    /// anything else.
+    pub async fn data_key_unsaved_from(
+        &self,
+        project_id: &str,
+        key: &str,
+        owner: &str,
+        why: &Purpose,
+        dek: SecretKey,
+    ) -> ApiResult<(DataKey, KeyUse, DataKeyRow)> {
         let k = self.project_key(project_id, key).await?;
         Self::check_use(&k, why)?;
-        let dek = SecretKey::generate();
         let id = new_id(Kind::DataKey);
         let version = k.primary_version;
         let wrapped = self

@@ -175,6 +175,77 @@ pub async fn create_overlay(path: &Path, backing: &Path, size: u64, key: &DiskKe
     .await
 }
 
+/// The virtual size of a spare disk: the smallest qcow2 holds, grown to
+/// the volume's size when [`adopt`] gives it its place.
+pub const SPARE_SIZE: u64 = 512;
+
+/// Creates a spare: an empty encrypted qcow2 made ahead of need, at low
+/// CPU priority. Making an encrypted qcow2 costs QEMU's LUKS PBKDF
+/// benchmark (over a second of CPU, whatever `iter-time`); [`adopt`] then
+/// turns the spare into a volume in milliseconds.
+pub async fn create_spare(path: &Path, key: &DiskKey) -> Result<()> {
+    check_new(path)?;
+    creating(path, || {
+        let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+        let obj = t.key_fd("new", key)?;
+        t.nice(10)
+            .args(["create", "-q", "-f", "qcow2", "--object"])
+            .arg(obj)
+            .arg("-o")
+            .arg(encrypt_opts("new"))
+            .arg(path)
+            .arg(SPARE_SIZE.to_string());
+        Ok(t)
+    })
+    .await
+}
+
+/// Makes the spare `spare` (encrypted with `key`, see [`create_spare`])
+/// the disk `dest`: grown to `size` bytes, then pointed at `backing` (a
+/// qcow2) if given, then renamed into place, so `dest` appears only
+/// whole. It is grown before it has a backing file: growing an overlay
+/// would zero the new area instead of showing the backing file's data.
+/// The result is what [`create`] or [`create_overlay`] would have made
+/// with the same key.
+pub async fn adopt(
+    spare: &Path,
+    dest: &Path,
+    backing: Option<&Path>,
+    size: u64,
+    key: &DiskKey,
+) -> Result<()> {
+    check_path(spare)?;
+    check_new(dest)?;
+    check_size(size)?;
+    if let Some(b) = backing {
+        check_path(b)?;
+    }
+    // A single layer opens with `backing: null`, so qemu-img never looks
+    // for the backing file while it rebases.
+    let name = Chain::single(spare, key.clone())?.json_filename("c");
+    if size > SPARE_SIZE {
+        let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+        let obj = t.key_fd(&Chain::secret_id("c", 0), key)?;
+        t.args(["resize", "-q", "--object"])
+            .arg(obj)
+            .arg(&name)
+            .arg(size.to_string());
+        t.run_ok(&[0]).await?;
+    }
+    if let Some(b) = backing {
+        let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
+        let obj = t.key_fd(&Chain::secret_id("c", 0), key)?;
+        t.args(["rebase", "-q", "-u", "-F", "qcow2", "-b"])
+            .arg(b)
+            .arg("--object")
+            .arg(obj)
+            .arg(&name);
+        t.run_ok(&[0]).await?;
+    }
+    std::fs::rename(spare, dest)
+        .map_err(|e| Error::io(format!("rename {} into place", spare.display()), e))
+}
+
 /// Converts an uploaded image (already checked by
 /// [`crate::image::inspect`]) into a standalone encrypted qcow2. The
 /// source is opened with an explicit driver and, for qcow2, `backing: null`.

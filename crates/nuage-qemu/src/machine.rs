@@ -119,6 +119,9 @@ pub struct VmSpec {
     /// The NoCloud seed ISO ([`crate::seed`]), attached read-only.
     pub seed: Option<PathBuf>,
     pub nics: Vec<NicSpec>,
+    /// CPU niceness of QEMU (0–19): above 0, the node's control plane and
+    /// agent get the CPU first when guests keep every core busy.
+    pub nice: i32,
 }
 
 impl VmSpec {
@@ -126,6 +129,9 @@ impl VmSpec {
         check_vm_id(&self.id)?;
         if !(1..=64).contains(&self.vcpus) {
             return Err(Error::invalid("vcpus", format!("{}: 1 to 64", self.vcpus)));
+        }
+        if !(0..=19).contains(&self.nice) {
+            return Err(Error::invalid("nice", format!("{}: 0 to 19", self.nice)));
         }
         if !(64..=1 << 20).contains(&self.memory_mib) {
             return Err(Error::invalid(
@@ -260,6 +266,18 @@ impl Vm {
             .stdout(Stdio::null())
             .stderr(stderr)
             .kill_on_drop(true);
+        if spec.nice > 0 {
+            let nice = spec.nice;
+            // SAFETY: runs in the forked child before exec and makes one
+            // raw syscall (setpriority), which is async-signal-safe; every
+            // thread QEMU starts inherits the niceness.
+            unsafe {
+                cmd.pre_exec(move || {
+                    rustix::process::setpriority_process(None, nice)?;
+                    Ok(())
+                });
+            }
+        }
         tracing::info!(vm = %spec.id, dir = %dir.display(), accel = spec.accel.as_str(), "starting QEMU");
         let status = tokio::time::timeout(LAUNCH_TIMEOUT, cmd.status())
             .await

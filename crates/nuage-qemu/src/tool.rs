@@ -30,6 +30,7 @@ pub struct Tool {
     fds: Vec<OwnedFd>,
     timeout: Duration,
     limits: Option<Limits>,
+    nice: Option<i32>,
 }
 
 impl Tool {
@@ -45,6 +46,7 @@ impl Tool {
             fds: Vec::new(),
             timeout,
             limits: None,
+            nice: None,
         }
     }
 
@@ -64,6 +66,13 @@ impl Tool {
 
     pub fn limits(&mut self, limits: Limits) -> &mut Self {
         self.limits = Some(limits);
+        self
+    }
+
+    /// Runs the tool at a lower CPU priority (`nice` 1–19): work done ahead
+    /// of need must not take the CPU from guests or the API.
+    pub fn nice(&mut self, niceness: i32) -> &mut Self {
+        self.nice = Some(niceness.clamp(1, 19));
         self
     }
 
@@ -110,9 +119,10 @@ impl Tool {
     pub async fn run(&mut self) -> Result<Output> {
         let keep: Vec<RawFd> = self.fds.iter().map(|f| f.as_raw_fd()).collect();
         let limits = self.limits;
-        if !keep.is_empty() || limits.is_some() {
+        let nice = self.nice;
+        if !keep.is_empty() || limits.is_some() || nice.is_some() {
             // SAFETY: the closure runs in the forked child before exec and
-            // only makes raw syscalls (fcntl, setrlimit), which are
+            // only makes raw syscalls (fcntl, setrlimit, setpriority), which are
             // async-signal-safe; it allocates nothing and takes no lock.
             unsafe {
                 self.cmd.pre_exec(move || {
@@ -136,6 +146,9 @@ impl Tool {
                                 maximum: Some(l.cpu_seconds),
                             },
                         )?;
+                    }
+                    if let Some(n) = nice {
+                        rustix::process::setpriority_process(None, n)?;
                     }
                     Ok(())
                 });

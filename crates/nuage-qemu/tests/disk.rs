@@ -123,6 +123,72 @@ async fn qemu_img_keys_through_fds_resize_and_chains() {
     assert_no_key_in_files(t.path(), &[&k1, &k2, &k3]);
 }
 
+/// A spare made ahead of need becomes the same disk as a fresh one: an
+/// overlay that reads its base's bytes, grown to the asked size, or a
+/// blank disk; it never overwrites a disk.
+#[tokio::test]
+async fn spares_become_overlays_and_blank_disks() {
+    if !have_qemu() {
+        return;
+    }
+    let t = TestDir::new();
+    let (k1, k2, k3) = (key(21), key(22), key(23));
+    let src = t.join("src.raw");
+    raw_disk(&src, 8);
+    let base = t.join("base.qcow2");
+    disk::import(&src, ImageFormat::Raw, &base, &k1.key)
+        .await
+        .unwrap();
+
+    let spare = t.join("spare.qcow2");
+    disk::create_spare(&spare, &k2.key).await.unwrap();
+    let top = t.join("top.qcow2");
+    disk::adopt(&spare, &top, Some(&base), 32 << 20, &k2.key)
+        .await
+        .unwrap();
+    assert!(!spare.exists(), "the spare is renamed into place");
+    let chain = Chain::new(vec![
+        Layer::new(&top, k2.key.clone()),
+        Layer::new(&base, k1.key.clone()),
+    ])
+    .unwrap();
+    let info = disk::info(&chain).await.unwrap();
+    assert!(info.encrypted);
+    assert_eq!(info.virtual_size, 32 << 20);
+    assert_eq!(info.backing_filename.as_deref(), base.to_str());
+    // Same bytes as the source (qemu-img compare reads past the source's
+    // end as zeros, which the grown overlay must show).
+    let secret = |id: &str, k: &TestKey| format!("secret,id={id},data={}", k.forms[0]);
+    let st = std::process::Command::new("qemu-img")
+        .args(["compare", "-q", "--object"])
+        .arg(secret(&Chain::secret_id("c", 0), &k2))
+        .arg("--object")
+        .arg(secret(&Chain::secret_id("c", 1), &k1))
+        .arg(chain.json_filename("c"))
+        .arg(&src)
+        .status()
+        .unwrap();
+    assert!(st.success(), "the adopted overlay must read as its base");
+
+    // A blank disk, and no overwrite of an existing one.
+    let spare = t.join("spare2.qcow2");
+    disk::create_spare(&spare, &k3.key).await.unwrap();
+    assert!(disk::adopt(&spare, &top, None, 16 << 20, &k3.key)
+        .await
+        .is_err());
+    assert!(spare.exists(), "a refused adoption keeps the spare");
+    let blank = t.join("blank.qcow2");
+    disk::adopt(&spare, &blank, None, 16 << 20, &k3.key)
+        .await
+        .unwrap();
+    let info = disk::info(&Chain::single(&blank, k3.key.clone()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(info.virtual_size, 16 << 20);
+    assert!(info.backing_filename.is_none());
+    assert_no_key_in_files(t.path(), &[&k1, &k2, &k3]);
+}
+
 #[tokio::test]
 async fn uploaded_images_are_inspected() {
     if !have_qemu() {

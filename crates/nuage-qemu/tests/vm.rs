@@ -26,6 +26,19 @@ async fn qmp_launch_encrypted_disk_attach_and_kill() {
         .await
         .expect("launch");
 
+    // Every QEMU thread (vCPUs included) runs at the spec's niceness.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", vm.pid())).unwrap();
+    let mut threads = 0;
+    for task in tasks.flatten() {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap();
+        // Fields after the command's closing parenthesis; nice is field 19.
+        let rest = &stat[stat.rfind(')').unwrap() + 2..];
+        let nice: i32 = rest.split(' ').nth(16).unwrap().parse().unwrap();
+        assert_eq!(nice, 3, "thread {:?} of QEMU", task.file_name());
+        threads += 1;
+    }
+    assert!(threads > 1, "QEMU runs several threads");
+
     // QMP: answers, and errors carry QEMU's class and description.
     let v = vm
         .qmp()

@@ -85,6 +85,14 @@ struct ServerArgs {
     /// Name this host registers under as a compute node [default: the hostname].
     #[arg(long, env = "NUAGE_NODE_NAME")]
     node_name: Option<String>,
+    /// Empty encrypted disks the node keeps ready, so a new VM or volume
+    /// does not wait for QEMU's LUKS key-derivation benchmark (0: none).
+    #[arg(long, default_value_t = 2)]
+    spare_disks: usize,
+    /// CPU niceness of the VMs' QEMU (0–19), so the control plane stays
+    /// responsive when guests keep every core busy.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    vm_nice: i32,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -213,6 +221,8 @@ async fn serve(a: ServerArgs) -> ExitCode {
         cfg.node_name = name;
     }
     cfg.kms.cache_ttl = Duration::from_secs(a.key_cache_seconds);
+    cfg.spare_disks = a.spare_disks;
+    cfg.vm_nice = a.vm_nice;
     if a.seal == "passphrase" {
         let passphrase = if a.unseal_from_stdin {
             let mut line = zeroize::Zeroizing::new(String::new());

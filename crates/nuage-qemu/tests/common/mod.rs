@@ -156,6 +156,7 @@ pub fn spec(id: &str, boot: DiskSpec) -> VmSpec {
         data_disks: vec![],
         seed: None,
         nics: vec![],
+        nice: 3,
     }
 }
 

@@ -138,6 +138,27 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
     let r = into_resp(r).await;
     assert_eq!(r.status, 200, "{}", r.text);
 
+    // An image on the node has it make spare disks ahead of need: empty
+    // encrypted files whose keys only the server's memory holds.
+    let spares = s.data_dir.join("compute/spares");
+    let ready = || {
+        std::fs::read_dir(&spares)
+            .map(|d| {
+                d.flatten()
+                    .filter(|e| e.file_name().to_string_lossy().starts_with("spare-"))
+                    .count()
+            })
+            .unwrap_or(0)
+    };
+    let t = Instant::now();
+    while ready() < 2 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no spare disks made"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
     // Refusals first: nothing is created by any of them.
     let bad: [(Value, u16, &str); 5] = [
         (json!({"name": "x", "image": "nope"}), 404, "not_found"),
@@ -198,6 +219,9 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text);
     assert_eq!(r.body["state"], "creating");
+    // The boot disk took a spare (making another costs QEMU's LUKS
+    // benchmark, over a second of CPU: it cannot be ready yet).
+    assert_eq!(ready(), 1, "the boot disk must come from a spare");
     let id = r.body["id"].as_str().expect("id").to_string();
     let inst = format!("{BASE}/instances/vm1");
     wait_for(&s, &a, &inst, 60, |b| b["state"] == "running").await;
