@@ -28,6 +28,9 @@ use crate::service::Compute;
 /// After a failed creation (no qemu-img, a full disk), wait this long
 /// before the next demand may try again.
 const RETRY_AFTER: Duration = Duration::from_secs(30);
+/// While a spare is left, wait this long after a disk was taken before
+/// making the next: the guest that took it is booting and needs the CPU.
+const REFILL_AFTER: Duration = Duration::from_secs(10);
 
 /// The spares of this node.
 pub(crate) struct Spares {
@@ -157,6 +160,13 @@ pub(crate) async fn fill(compute: Compute, mut stop: watch::Receiver<bool>) {
     let spares = &compute.0.spares;
     loop {
         if spares.wanted.load(Ordering::Relaxed) {
+            let have = spares.target - spares.missing();
+            if have > 0 && spares.missing() > 0 {
+                tokio::select! {
+                    _ = tokio::time::sleep(REFILL_AFTER) => {}
+                    _ = stop.changed() => return,
+                }
+            }
             while spares.missing() > 0 && !*stop.borrow() {
                 let made = tokio::select! {
                     r = spares.make_one() => r,

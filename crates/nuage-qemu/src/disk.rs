@@ -109,6 +109,14 @@ fn open_chain(tool: &mut Tool, chain: &Chain) -> Result<String> {
     Ok(chain.json_filename("c"))
 }
 
+/// CPU niceness of the commands that create disks: their LUKS PBKDF
+/// benchmark and copies are bulk work that must not starve the control
+/// plane's API (the default niceness of VMs, too).
+pub const DISK_WORK_NICE: i32 = 5;
+
+/// CPU niceness of spares, made ahead of need: only when the CPU is idle.
+pub const SPARE_NICE: i32 = 15;
+
 /// Runs a qemu-img command that creates the encrypted file `dest` (which
 /// did not exist), removing it if the command fails. QEMU 7.2 times its
 /// LUKS PBKDF benchmark with getrusage(); where CPU time is accounted in
@@ -119,7 +127,9 @@ async fn creating(dest: &Path, build: impl Fn() -> Result<Tool>) -> Result<()> {
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let result = build()?.run_ok(&[0]).await;
+        let mut tool = build()?;
+        tool.nice_at_least(DISK_WORK_NICE);
+        let result = tool.run_ok(&[0]).await;
         if result.is_err() {
             let _ = std::fs::remove_file(dest);
         }
@@ -188,7 +198,7 @@ pub async fn create_spare(path: &Path, key: &DiskKey) -> Result<()> {
     creating(path, || {
         let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
         let obj = t.key_fd("new", key)?;
-        t.nice(10)
+        t.nice(SPARE_NICE)
             .args(["create", "-q", "-f", "qcow2", "--object"])
             .arg(obj)
             .arg("-o")

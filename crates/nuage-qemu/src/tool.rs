@@ -76,6 +76,14 @@ impl Tool {
         self
     }
 
+    /// [`Tool::nice`] unless a higher niceness is already set.
+    pub fn nice_at_least(&mut self, niceness: i32) -> &mut Self {
+        if self.nice.is_none_or(|n| n < niceness) {
+            self.nice(niceness);
+        }
+        self
+    }
+
     /// Puts `key` in a memfd the child inherits and returns the
     /// `--object secret,…` argument value that names it as `/dev/fd/N`.
     pub fn key_fd(&mut self, secret_id: &str, key: &DiskKey) -> Result<String> {
