@@ -79,6 +79,9 @@ pub struct ComputeArgs {
     /// one. 0 measures a node that makes every disk when asked.
     #[arg(long, default_value_t = 2)]
     spare_disks: usize,
+    /// SQLite durability of the server (`nuage server --sqlite-sync`).
+    #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
+    sqlite_sync: String,
 }
 
 const QEMU: &str = nuage_qemu::machine::QEMU;
@@ -815,6 +818,7 @@ pub async fn run(a: ComputeArgs) -> Result<(), String> {
     cfg.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.s3_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.spare_disks = a.spare_disks;
+    cfg.sqlite_sync_full = a.sqlite_sync == "full";
     let server = nuage_api::start(cfg).await.map_err(|e| e.to_string())?;
     let guard = KillVms(server.compute().clone());
     let node = server.node.name.clone();
