@@ -11,8 +11,8 @@
 //! until it is taken, and one whose key is gone (a dropped spare, a
 //! restarted server) is deleted.
 //!
-//! Nothing is made until the node first needs a disk or gets an image, so
-//! a control plane that runs no VMs never pays for spares.
+//! Nothing is made until the node holds an image or first needs a disk,
+//! so a control plane that runs no VMs never pays for spares.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -158,6 +158,13 @@ impl Spares {
 /// Keeps the node's spares topped up until `stop` turns true.
 pub(crate) async fn fill(compute: Compute, mut stop: watch::Receiver<bool>) {
     let spares = &compute.0.spares;
+    // A node that already holds images (a restart) will run VMs.
+    let has_images = std::fs::read_dir(compute.path("images"))
+        .map(|mut d| d.next().is_some())
+        .unwrap_or(false);
+    if has_images {
+        spares.wake();
+    }
     loop {
         if spares.wanted.load(Ordering::Relaxed) {
             let have = spares.target - spares.missing();

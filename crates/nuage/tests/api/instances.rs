@@ -401,6 +401,16 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
     let b = wait_for(&s, &a, &inst, 30, |b| b["state"] == "running").await;
     assert_eq!(b["state"], "running");
     assert_eq!(qemu_pid(&s, &id), Some(pid), "the VM was started again");
+    // The old spares went with the old process's keys; a node holding an
+    // image makes new ones.
+    let t = Instant::now();
+    while ready() < 1 {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "no spare disks after a restart"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // QEMU dies: the instance is failed, with the reason; volumes intact.
     let st = std::process::Command::new("kill")
