@@ -86,6 +86,29 @@ async fn console_until(s: &Srv, token: &str, instance: &str, secs: u64, needle: 
     body["output"].as_str().unwrap_or("").to_string()
 }
 
+/// Spare disks ready in `dir` (`<data dir>/compute/spares`).
+fn ready_spares(dir: &std::path::Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("spare-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Waits (at most two minutes) until `dir` holds `n` ready spares.
+async fn wait_spares(dir: &std::path::Path, n: usize, when: &str) {
+    let t = Instant::now();
+    while ready_spares(dir) < n {
+        assert!(
+            t.elapsed() < Duration::from_secs(120),
+            "fewer than {n} spare disks {when}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 pub(crate) fn qemu_pid(s: &Srv, instance_id: &str) -> Option<i32> {
     let pid = std::fs::read_to_string(
         s.data_dir
@@ -141,23 +164,7 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
     // An image on the node has it make spare disks ahead of need: empty
     // encrypted files whose keys only the server's memory holds.
     let spares = s.data_dir.join("compute/spares");
-    let ready = || {
-        std::fs::read_dir(&spares)
-            .map(|d| {
-                d.flatten()
-                    .filter(|e| e.file_name().to_string_lossy().starts_with("spare-"))
-                    .count()
-            })
-            .unwrap_or(0)
-    };
-    let t = Instant::now();
-    while ready() < 2 {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no spare disks made"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_spares(&spares, 2, "made at first").await;
 
     // Refusals first: nothing is created by any of them.
     let bad: [(Value, u16, &str); 5] = [
@@ -221,7 +228,11 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
     assert_eq!(r.body["state"], "creating");
     // The boot disk took a spare (making another costs QEMU's LUKS
     // benchmark, over a second of CPU: it cannot be ready yet).
-    assert_eq!(ready(), 1, "the boot disk must come from a spare");
+    assert_eq!(
+        ready_spares(&spares),
+        1,
+        "the boot disk must come from a spare"
+    );
     let id = r.body["id"].as_str().expect("id").to_string();
     let inst = format!("{BASE}/instances/vm1");
     wait_for(&s, &a, &inst, 60, |b| b["state"] == "running").await;
@@ -403,14 +414,7 @@ async fn instance_lifecycle_on_qemu_with_seed_volumes_restart_and_failure() {
     assert_eq!(qemu_pid(&s, &id), Some(pid), "the VM was started again");
     // The old spares went with the old process's keys; a node holding an
     // image makes new ones.
-    let t = Instant::now();
-    while ready() < 1 {
-        assert!(
-            t.elapsed() < Duration::from_secs(120),
-            "no spare disks after a restart"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_spares(&spares, 1, "after a restart").await;
 
     // QEMU dies: the instance is failed, with the reason; volumes intact.
     let st = std::process::Command::new("kill")
