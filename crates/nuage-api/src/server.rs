@@ -120,7 +120,7 @@ impl ServerConfig {
             node_name: nuage_compute::nodes::hostname(),
             stop_timeout: Duration::from_secs(60),
             spare_disks: 2,
-            vm_nice: 5,
+            vm_nice: 10,
             data_dir,
         }
     }

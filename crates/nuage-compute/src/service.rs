@@ -60,7 +60,7 @@ impl ComputeConfig {
             max_image_bytes: 64 << 30,
             stop_timeout: std::time::Duration::from_secs(60),
             spare_disks: 2,
-            vm_nice: 5,
+            vm_nice: 10,
         }
     }
 }

@@ -112,7 +112,7 @@ fn open_chain(tool: &mut Tool, chain: &Chain) -> Result<String> {
 /// CPU niceness of the commands that create disks: their LUKS PBKDF
 /// benchmark and copies are bulk work that must not starve the control
 /// plane's API (the default niceness of VMs, too).
-pub const DISK_WORK_NICE: i32 = 5;
+pub const DISK_WORK_NICE: i32 = 10;
 
 /// CPU niceness of spares, made ahead of need: only when the CPU is idle.
 pub const SPARE_NICE: i32 = 15;

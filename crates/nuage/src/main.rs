@@ -91,7 +91,7 @@ struct ServerArgs {
     spare_disks: usize,
     /// CPU niceness of the VMs' QEMU (0–19), so the control plane stays
     /// responsive when guests keep every core busy.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(i32).range(0..=19))]
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     vm_nice: i32,
     /// Log as JSON lines instead of text.
     #[arg(long)]

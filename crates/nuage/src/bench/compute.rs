@@ -79,6 +79,9 @@ pub struct ComputeArgs {
     /// one. 0 measures a node that makes every disk when asked.
     #[arg(long, default_value_t = 2)]
     spare_disks: usize,
+    /// CPU niceness of the VMs' QEMU (`nuage server --vm-nice`).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    vm_nice: i32,
     /// SQLite durability of the server (`nuage server --sqlite-sync`).
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sqlite_sync: String,
@@ -819,6 +822,7 @@ pub async fn run(a: ComputeArgs) -> Result<(), String> {
     cfg.s3_listen = SocketAddr::from(([127, 0, 0, 1], 0));
     cfg.spare_disks = a.spare_disks;
     cfg.sqlite_sync_full = a.sqlite_sync == "full";
+    cfg.vm_nice = a.vm_nice;
     let server = nuage_api::start(cfg).await.map_err(|e| e.to_string())?;
     let guard = KillVms(server.compute().clone());
     let node = server.node.name.clone();
