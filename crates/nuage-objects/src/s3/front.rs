@@ -143,17 +143,17 @@ fn xml_error(status: StatusCode, code: &str, message: &str, request_id: &str) ->
     r
 }
 
-/// Whether a request carries an XML body (a bucket subresource PUT,
-/// DeleteObjects, CompleteMultipartUpload) declared larger than we accept.
-fn xml_too_large(req: &Request) -> bool {
-    let declared = req
-        .headers()
+/// The length a request declares, if it declares one.
+fn declared_length(req: &Request) -> Option<u64> {
+    req.headers()
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_none_or(|l| l <= MAX_XML_BODY as u64) {
-        return false;
-    }
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Whether a request carries an XML body: a bucket subresource PUT,
+/// DeleteObjects, CompleteMultipartUpload.
+fn carries_xml(req: &Request) -> bool {
     let query = req.uri().query().unwrap_or("");
     let has = |name: &str| query.split('&').any(|p| p.split('=').next() == Some(name));
     match *req.method() {
@@ -313,16 +313,26 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
     let mut response = if req.method() == http::Method::OPTIONS {
         slot.update(|a| a.action = Some("s3.cors_preflight".into()));
         preflight(&front, req.headers(), bucket.clone(), &request_id).await
-    } else if xml_too_large(&req) {
+    } else if carries_xml(&req) && declared_length(&req).is_none_or(|l| l > MAX_XML_BODY as u64) {
         // Refused before the wire crate buffers it (which would answer a
-        // 500 for a body over its limit).
+        // 500 for a body over its limit). Like S3, an XML body must
+        // declare its length: a chunked one is refused before any is read.
         slot.update(|a| a.decision = Some("error"));
-        xml_error(
-            StatusCode::BAD_REQUEST,
-            "MaxMessageLengthExceeded",
-            "Your request was too big.",
-            &request_id,
-        )
+        if declared_length(&req).is_none() {
+            xml_error(
+                StatusCode::LENGTH_REQUIRED,
+                "MissingContentLength",
+                "You must provide the Content-Length HTTP header.",
+                &request_id,
+            )
+        } else {
+            xml_error(
+                StatusCode::BAD_REQUEST,
+                "MaxMessageLengthExceeded",
+                "Your request was too big.",
+                &request_id,
+            )
+        }
     } else if front.engine.kms().is_sealed() {
         slot.update(|a| a.decision = Some("error"));
         xml_error(
