@@ -263,6 +263,16 @@ impl Compute {
             .kms
             .unwrap(&i.project_id, &i.data_key_id, &i.id, &why)
             .await?;
+        // The seed directory is made by the first launch, so a server that
+        // never runs a VM leaves nothing in /dev/shm, even when killed.
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&self.0.cfg.seed_dir)
+                .map_err(crate::service::io_err("create the seed directory"))?;
+        }
         let seed_path = self.seed_path(&i.id);
         let _ = std::fs::remove_file(&seed_path);
         let seed = Seed {

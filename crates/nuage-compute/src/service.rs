@@ -114,10 +114,6 @@ impl Compute {
                 .mode(0o700)
                 .create(cfg.dir.join(sub))?;
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&cfg.seed_dir)?;
         for e in std::fs::read_dir(cfg.dir.join("spool"))? {
             let p = e?.path();
             if p.is_dir() {

@@ -69,8 +69,8 @@ impl Tool {
         self
     }
 
-    /// Runs the tool at a lower CPU priority (`nice` 1–19): work done ahead
-    /// of need must not take the CPU from guests or the API.
+    /// Runs the tool at a lower CPU priority (niceness 1–19), so bulk disk
+    /// work yields the CPU to the control plane.
     pub fn nice(&mut self, niceness: i32) -> &mut Self {
         self.nice = Some(niceness.clamp(1, 19));
         self

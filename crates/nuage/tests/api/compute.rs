@@ -333,6 +333,10 @@ async fn images_and_volumes_are_encrypted_checked_and_refused_cleanly() {
         "each upload is audited: {}",
         r.text
     );
+    // A node that never ran a VM made no seed directory in /dev/shm (so
+    // even a killed server leaves nothing there).
+    let seeds = nuage_compute::ComputeConfig::under(&s.data_dir).seed_dir;
+    assert!(!seeds.exists(), "{} exists", seeds.display());
     s.shutdown().await;
 }
 
