@@ -190,17 +190,29 @@ impl Store {
         cpu: Option<f64>,
         memory: Option<f64>,
     ) -> ApiResult<NodeRow> {
-        let row = sqlx::query(&format!(
-            "UPDATE compute_nodes SET cpu_overcommit = COALESCE($1, cpu_overcommit), \
-             memory_overcommit = COALESCE($2, memory_overcommit) WHERE id = $3 \
-             RETURNING {NODE_COLS}"
-        ))
-        .bind(cpu)
-        .bind(memory)
-        .bind(id)
-        .fetch_optional(&self.write)
-        .await
-        .map_err(db_err)?;
+        // One statement per set of columns, never a NULL parameter: sqlx
+        // caches a statement with the parameter types of its first use, and
+        // on PostgreSQL a NULL bound there types the parameter so that a
+        // later number no longer fits ("incorrect binary data format").
+        let (set, values): (&str, Vec<f64>) = match (cpu, memory) {
+            (Some(c), Some(m)) => ("cpu_overcommit = $1, memory_overcommit = $2", vec![c, m]),
+            (Some(c), None) => ("cpu_overcommit = $1", vec![c]),
+            (None, Some(m)) => ("memory_overcommit = $1", vec![m]),
+            (None, None) => ("cpu_overcommit = cpu_overcommit", vec![]),
+        };
+        let sql = format!(
+            "UPDATE compute_nodes SET {set} WHERE id = ${} RETURNING {NODE_COLS}",
+            values.len() + 1
+        );
+        let mut q = sqlx::query(&sql);
+        for v in values {
+            q = q.bind(v);
+        }
+        let row = q
+            .bind(id)
+            .fetch_optional(&self.write)
+            .await
+            .map_err(db_err)?;
         match row {
             Some(r) => row_to_node(&r).map_err(db_err),
             None => Err(ApiError::not_found("compute node", id)),
