@@ -146,12 +146,17 @@ async fn creating(dest: &Path, build: impl Fn() -> Result<Tool>) -> Result<()> {
 
 /// Creates an empty encrypted qcow2 of `size` bytes.
 pub async fn create(path: &Path, size: u64, key: &DiskKey) -> Result<()> {
-    check_new(path)?;
     check_size(size)?;
+    create_blank(path, size, key, DISK_WORK_NICE).await
+}
+
+async fn create_blank(path: &Path, size: u64, key: &DiskKey, nice: i32) -> Result<()> {
+    check_new(path)?;
     creating(path, || {
         let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
         let obj = t.key_fd("new", key)?;
-        t.args(["create", "-q", "-f", "qcow2", "--object"])
+        t.nice(nice)
+            .args(["create", "-q", "-f", "qcow2", "--object"])
             .arg(obj)
             .arg("-o")
             .arg(encrypt_opts("new"))
@@ -194,20 +199,7 @@ pub const SPARE_SIZE: u64 = 512;
 /// benchmark (over a second of CPU, whatever `iter-time`); [`adopt`] then
 /// turns the spare into a volume in milliseconds.
 pub async fn create_spare(path: &Path, key: &DiskKey) -> Result<()> {
-    check_new(path)?;
-    creating(path, || {
-        let mut t = Tool::new(QEMU_IMG, META_TIMEOUT);
-        let obj = t.key_fd("new", key)?;
-        t.nice(SPARE_NICE)
-            .args(["create", "-q", "-f", "qcow2", "--object"])
-            .arg(obj)
-            .arg("-o")
-            .arg(encrypt_opts("new"))
-            .arg(path)
-            .arg(SPARE_SIZE.to_string());
-        Ok(t)
-    })
-    .await
+    create_blank(path, SPARE_SIZE, key, SPARE_NICE).await
 }
 
 /// Makes the spare `spare` (encrypted with `key`, see [`create_spare`])
