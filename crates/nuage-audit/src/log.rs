@@ -5,7 +5,10 @@
 //! Recording uses group commit: requests hand their entry to one writer task
 //! and wait; the writer appends everything queued in one transaction. Each
 //! request still waits for its own entry to be durable, but a burst of
-//! requests costs one commit instead of one each.
+//! requests costs one commit instead of one each. A batch's requests wait
+//! for the store's group fsync (`Store::sync_committed`) while the writer
+//! already commits the next batch; since each request's own writes were
+//! committed before its entry, that fsync makes them durable too.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -455,21 +458,30 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
             Ok((text, nodes))
         };
         let result = store.audit_append(&appends, &empty, &mut advance).await;
-        match result {
-            Ok(indices) => {
-                for (reply, idx) in replies.into_iter().zip(indices) {
-                    let _ = reply.send(Ok(idx));
+        // The batch is committed; its requests are answered once it is on
+        // disk, while this loop already commits the next batch.
+        let store = store.clone();
+        tokio::spawn(async move {
+            let result = match result {
+                Ok(indices) => store.sync_committed().await.map(|()| indices),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(indices) => {
+                    for (reply, idx) in replies.into_iter().zip(indices) {
+                        let _ = reply.send(Ok(idx));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "audit append failed");
+                    for reply in replies {
+                        let _ = reply.send(Err(ApiError::unavailable(
+                            "the audit log could not record this request",
+                        )));
+                    }
                 }
             }
-            Err(e) => {
-                tracing::error!(error = %e, "audit append failed");
-                for reply in replies {
-                    let _ = reply.send(Err(ApiError::unavailable(
-                        "the audit log could not record this request",
-                    )));
-                }
-            }
-        }
+        });
     }
 }
 

@@ -11,9 +11,8 @@
 //! so an operator credential can never reach tenant data through the tenant
 //! API, and tenant credentials never reach the admin API.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use nuage_core::id::{new_id, Kind};
 use nuage_core::model::{
@@ -45,46 +44,8 @@ pub struct Subject {
     pub org: Option<Org>,
 }
 
-/// How long a cached identity or access decision input may be reused.
-pub const CACHE_TTL: Duration = Duration::from_secs(2);
-const CACHE_MAX: usize = 50_000;
-
-/// Entries stamped with when and at which store epoch they were read.
-pub(crate) struct Cache<K, V> {
-    map: Mutex<HashMap<K, (Instant, u64, V)>>,
-}
-
-impl<K: std::hash::Hash + Eq, V: Clone> Cache<K, V> {
-    pub(crate) fn new() -> Self {
-        Cache {
-            map: Mutex::new(HashMap::new()),
-        }
-    }
-
-    pub(crate) fn get(&self, k: &K, epoch: u64) -> Option<V> {
-        let map = self.map.lock().ok()?;
-        map.get(k)
-            .filter(|(at, e, _)| *e == epoch && at.elapsed() < CACHE_TTL)
-            .map(|(_, _, v)| v.clone())
-    }
-
-    pub(crate) fn put(&self, k: K, epoch: u64, v: V) {
-        if let Ok(mut map) = self.map.lock() {
-            if map.len() >= CACHE_MAX {
-                map.clear();
-            }
-            map.insert(k, (Instant::now(), epoch, v));
-        }
-    }
-
-    pub(crate) fn update(&self, k: &K, f: impl FnOnce(&mut V)) {
-        if let Ok(mut map) = self.map.lock() {
-            if let Some((_, _, v)) = map.get_mut(k) {
-                f(v);
-            }
-        }
-    }
-}
+pub(crate) use nuage_store::cache::TtlCache as Cache;
+pub use nuage_store::cache::CACHE_TTL;
 
 #[derive(Debug, Clone)]
 pub struct LoginPolicy {

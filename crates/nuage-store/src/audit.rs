@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::query::Query;
 use sqlx::{Any, Row};
 
-use crate::{db_err, Store};
+use crate::{db_err, json_text, Backend, Store};
 
 /// One entry to append.
 #[derive(Debug, Clone)]
@@ -90,13 +90,23 @@ impl Store {
                 None => by_log.push((&e.log_id, vec![i])),
             }
         }
+        if self.backend == Backend::Sqlite {
+            match self.audit_append_known(entries, &by_log, advance).await {
+                Ok(Some(indices)) => return Ok(indices),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.detail, "audit append from known heads failed; reading the heads again");
+                }
+            }
+        }
         let mut indices = vec![0i64; entries.len()];
+        let mut heads = Vec::with_capacity(by_log.len());
         let mut tx = self.write.begin().await.map_err(db_err)?;
-        for (log_id, members) in by_log {
+        for (log_id, members) in &by_log {
             let lock =
                 "UPDATE audit_heads SET size = size WHERE log_id = $1 RETURNING size, frontier";
             let mut head = sqlx::query(lock)
-                .bind(log_id)
+                .bind(*log_id)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -105,13 +115,13 @@ impl Store {
                     "INSERT INTO audit_heads (log_id, size, frontier) VALUES ($1, 0, $2) \
                      ON CONFLICT (log_id) DO NOTHING",
                 )
-                .bind(log_id)
+                .bind(*log_id)
                 .bind(empty_frontier)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
                 head = sqlx::query(lock)
-                    .bind(log_id)
+                    .bind(*log_id)
                     .fetch_optional(&mut *tx)
                     .await
                     .map_err(db_err)?;
@@ -121,53 +131,111 @@ impl Store {
             };
             let size: i64 = head.try_get("size").map_err(db_err)?;
             let frontier: String = head.try_get("frontier").map_err(db_err)?;
-            let leaves: Vec<&str> = members
-                .iter()
-                .map(|&i| entries[i].leaf_hash.as_str())
-                .collect();
-            let (new_frontier, nodes) = advance(log_id, size, &frontier, &leaves)?;
-
-            let mut offset = 0;
-            for idxs in pow2_chunks(&members) {
-                let mut q = sqlx::query(insert_sql(InsertInto::Entries, idxs.len()));
-                for &i in idxs {
-                    let e = &entries[i];
-                    let idx = size + offset;
-                    offset += 1;
-                    indices[i] = idx;
-                    q = q
-                        .bind(log_id)
-                        .bind(idx)
-                        .bind(&e.leaf_hash)
-                        .bind(&e.body)
-                        .bind(e.time)
-                        .bind(&e.principal)
-                        .bind(&e.action)
-                        .bind(&e.decision);
-                }
-                q.execute(&mut *tx).await.map_err(db_err)?;
-            }
-            for chunk in pow2_chunks(&nodes) {
-                let mut q = sqlx::query(insert_sql(InsertInto::Nodes, chunk.len()));
-                for (level, idx, hash) in chunk {
-                    q = q
-                        .bind(log_id)
-                        .bind(i64::from(*level))
-                        .bind(*idx as i64)
-                        .bind(hash);
-                }
-                q.execute(&mut *tx).await.map_err(db_err)?;
-            }
-            sqlx::query("UPDATE audit_heads SET size = $1, frontier = $2 WHERE log_id = $3")
-                .bind(size + members.len() as i64)
-                .bind(new_frontier)
-                .bind(log_id)
+            let rows = log_rows(
+                entries,
+                members,
+                log_id,
+                size,
+                &frontier,
+                advance,
+                &mut indices,
+            )?;
+            sqlx::query(self.audit_insert_sql(InsertInto::Entries))
+                .bind(*log_id)
+                .bind(&rows.entries)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+            sqlx::query(self.audit_insert_sql(InsertInto::Nodes))
+                .bind(*log_id)
+                .bind(&rows.nodes)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            sqlx::query("UPDATE audit_heads SET size = $1, frontier = $2 WHERE log_id = $3")
+                .bind(rows.size)
+                .bind(&rows.frontier)
+                .bind(*log_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+            heads.push((log_id.to_string(), (rows.size, rows.frontier)));
         }
         tx.commit().await.map_err(db_err)?;
+        if self.backend == Backend::Sqlite {
+            if let Ok(mut known) = self.audit_heads.lock() {
+                known.extend(heads);
+            }
+        }
         Ok(indices)
+    }
+
+    /// SQLite only, where this process is the file's only writer: appends
+    /// to logs whose head it committed last, in one multi-statement
+    /// transaction, so one round trip to the write connection's thread
+    /// instead of six. `None` when a log's head is not known yet. If
+    /// another writer did touch a log, the entries' primary key refuses
+    /// the indices and the caller falls back to reading the heads.
+    async fn audit_append_known(
+        &self,
+        entries: &[AuditAppend],
+        by_log: &[(&str, Vec<usize>)],
+        advance: &mut AdvanceFn<'_>,
+    ) -> ApiResult<Option<Vec<i64>>> {
+        let known: Vec<(i64, String)> = {
+            let Ok(heads) = self.audit_heads.lock() else {
+                return Ok(None);
+            };
+            let mut known = Vec::with_capacity(by_log.len());
+            for (log_id, _) in by_log {
+                match heads.get(*log_id) {
+                    Some(h) => known.push(h.clone()),
+                    None => return Ok(None),
+                }
+            }
+            known
+        };
+        let mut indices = vec![0i64; entries.len()];
+        let mut all = Vec::with_capacity(by_log.len());
+        for ((log_id, members), (size, frontier)) in by_log.iter().zip(&known) {
+            let rows = log_rows(
+                entries,
+                members,
+                log_id,
+                *size,
+                frontier,
+                advance,
+                &mut indices,
+            )?;
+            all.push((log_id, *size, rows));
+        }
+        let mut q = sqlx::query(append_known_sql(by_log.len()));
+        for (log_id, old_size, rows) in &all {
+            q = q
+                .bind(**log_id)
+                .bind(rows.entries.as_str())
+                .bind(rows.nodes.as_str())
+                .bind(rows.size)
+                .bind(rows.frontier.as_str())
+                .bind(*old_size);
+        }
+        let mut conn = self.write.acquire().await.map_err(db_err)?;
+        if let Err(e) = q.execute(&mut *conn).await {
+            // The failed statement left the transaction open: close this
+            // connection (rolling it back) rather than return it to the pool.
+            let _ = conn.detach();
+            if let Ok(mut heads) = self.audit_heads.lock() {
+                heads.clear();
+            }
+            return Err(db_err(e));
+        }
+        drop(conn);
+        if let Ok(mut heads) = self.audit_heads.lock() {
+            for (log_id, _, rows) in all {
+                heads.insert(log_id.to_string(), (rows.size, rows.frontier));
+            }
+        }
+        Ok(Some(indices))
     }
 
     /// Current size and compact range of a log (`None` if it has no entry).
@@ -368,76 +436,128 @@ impl Store {
     }
 }
 
-/// Splits `items` into chunks of 64, 32, 16 … 1 rows: a batch of any size
-/// uses at most seven statement shapes, which stay in sqlx's prepared
-/// statement cache instead of being parsed again for every batch size.
-fn pow2_chunks<T>(items: &[T]) -> Vec<&[T]> {
-    let mut out = Vec::new();
-    let mut rest = items;
-    while !rest.is_empty() {
-        let n = [64usize, 32, 16, 8, 4, 2, 1]
-            .into_iter()
-            .find(|n| *n <= rest.len())
-            .unwrap_or(1);
-        let (head, tail) = rest.split_at(n);
-        out.push(head);
-        rest = tail;
+/// A log's new rows, as the JSON arrays the `INSERT`s take, and its new
+/// head.
+struct LogRows {
+    entries: String,
+    nodes: String,
+    size: i64,
+    frontier: String,
+}
+
+fn log_rows(
+    entries: &[AuditAppend],
+    members: &[usize],
+    log_id: &str,
+    size: i64,
+    frontier: &str,
+    advance: &mut AdvanceFn<'_>,
+    indices: &mut [i64],
+) -> ApiResult<LogRows> {
+    let leaves: Vec<&str> = members
+        .iter()
+        .map(|&i| entries[i].leaf_hash.as_str())
+        .collect();
+    let (new_frontier, nodes) = advance(log_id, size, frontier, &leaves)?;
+    let mut rows = Vec::with_capacity(members.len());
+    for (offset, &i) in members.iter().enumerate() {
+        let e = &entries[i];
+        let idx = size + offset as i64;
+        indices[i] = idx;
+        rows.push(serde_json::json!([
+            idx,
+            e.leaf_hash,
+            e.body,
+            e.time,
+            e.principal,
+            e.action,
+            e.decision
+        ]));
     }
-    out
+    let nodes: Vec<_> = nodes
+        .iter()
+        .map(|(level, idx, hash)| serde_json::json!([level, idx, hash]))
+        .collect();
+    Ok(LogRows {
+        entries: json_text(&rows)?,
+        nodes: json_text(&nodes)?,
+        size: size + members.len() as i64,
+        frontier: new_frontier,
+    })
 }
 
-/// `($1, $2, …), (…)` for a multi-row insert of `rows` rows of `cols` values.
-/// (sqlx's `QueryBuilder` writes `?` placeholders for the Any driver, which
-/// PostgreSQL does not accept.)
-fn placeholders(rows: usize, cols: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let vals: Vec<String> = (0..cols)
-                .map(|c| format!("${}", r * cols + c + 1))
-                .collect();
-            format!("({})", vals.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-/// The multi-row `INSERT` of `rows` rows (a power of two up to 64, see
-/// [`pow2_chunks`]) into `table`, built once per size: the audit writer
-/// formatted it for every batch (66k instructions a batch).
-fn insert_sql(table: InsertInto, rows: usize) -> &'static str {
-    use std::sync::OnceLock;
-    static ENTRIES: OnceLock<Vec<String>> = OnceLock::new();
-    static NODES: OnceLock<Vec<String>> = OnceLock::new();
-    let (cell, head, cols) = match table {
-        InsertInto::Entries => (
-            &ENTRIES,
-            "INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) VALUES ",
-            8,
-        ),
-        InsertInto::Nodes => (
-            &NODES,
-            "INSERT INTO audit_nodes (log_id, level, idx, hash) VALUES ",
-            4,
-        ),
+/// SQLite: one transaction appending to `logs` logs whose heads are known;
+/// six parameters per log (id, entries, nodes, new size, new frontier, old
+/// size), built once per number of logs.
+fn append_known_sql(logs: usize) -> &'static str {
+    use std::sync::{Mutex, OnceLock};
+    static BUILT: OnceLock<Mutex<HashMap<usize, &'static str>>> = OnceLock::new();
+    let build = |logs: usize| {
+        let mut sql = String::from("BEGIN IMMEDIATE;");
+        for j in 0..logs {
+            let p = |n: usize| format!("${}", j * 6 + n);
+            sql.push_str(&format!(
+                " INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) \
+                 SELECT {id}, json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                 json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), \
+                 json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each({e});\
+                 INSERT INTO audit_nodes (log_id, level, idx, hash) \
+                 SELECT {id}, json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                 json_extract(value, '$[2]') FROM json_each({n});\
+                 UPDATE audit_heads SET size = {size}, frontier = {f} WHERE log_id = {id} AND size = {old};",
+                id = p(1),
+                e = p(2),
+                n = p(3),
+                size = p(4),
+                f = p(5),
+                old = p(6),
+            ));
+        }
+        sql.push_str(" COMMIT;");
+        sql
     };
-    // One statement per power of two: 1, 2, 4 … 64 rows.
-    let all = cell.get_or_init(|| {
-        (0..7)
-            .map(|p| format!("{head}{}", placeholders(1 << p, cols)))
-            .collect()
-    });
-    if !rows.is_power_of_two() {
-        return "";
-    }
-    all.get(rows.trailing_zeros() as usize)
-        .map(String::as_str)
-        .unwrap_or_default()
+    let Some(mut built) = BUILT.get_or_init(Default::default).lock().ok() else {
+        return Box::leak(build(logs).into_boxed_str());
+    };
+    built
+        .entry(logs)
+        .or_insert_with(|| Box::leak(build(logs).into_boxed_str()))
 }
 
 #[derive(Clone, Copy)]
 enum InsertInto {
     Entries,
     Nodes,
+}
+
+impl Store {
+    /// The `INSERT` of a log's new rows (`$1` the log id, `$2` a JSON array
+    /// of rows, each an array of the remaining columns in order).
+    fn audit_insert_sql(&self, table: InsertInto) -> &'static str {
+        match (self.backend, table) {
+            (Backend::Sqlite, InsertInto::Entries) => {
+                "INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) \
+                 SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                 json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), \
+                 json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each($2)"
+            }
+            (Backend::Sqlite, InsertInto::Nodes) => {
+                "INSERT INTO audit_nodes (log_id, level, idx, hash) \
+                 SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+                 json_extract(value, '$[2]') FROM json_each($2)"
+            }
+            (Backend::Postgres, InsertInto::Entries) => {
+                "INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) \
+                 SELECT $1, (value->>0)::BIGINT, value->>1, value->>2, (value->>3)::BIGINT, \
+                 value->>4, value->>5, value->>6 FROM json_array_elements($2::JSON)"
+            }
+            (Backend::Postgres, InsertInto::Nodes) => {
+                "INSERT INTO audit_nodes (log_id, level, idx, hash) \
+                 SELECT $1, (value->>0)::BIGINT, (value->>1)::BIGINT, value->>2 \
+                 FROM json_array_elements($2::JSON)"
+            }
+        }
+    }
 }
 
 /// A bind value of a query whose shape is decided at run time.

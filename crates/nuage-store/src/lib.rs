@@ -14,7 +14,9 @@
 
 mod access_keys;
 mod audit;
+pub mod cache;
 mod compute;
+mod durable;
 mod group_commit;
 mod groups;
 mod idempotency;
@@ -36,7 +38,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use nuage_core::ApiError;
+use nuage_core::{ApiError, ApiResult};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::migrate::{MigrateError, Migrator};
 use sqlx::{AnyPool, Executor};
@@ -68,9 +70,10 @@ pub enum Backend {
 
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// SQLite `synchronous=FULL` (fsync at every commit; survives power loss)
-    /// rather than `NORMAL` (survives a process crash, may lose the last
-    /// commits on power loss).
+    /// SQLite durability: every acknowledged write is on disk before it is
+    /// acknowledged, so it survives power loss (the WAL is fsynced in
+    /// groups, see [`Store::sync_committed`]), rather than `NORMAL`
+    /// (survives a process crash, may lose the last commits on power loss).
     pub sqlite_sync_full: bool,
     pub max_connections: u32,
     /// SQLite reader connections (each is a thread: more than the cores
@@ -113,6 +116,13 @@ pub struct Store {
     epoch: Arc<AtomicU64>,
     /// The group committer of object versions.
     commits: group_commit::Committer,
+    /// Projects read by name or id, which nearly every request does.
+    projects: Arc<projects::ProjectCache>,
+    /// Makes committed writes durable before they are acknowledged.
+    wal_sync: Arc<durable::WalSync>,
+    /// SQLite: each audit log's `(size, frontier)` as this process last
+    /// committed it.
+    audit_heads: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, String)>>>,
 }
 
 impl Store {
@@ -133,25 +143,27 @@ impl Store {
             AnyConnectOptions::from_str(url).map_err(|e| StoreError::Open(e.to_string()))?;
         let store = match backend {
             Backend::Sqlite => {
-                let sync = if opts.sqlite_sync_full {
-                    "FULL"
+                // `FULL` durability is [`Store::sync_committed`]'s group
+                // fsync, not a sync inside each commit (see `durable`).
+                let wal_sync = if opts.sqlite_sync_full {
+                    let file = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                        .map_err(|e| StoreError::Open(e.to_string()))?
+                        .get_filename()
+                        .to_path_buf();
+                    durable::WalSync::for_database(file)
                 } else {
-                    "NORMAL"
+                    durable::WalSync::default()
                 };
-                let pragmas = format!(
-                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = {sync}; \
+                const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                     PRAGMA secure_delete = ON;"
-                );
+                     PRAGMA secure_delete = ON;";
                 let pool = |max: u32| {
-                    let pragmas = pragmas.clone();
                     AnyPoolOptions::new()
                         .max_connections(max)
                         .acquire_timeout(Duration::from_secs(30))
                         .after_connect(move |conn, _| {
-                            let pragmas = pragmas.clone();
                             Box::pin(async move {
-                                conn.execute(pragmas.as_str()).await?;
+                                conn.execute(PRAGMAS).await?;
                                 Ok(())
                             })
                         })
@@ -170,6 +182,9 @@ impl Store {
                     backend,
                     epoch: Arc::default(),
                     commits: Default::default(),
+                    projects: Arc::default(),
+                    wal_sync: Arc::new(wal_sync),
+                    audit_heads: Arc::default(),
                 }
             }
             Backend::Postgres => {
@@ -185,6 +200,9 @@ impl Store {
                     backend,
                     epoch: Arc::default(),
                     commits: Default::default(),
+                    projects: Arc::default(),
+                    wal_sync: Arc::default(),
+                    audit_heads: Arc::default(),
                 }
             }
         };
@@ -217,6 +235,14 @@ impl Store {
     /// hold (principals, tokens, groups, bindings, policies, organizations).
     pub fn bump_epoch(&self) {
         self.epoch.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Returns once everything committed before the call is on disk (with
+    /// SQLite `FULL`; otherwise at once: PostgreSQL commits are durable
+    /// and SQLite `NORMAL` accepts losing the newest on power loss). Call
+    /// it after committing and before acknowledging.
+    pub async fn sync_committed(&self) -> ApiResult<()> {
+        self.wal_sync.sync().await
     }
 
     pub fn backend(&self) -> Backend {

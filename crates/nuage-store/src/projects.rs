@@ -6,10 +6,19 @@ use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
+use crate::cache::{Epoch, TtlCache};
 use crate::orgs::check_generation;
 use crate::{db_err, from_json_text, insert_err, json_text, Store};
 
 const COLS: &str = "id, org_id, name, description, labels, generation, created_at, updated_at";
+
+/// Projects by `(org id, name or id)`; every project change through this
+/// process bumps the epoch after its commit.
+#[derive(Default)]
+pub(crate) struct ProjectCache {
+    epoch: Epoch,
+    rows: TtlCache<(String, String), Project>,
+}
 
 fn row_to_project(r: &AnyRow) -> Result<Project, sqlx::Error> {
     Ok(Project {
@@ -61,7 +70,22 @@ impl Store {
         Ok(())
     }
 
+    /// The project named or identified `name_or_id` in `org_id`, from the
+    /// in-process cache when it holds a fresh copy.
     pub async fn project_get(&self, org_id: &str, name_or_id: &str) -> ApiResult<Option<Project>> {
+        let key = (org_id.to_string(), name_or_id.to_string());
+        let epoch = self.projects.epoch.get();
+        if let Some(p) = self.projects.rows.get(&key, epoch) {
+            return Ok(Some(p));
+        }
+        let found = self.project_read(org_id, name_or_id).await?;
+        if let Some(p) = &found {
+            self.projects.rows.put(key, epoch, p.clone());
+        }
+        Ok(found)
+    }
+
+    async fn project_read(&self, org_id: &str, name_or_id: &str) -> ApiResult<Option<Project>> {
         let row = sqlx::query(&format!(
             "SELECT {COLS} FROM projects WHERE org_id = $1 AND (name = $2 OR id = $2)"
         ))
@@ -133,6 +157,7 @@ impl Store {
             ));
         }
         tx.commit().await.map_err(db_err)?;
+        self.projects.epoch.bump();
         Ok(p)
     }
 
@@ -204,6 +229,7 @@ impl Store {
             .await
             .map_err(db_err)?;
         tx.commit().await.map_err(db_err)?;
+        self.projects.epoch.bump();
         Ok(())
     }
 }

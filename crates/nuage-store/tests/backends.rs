@@ -207,6 +207,8 @@ async fn updates_use_optimistic_concurrency() {
         let (store, o, _) = seeded(&e.url).await;
         let p = project(&o, "web");
         store.project_create(&p, 3).await.expect("create");
+        let cached = store.project_get(&o.id, "web").await.expect("get");
+        assert_eq!(cached.map(|c| c.generation), Some(1), "{}", e.name);
         let p2 = store
             .project_update(&o.id, &p.id, Some(1), |p| {
                 p.description = "one".into();
@@ -231,6 +233,24 @@ async fn updates_use_optimistic_concurrency() {
         assert_eq!(
             now.description, "one",
             "{}: a refused update changed nothing",
+            e.name
+        );
+        assert_eq!(
+            now.generation, 2,
+            "{}: the read after the update is fresh",
+            e.name
+        );
+        store
+            .project_delete(&o.id, &p.id, None)
+            .await
+            .expect("delete");
+        assert!(
+            store
+                .project_get(&o.id, &p.id)
+                .await
+                .expect("get")
+                .is_none(),
+            "{}: a deleted project is not served from the cache",
             e.name
         );
         store.close().await;
@@ -298,7 +318,8 @@ async fn audit_appends_are_gap_free_under_concurrency() {
                         })
                         .collect();
                     let mut advance = |_: &str, size: i64, _: &str, leaves: &[&str]| {
-                        Ok((format!("{}", size + leaves.len() as i64), Vec::new()))
+                        let node = (1, size as u64, format!("n{size}"));
+                        Ok((format!("{}", size + leaves.len() as i64), vec![node]))
                     };
                     got.extend(
                         store
@@ -329,6 +350,44 @@ async fn audit_appends_are_gap_free_under_concurrency() {
             .expect("head")
             .expect("exists");
         assert_eq!((size, frontier.as_str()), (240, "240"), "{}", e.name);
+        let nodes = store
+            .audit_nodes(&o.id, &[(1, 0), (1, 3), (1, 237)])
+            .await
+            .expect("nodes");
+        assert_eq!(nodes.len(), 3, "{}: every batch's nodes are stored", e.name);
+        assert_eq!(nodes.get(&(1, 237)).map(String::as_str), Some("n237"));
+
+        // A second process appending to the same database: the first one's
+        // idea of the head is stale, and its next append must still land
+        // right after the second's entries.
+        let other = Store::open(&e.url, &StoreOptions::default())
+            .await
+            .expect("second store");
+        let one = |t: &str| AuditAppend {
+            log_id: o.id.clone(),
+            leaf_hash: t.into(),
+            body: "{}".into(),
+            time: 1,
+            principal: "p".into(),
+            action: "a".into(),
+            decision: "allow".into(),
+        };
+        let mut advance = |_: &str, size: i64, _: &str, leaves: &[&str]| {
+            Ok((format!("{}", size + leaves.len() as i64), Vec::new()))
+        };
+        let theirs = other
+            .audit_append(&[one("x1"), one("x2")], "0", &mut advance)
+            .await
+            .expect("append through the other store");
+        assert_eq!(theirs, vec![240, 241], "{}", e.name);
+        let ours = store
+            .audit_append(&[one("y1")], "0", &mut advance)
+            .await
+            .expect("append after another writer");
+        assert_eq!(ours, vec![242], "{}", e.name);
+        let head = store.audit_head(&o.id).await.expect("head");
+        assert_eq!(head, Some((243, "243".to_string())), "{}", e.name);
+        other.close().await;
         store.close().await;
     }
 }

@@ -1,0 +1,130 @@
+//! Group commit of SQLite's write-ahead log to disk.
+//!
+//! With `synchronous=FULL` SQLite fsyncs its WAL inside every `COMMIT`,
+//! while the single write connection waits: a project creation then pays
+//! one fsync for its own transaction and another for its audit entry, and
+//! no other write can start meanwhile. Instead every connection runs
+//! `synchronous=NORMAL` (commits are atomic and survive a process crash;
+//! only power loss can drop the newest ones) and whoever acknowledges a
+//! write calls [`Store::sync_committed`](crate::Store::sync_committed):
+//! it returns once an fsync of the WAL that *started after the call* has
+//! finished, so everything committed before the call is on disk. Callers
+//! that arrive while an fsync runs share the next one, and the write
+//! connection commits the next transactions while the disk works.
+//!
+//! Every acknowledged API request waits for its audit entry, which is
+//! committed after the request's own writes on the same connection, so the
+//! audit writer's call covers both. If the WAL file does not exist, nothing
+//! is pending in it: SQLite removes it only after a full checkpoint, which
+//! syncs the database file.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nuage_core::{ApiError, ApiResult};
+
+#[derive(Default)]
+pub(crate) struct WalSync {
+    /// `None`: every commit is already as durable as configured
+    /// (PostgreSQL, or SQLite with `NORMAL` asked for).
+    wal: Option<PathBuf>,
+    /// Tickets handed out: one per call, taken after the caller's commit.
+    requested: AtomicU64,
+    /// Highest ticket covered by a finished fsync.
+    synced: AtomicU64,
+    /// One fsync at a time; waiters behind it share the next one.
+    running: tokio::sync::Mutex<Option<(u64, u64)>>,
+}
+
+impl WalSync {
+    pub(crate) fn for_database(db: PathBuf) -> WalSync {
+        let mut wal = db.into_os_string();
+        wal.push("-wal");
+        WalSync {
+            wal: Some(PathBuf::from(wal)),
+            ..WalSync::default()
+        }
+    }
+
+    pub(crate) async fn sync(&self) -> ApiResult<()> {
+        let Some(path) = &self.wal else {
+            return Ok(());
+        };
+        let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
+        let mut last_file = self.running.lock().await;
+        if self.synced.load(Ordering::Acquire) >= ticket {
+            return Ok(());
+        }
+        // Every ticket up to `upto` was taken after its commit and before
+        // this fsync starts, so this fsync covers all of them.
+        let upto = self.requested.load(Ordering::Acquire);
+        let path = path.clone();
+        let seen = *last_file;
+        let file = tokio::task::spawn_blocking(move || fsync_wal(&path, seen))
+            .await
+            .map_err(|e| ApiError::internal(format!("WAL sync task failed: {e}")))??;
+        if file.is_some() {
+            *last_file = file;
+        }
+        self.synced.fetch_max(upto, Ordering::AcqRel);
+        Ok(())
+    }
+}
+
+/// fsyncs the WAL file (and its directory the first time a given file is
+/// seen, so a newly created WAL's name is durable too). Returns the file's
+/// `(device, inode)`.
+fn fsync_wal(path: &std::path::Path, seen: Option<(u64, u64)>) -> ApiResult<Option<(u64, u64)>> {
+    use std::os::unix::fs::MetadataExt;
+    let failed = |e: std::io::Error| {
+        ApiError::unavailable(format!("cannot flush the database log to disk: {e}"))
+    };
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(failed(e)),
+    };
+    file.sync_data().map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
+    let id = (meta.dev(), meta.ino());
+    if seen != Some(id) {
+        if let Some(dir) = path.parent() {
+            let dir = if dir.as_os_str().is_empty() {
+                std::path::Path::new(".")
+            } else {
+                dir
+            };
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(failed)?;
+        }
+    }
+    Ok(Some(id))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_callers_all_return_once_the_wal_is_flushed() {
+        let dir = std::env::temp_dir().join(format!("nuage-walsync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sync = std::sync::Arc::new(WalSync::for_database(dir.join("db")));
+        // No WAL file yet: nothing is pending.
+        sync.sync().await.expect("sync without a WAL");
+        std::fs::write(dir.join("db-wal"), b"frames").expect("wal");
+        let calls: Vec<_> = (0..16)
+            .map(|_| {
+                let sync = sync.clone();
+                tokio::spawn(async move { sync.sync().await })
+            })
+            .collect();
+        for c in calls {
+            c.await.expect("task").expect("sync");
+        }
+        assert_eq!(sync.synced.load(Ordering::Acquire), 17);
+        assert!(sync.running.lock().await.is_some(), "the WAL file was seen");
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+}
