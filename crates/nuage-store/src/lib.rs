@@ -118,6 +118,8 @@ pub struct Store {
     commits: group_commit::Committer,
     /// Projects read by name or id, which nearly every request does.
     projects: Arc<projects::ProjectCache>,
+    /// Buckets by name with their project's name, read by every S3 request.
+    buckets: Arc<objects::BucketCache>,
     /// Makes committed writes durable before they are acknowledged.
     wal_sync: Arc<durable::WalSync>,
     /// SQLite: each audit log's `(size, frontier)` as this process last
@@ -183,6 +185,7 @@ impl Store {
                     epoch: Arc::default(),
                     commits: Default::default(),
                     projects: Arc::default(),
+                    buckets: Arc::default(),
                     wal_sync: Arc::new(wal_sync),
                     audit_heads: Arc::default(),
                 }
@@ -201,6 +204,7 @@ impl Store {
                     epoch: Arc::default(),
                     commits: Default::default(),
                     projects: Arc::default(),
+                    buckets: Arc::default(),
                     wal_sync: Arc::default(),
                     audit_heads: Arc::default(),
                 }

@@ -38,6 +38,14 @@ pub struct BucketRow {
     pub quota_objects: i64,
 }
 
+/// See [`Store::bucket_get_with_project`]; every change of a bucket's row
+/// but its usage counters bumps the epoch after its commit.
+#[derive(Default)]
+pub(crate) struct BucketCache {
+    pub(crate) epoch: crate::cache::Epoch,
+    pub(crate) rows: crate::cache::TtlCache<String, (BucketRow, Option<String>)>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectRow {
     pub version_id: String,
@@ -373,8 +381,28 @@ impl Store {
     }
 
     /// The bucket named `name` with the name of its project (None when the
-    /// project row is gone), in one read.
+    /// project row is gone), in one read, or from the in-process cache that
+    /// every S3 request reads: its usage counters may lag by up to
+    /// [`crate::cache::CACHE_TTL`] (they are not read from it); any other
+    /// change to the bucket through this process is seen at once.
     pub async fn bucket_get_with_project(
+        &self,
+        name: &str,
+    ) -> ApiResult<Option<(BucketRow, Option<String>)>> {
+        let epoch = self.buckets.epoch.get();
+        if let Some(found) = self.buckets.rows.get(&name.to_string(), epoch) {
+            return Ok(Some(found));
+        }
+        let found = self.bucket_read_with_project(name).await?;
+        if let Some(found) = &found {
+            self.buckets
+                .rows
+                .put(name.to_string(), epoch, found.clone());
+        }
+        Ok(found)
+    }
+
+    async fn bucket_read_with_project(
         &self,
         name: &str,
     ) -> ApiResult<Option<(BucketRow, Option<String>)>> {
@@ -465,7 +493,9 @@ impl Store {
         if done.rows_affected() != 1 {
             return Err(ApiError::not_found("bucket", id));
         }
-        tx.commit().await.map_err(db_err)
+        tx.commit().await.map_err(db_err)?;
+        self.buckets.epoch.bump();
+        Ok(())
     }
 
     pub async fn object_get(&self, bucket_id: &str, key: &str) -> ApiResult<Option<ObjectRow>> {
@@ -534,6 +564,7 @@ impl Store {
         .execute(&self.write)
         .await
         .map_err(db_err)?;
+        self.buckets.epoch.bump();
         if done.rows_affected() != 1 {
             return Err(ApiError::not_found("bucket", id));
         }
@@ -608,6 +639,7 @@ impl Store {
         .execute(&self.write)
         .await
         .map_err(db_err)?;
+        self.buckets.epoch.bump();
         Ok(done.rows_affected() == 1)
     }
 

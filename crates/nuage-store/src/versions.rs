@@ -326,6 +326,7 @@ impl Store {
             .execute(&self.write)
             .await
             .map_err(db_err)?;
+        self.buckets.epoch.bump();
         Ok(())
     }
 
@@ -351,6 +352,7 @@ impl Store {
             .execute(&self.write)
             .await
             .map_err(db_err)?;
+        self.buckets.epoch.bump();
         Ok(())
     }
 

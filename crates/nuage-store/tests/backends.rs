@@ -582,3 +582,51 @@ async fn concurrent_object_puts_commit_in_groups_and_fail_alone() {
         assert_eq!(taken.map(|t| t.version_id), Some("obv_taken_0".into()));
     }
 }
+
+/// Every S3 request reads its bucket through the store's cache: a change
+/// made through the store is seen by the next read, a deletion at once.
+#[tokio::test]
+async fn bucket_reads_see_every_change_at_once() {
+    for e in engines().await {
+        let (store, o, u) = seeded(&e.url).await;
+        let b = bucket_with_key(&store, &o, &u, 0).await;
+        let read = |store: Store, name: String| async move {
+            store
+                .bucket_get_with_project(&name)
+                .await
+                .expect("read")
+                .map(|(b, project)| (b.settings, b.quota_objects, project))
+        };
+        let first = read(store.clone(), b.name.clone()).await;
+        assert_eq!(
+            first,
+            Some((String::new(), 0, Some("objects".to_string()))),
+            "{}",
+            e.name
+        );
+        assert!(store
+            .bucket_set_settings(&b.id, "", "{\"public_read\":true}")
+            .await
+            .expect("settings"));
+        store.bucket_set_quota(&b.id, 0, 7).await.expect("quota");
+        let now = read(store.clone(), b.name.clone()).await;
+        assert_eq!(
+            now,
+            Some((
+                "{\"public_read\":true}".to_string(),
+                7,
+                Some("objects".to_string())
+            )),
+            "{}: a cached bucket hid a change",
+            e.name
+        );
+        store.bucket_delete(&b.id).await.expect("delete");
+        assert_eq!(
+            read(store.clone(), b.name.clone()).await,
+            None,
+            "{}: a deleted bucket is still served",
+            e.name
+        );
+        store.close().await;
+    }
+}
