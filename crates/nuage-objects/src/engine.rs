@@ -8,6 +8,11 @@
 //! is on disk and in the store. The replaced version's body and data key go
 //! after the commit (a crash there leaves garbage, not loss).
 //!
+//! Small bodies (up to [`INLINE_BODY`]) skip the file: the same sealed
+//! stream is kept in the version row and commits with it, in the store's
+//! group commit, which is what makes a small PUT cheap (no file creation,
+//! rename or fsync of its own).
+//!
 //! Every version has its own data key from the key service, wrapped by the
 //! bucket's project key; metadata is sealed under that same data key.
 //!
@@ -46,6 +51,11 @@ const READ_CHUNKS: u64 = 16;
 /// Bodies up to this size are gathered in memory and written in one
 /// blocking task; larger ones stream.
 const SMALL_BODY: u64 = 4 * DEFAULT_CHUNK_SIZE as u64;
+
+/// Bodies up to this size (plaintext) are kept sealed in their version row
+/// instead of a file: they then commit with the row, in its group, with no
+/// file creation, rename or fsync of their own (see migration 0012).
+const INLINE_BODY: u64 = 16 * 1024;
 
 /// Age after which a data key without its version or part is garbage.
 const ORPHAN_KEY_AGE_MS: i64 = 24 * 3600 * 1000;
@@ -122,6 +132,8 @@ pub struct Opened {
     why: Purpose,
     /// The client's key of an SSE-C object, once [`Opened::unlock`]ed.
     customer: Option<CustomerKey>,
+    /// The sealed body of a version kept in its row.
+    inline: Option<Bytes>,
 }
 
 impl Opened {
@@ -142,6 +154,8 @@ struct Written {
     /// The body's checksum (base64) in the algorithm of its `BodyCheck`.
     checksum: String,
     guard: TempFile,
+    /// The sealed body, when it stays in the version row (no file).
+    inline: Option<Vec<u8>>,
 }
 
 /// Removes a temporary file unless the write it belongs to completed
@@ -306,7 +320,9 @@ impl Engine {
     }
 
     /// Streams `body` through the chunked AEAD into a temporary file, then
-    /// fsyncs and renames it to `final_path` (fsyncing the directory).
+    /// fsyncs and renames it to `final_path` (fsyncing the directory); a
+    /// body of at most `inline_max` bytes is only sealed, for its row.
+    #[allow(clippy::too_many_arguments)]
     async fn write_body<S, E>(
         &self,
         key: &SecretKey,
@@ -315,6 +331,7 @@ impl Engine {
         final_path: PathBuf,
         mut body: S,
         check: &BodyCheck,
+        inline_max: u64,
     ) -> Result<Written, PutError>
     where
         S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -341,7 +358,7 @@ impl Engine {
         };
         if ended {
             return self
-                .write_small(key, aad, id, final_path, &head, head_len, check)
+                .write_small(key, aad, id, final_path, &head, head_len, check, inline_max)
                 .await;
         }
         let mut body = futures::stream::iter(head.into_iter().map(Ok::<Bytes, E>)).chain(body);
@@ -420,6 +437,7 @@ impl Engine {
             md5,
             checksum,
             guard,
+            inline: None,
         })
     }
 
@@ -437,6 +455,7 @@ impl Engine {
         pieces: &[Bytes],
         total: u64,
         check: &BodyCheck,
+        inline_max: u64,
     ) -> Result<Written, PutError> {
         let mut md5 = Md5::new();
         let mut sum = check.algo.hasher();
@@ -470,6 +489,15 @@ impl Engine {
             sealed.extend_from_slice(&buf);
         }
         drop(plain);
+        if total <= inline_max {
+            return Ok(Written {
+                total,
+                md5,
+                checksum,
+                guard: TempFile(None),
+                inline: Some(sealed),
+            });
+        }
 
         let tmp_path = self.dir.join("tmp").join(id);
         let parent = final_path
@@ -510,6 +538,7 @@ impl Engine {
             md5,
             checksum,
             guard,
+            inline: None,
         })
     }
 
@@ -561,6 +590,7 @@ impl Engine {
                 self.body_path(&version_id),
                 body,
                 check,
+                INLINE_BODY,
             )
             .await;
         let mut written = written?;
@@ -581,6 +611,7 @@ impl Engine {
             sealed_meta: self.seal_meta(&dk.key, &bucket.id, &version_id, &meta)?,
             created_at: now_ms(),
             part_count: 0,
+            inline_body: written.inline.take().map(|b| B64.encode(b)),
         };
         let placed = self.store.object_put(Some(&dek_row), &row, cond).await?;
         written.guard.0 = None;
@@ -665,6 +696,7 @@ impl Engine {
                 self.part_path(&part_id),
                 body,
                 check,
+                0,
             )
             .await;
         let mut written = match written {
@@ -784,6 +816,7 @@ impl Engine {
             sealed_meta,
             created_at: now_ms(),
             part_count: i64::try_from(listed.len()).unwrap_or(i64::MAX),
+            inline_body: None,
         };
         let done = self
             .store
@@ -833,7 +866,7 @@ impl Engine {
             self.discard_part(p).await;
         }
         let old = &old.row;
-        if old.part_count == 0 {
+        if old.part_count == 0 && old.inline_body.is_none() {
             if let Err(e) = tokio::fs::remove_file(self.body_path(&old.version_id)).await {
                 tracing::warn!(error = %e, version = %old.version_id, "old object body not removed");
             }
@@ -873,6 +906,15 @@ impl Engine {
         } else {
             Vec::new()
         };
+        let inline = match row.inline_body.as_deref() {
+            Some(b) => Some(Bytes::from(B64.decode(b).map_err(|_| {
+                ApiError::internal(format!(
+                    "the stored body of version {} does not decode",
+                    row.version_id
+                ))
+            })?)),
+            None => None,
+        };
         Ok((
             Opened {
                 row,
@@ -882,6 +924,7 @@ impl Engine {
                 project_id: bucket.project_id.clone(),
                 why: why.clone(),
                 customer: None,
+                inline,
             },
             used,
         ))
@@ -910,18 +953,24 @@ impl Engine {
         offset: u64,
         len: u64,
     ) -> impl Stream<Item = std::io::Result<Bytes>> + Send + 'static {
-        /// One encrypted file and where its plaintext sits in the object.
+        /// One sealed stream (a file, or the row's inline body) and where
+        /// its plaintext sits in the object.
         struct Segment {
             path: PathBuf,
+            inline: Option<Bytes>,
             start: u64,
             len: u64,
             aad: Vec<u8>,
             /// The data key, or (id, owner) to unwrap it.
             key: Result<SecretKey, (String, String)>,
         }
+        enum Source {
+            File(tokio::fs::File),
+            Memory(Bytes),
+        }
         struct Cur {
             index: usize,
-            file: tokio::fs::File,
+            src: Source,
             header: Vec<u8>,
             chunk_size: u64,
             dek: SecretKey,
@@ -939,6 +988,7 @@ impl Engine {
         let segs = if o.parts.is_empty() {
             vec![Segment {
                 path: self.body_path(&o.row.version_id),
+                inline: o.inline.clone(),
                 start: 0,
                 len: u64::try_from(o.row.size).unwrap_or(0),
                 aad: body_aad(&o.row.bucket_id, &o.row.version_id),
@@ -952,6 +1002,7 @@ impl Engine {
                     let len = u64::try_from(p.size).unwrap_or(0);
                     let s = Segment {
                         path: self.part_path(&p.part_id),
+                        inline: None,
                         start,
                         len,
                         aad: part_aad(&o.row.bucket_id, &p.part_id),
@@ -997,13 +1048,24 @@ impl Engine {
                     Some(c) => c.body_key(&dek),
                     None => dek,
                 };
-                let mut file = tokio::fs::File::open(&seg.path).await?;
-                let mut h = vec![0u8; HEADER_LEN];
-                file.read_exact(&mut h).await?;
+                let (src, h) = match &seg.inline {
+                    Some(b) => {
+                        let h = b.get(..HEADER_LEN).ok_or_else(|| {
+                            std::io::Error::other("the stored body is shorter than its header")
+                        })?;
+                        (Source::Memory(b.clone()), h.to_vec())
+                    }
+                    None => {
+                        let mut file = tokio::fs::File::open(&seg.path).await?;
+                        let mut h = vec![0u8; HEADER_LEN];
+                        file.read_exact(&mut h).await?;
+                        (Source::File(file), h)
+                    }
+                };
                 let parsed = stream::Header::parse(&h).map_err(std::io::Error::other)?;
                 st.cur = Some(Cur {
                     index,
-                    file,
+                    src,
                     header: h,
                     chunk_size: parsed.chunk_size() as u64,
                     dek,
@@ -1020,11 +1082,20 @@ impl Engine {
             let piece_len = piece_end - local;
             let span = stream::chunk_span(seg.len, cur.chunk_size as usize, local, piece_len)
                 .map_err(std::io::Error::other)?;
-            let mut fetched = vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
-            cur.file
-                .seek(std::io::SeekFrom::Start(span.ciphertext.start))
-                .await?;
-            cur.file.read_exact(&mut fetched).await?;
+            let fetched = match &mut cur.src {
+                Source::Memory(b) => b
+                    .get(span.ciphertext.start as usize..span.ciphertext.end as usize)
+                    .ok_or_else(|| std::io::Error::other("the stored body is truncated"))?
+                    .to_vec(),
+                Source::File(file) => {
+                    let mut fetched =
+                        vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
+                    file.seek(std::io::SeekFrom::Start(span.ciphertext.start))
+                        .await?;
+                    file.read_exact(&mut fetched).await?;
+                    fetched
+                }
+            };
             let plain = stream::decrypt_range(
                 &cur.dek,
                 &seg.aad,
@@ -1063,6 +1134,9 @@ impl Engine {
             Some(c) => c.body_key(&o.dek),
             None => o.dek.clone(),
         };
+        if let Some(b) = &o.inline {
+            return Some(decrypt_sealed(&dek, &aad, b, size, offset, len));
+        }
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
             use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
@@ -1160,6 +1234,28 @@ pub struct Listing {
 }
 
 /// Opens metadata sealed by `Engine::seal_meta`.
+/// Plaintext bytes `offset .. offset + len` of a sealed stream in memory.
+fn decrypt_sealed(
+    dek: &SecretKey,
+    aad: &[u8],
+    sealed: &[u8],
+    size: u64,
+    offset: u64,
+    len: u64,
+) -> std::io::Result<Bytes> {
+    let truncated = || std::io::Error::other("the stored body is truncated");
+    let header = sealed.get(..HEADER_LEN).ok_or_else(truncated)?;
+    let parsed = stream::Header::parse(header).map_err(std::io::Error::other)?;
+    let span = stream::chunk_span(size, parsed.chunk_size(), offset, len)
+        .map_err(std::io::Error::other)?;
+    let fetched = sealed
+        .get(span.ciphertext.start as usize..span.ciphertext.end as usize)
+        .ok_or_else(truncated)?;
+    let plain = stream::decrypt_range(dek, aad, header, size, fetched, offset, len)
+        .map_err(std::io::Error::other)?;
+    Ok(Bytes::from(plain))
+}
+
 fn open_meta(dek: &SecretKey, bucket_id: &str, version_id: &str, sealed: &str) -> ApiResult<Meta> {
     let sealed = B64
         .decode(sealed)

@@ -57,8 +57,12 @@ pub struct ObjectRow {
     /// Base64 of the metadata sealed under the object's data key.
     pub sealed_meta: String,
     pub created_at: i64,
-    /// Part files making up the body (0: a single body file).
+    /// Part files making up the body (0: a single body file, or inline).
     pub part_count: i64,
+    /// Base64 of the sealed body of a small object kept in its row (None:
+    /// the body is in a file or in parts). Listings do not load bodies:
+    /// there an inline body reads as `Some("")`.
+    pub inline_body: Option<String>,
 }
 
 /// A multipart upload in progress. It reserves the version id (with its
@@ -123,7 +127,11 @@ pub(crate) const BUCKET_COLS: &str =
     "id, org_id, project_id, name, key_id, key_name, created_by, generation, created_at, updated_at, \
      settings, used_bytes, used_objects, quota_bytes, quota_objects";
 pub(crate) const OBJECT_COLS: &str = "version_id, bucket_id, object_key, size, etag, data_key_id, \
-     sealed_meta, created_at, part_count";
+     sealed_meta, created_at, part_count, inline_body";
+/// [`OBJECT_COLS`] for listings: an inline body only as a marker.
+pub(crate) const OBJECT_LIST_COLS: &str = "version_id, bucket_id, object_key, size, etag, \
+     data_key_id, sealed_meta, created_at, part_count, \
+     CASE WHEN inline_body IS NULL THEN NULL ELSE '' END AS inline_body";
 const UPLOAD_COLS: &str = "upload_id, bucket_id, object_key, version_id, data_key_id, \
      sealed_meta, created_by, created_at";
 pub(crate) const PART_COLS: &str =
@@ -160,6 +168,7 @@ pub(crate) fn row_to_object(r: &AnyRow) -> Result<ObjectRow, sqlx::Error> {
         sealed_meta: r.try_get("sealed_meta")?,
         created_at: r.try_get("created_at")?,
         part_count: r.try_get("part_count")?,
+        inline_body: r.try_get("inline_body")?,
     })
 }
 
@@ -315,8 +324,8 @@ pub(crate) async fn insert_object(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO objects (version_id, bucket_id, object_key, key_hex, is_current, size, \
-         etag, data_key_id, sealed_meta, created_at, part_count) \
-         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10)",
+         etag, data_key_id, sealed_meta, created_at, part_count, inline_body) \
+         VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&o.version_id)
     .bind(&o.bucket_id)
@@ -328,6 +337,7 @@ pub(crate) async fn insert_object(
     .bind(&o.sealed_meta)
     .bind(o.created_at)
     .bind(o.part_count)
+    .bind(&o.inline_body)
     .execute(&mut *conn)
     .await?;
     account(conn, &o.bucket_id, o.size, 1).await
@@ -665,7 +675,7 @@ impl Store {
         // Every hex digit sorts before 'g': `prefix ‖ 'g'` bounds the prefix.
         let upper = format!("{prefix_hex}g");
         let rows = sqlx::query(&format!(
-            "SELECT {OBJECT_COLS} FROM objects WHERE bucket_id = $1 AND is_current = 1 \
+            "SELECT {OBJECT_LIST_COLS} FROM objects WHERE bucket_id = $1 AND is_current = 1 \
              AND key_hex >= $2 AND key_hex < $3 AND key_hex > $4 ORDER BY key_hex LIMIT $5"
         ))
         .bind(bucket_id)

@@ -19,7 +19,7 @@ use sqlx::Row;
 
 use crate::objects::{
     account, insert_object, row_to_bucket, row_to_object, row_to_part, take_current, BUCKET_COLS,
-    OBJECT_COLS, PART_COLS,
+    OBJECT_COLS, OBJECT_LIST_COLS, PART_COLS,
 };
 use crate::{db_err, is_unique_violation, key_hex, BucketRow, ObjectRow, PartRow, Replaced, Store};
 
@@ -238,8 +238,9 @@ async fn insert_latest(
 ) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO objects (version_id, bucket_id, object_key, key_hex, is_current, size, \
-         etag, data_key_id, sealed_meta, created_at, part_count, is_marker, null_version, seq) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+         etag, data_key_id, sealed_meta, created_at, part_count, is_marker, null_version, seq, \
+         inline_body) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)",
     )
     .bind(&o.version_id)
     .bind(&o.bucket_id)
@@ -255,6 +256,7 @@ async fn insert_latest(
     .bind(i64::from(marker))
     .bind(i64::from(null))
     .bind(seq)
+    .bind(&o.inline_body)
     .execute(&mut *conn)
     .await?;
     account(conn, &o.bucket_id, o.size, 1).await
@@ -309,6 +311,7 @@ fn marker_row(bucket_id: &str, key: &str, version_id: &str, now: i64) -> ObjectR
         sealed_meta: String::new(),
         created_at: now,
         part_count: 0,
+        inline_body: None,
     }
 }
 
@@ -424,7 +427,7 @@ impl Store {
         let same_key = if after_seq.is_some() { after_hex } else { "" };
         let upper = format!("{prefix_hex}g");
         let rows = sqlx::query(&format!(
-            "SELECT {OBJECT_COLS}, {FLAG_COLS} FROM objects WHERE bucket_id = $1 \
+            "SELECT {OBJECT_LIST_COLS}, {FLAG_COLS} FROM objects WHERE bucket_id = $1 \
              AND key_hex >= $2 AND key_hex < $3 \
              AND (key_hex > $4 OR (key_hex = $5 AND seq < $6)) \
              ORDER BY key_hex, seq DESC LIMIT $7"

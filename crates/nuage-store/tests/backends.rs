@@ -497,6 +497,7 @@ fn version(b: &BucketRow, key: &str, n: usize) -> (DataKeyRow, ObjectRow) {
         sealed_meta: String::new(),
         created_at: 1,
         part_count: 0,
+        inline_body: None,
     };
     (dek, row)
 }

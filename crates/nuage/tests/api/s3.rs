@@ -549,6 +549,25 @@ async fn s3_iam_isolation_audit_encryption() {
     .await;
     let parts = files_under(&s.data_dir.join("objects/parts"));
     assert_eq!(parts.len(), 2, "part files: {parts:?}");
+    // and a small one, whose sealed body lives in its row in the database
+    let small = canary.repeat(20);
+    std::fs::write(aws.path("canary-small.bin"), &small).unwrap();
+    aws.ok(
+        &key,
+        &[
+            "s3",
+            "cp",
+            &aws.path("canary-small.bin"),
+            "s3://secret-stuff/canary-small.bin",
+        ],
+    )
+    .await;
+    let bodies = files_under(&s.data_dir.join("objects/bodies"));
+    assert_eq!(
+        bodies.len(),
+        1,
+        "only the large single PUT has a file: {bodies:?}"
+    );
 
     // nothing in clear in the data directory (bodies, parts, database, logs)
     for f in files_under(&s.data_dir) {
@@ -575,6 +594,22 @@ async fn s3_iam_isolation_audit_encryption() {
     )
     .await;
     assert!(std::fs::read(aws.path("v.bin")).unwrap() == body);
+    aws.ok(
+        &vkey,
+        &[
+            "s3api",
+            "get-object",
+            "--bucket",
+            "secret-stuff",
+            "--key",
+            "canary-small.bin",
+            "--range",
+            "bytes=40-99",
+            &aws.path("vs.bin"),
+        ],
+    )
+    .await;
+    assert_eq!(std::fs::read(aws.path("vs.bin")).unwrap(), &small[40..100]);
     aws.fails(
         &vkey,
         &[
@@ -903,15 +938,24 @@ const DAY_MS: i64 = 86_400_000;
 
 /// Data key owners (object version and part ids) in the key service's table.
 async fn data_key_owners(db_url: &str) -> Vec<String> {
+    column_of(db_url, "SELECT owner AS v FROM kms_data_keys").await
+}
+
+/// Version ids in the object table (whose rows hold small bodies).
+async fn version_rows(db_url: &str) -> Vec<String> {
+    column_of(db_url, "SELECT version_id AS v FROM objects").await
+}
+
+async fn column_of(db_url: &str, sql: &str) -> Vec<String> {
     use sqlx::{Connection, Row};
     sqlx::any::install_default_drivers();
     let mut c = sqlx::AnyConnection::connect(db_url).await.unwrap();
-    sqlx::query("SELECT owner FROM kms_data_keys")
+    sqlx::query(sql)
         .fetch_all(&mut c)
         .await
         .unwrap()
         .iter()
-        .map(|r| r.get::<String, _>("owner"))
+        .map(|r| r.get::<String, _>("v"))
         .collect()
 }
 
@@ -1231,13 +1275,16 @@ async fn lifecycle_pass(s: Srv, db_url: &str) {
     assert_eq!(plain["Contents"].as_array().unwrap().len(), 1, "{plain}");
     assert_eq!(plain["Contents"][0]["Key"], "other/z");
 
-    // removed versions are crypto-shredded: no body file, no data key
+    // removed versions are crypto-shredded: no row (small bodies live in
+    // it), no body file, no data key
     let owners = data_key_owners(db_url).await;
+    let rows = version_rows(db_url).await;
     for v in [&a1, &a2, &b1, &c1, &hist[0], &hist[1]] {
+        assert!(!rows.contains(v), "version {v} left in the store");
         assert!(!body_file(&s, v).exists(), "body of {v} left on disk");
         assert!(!owners.contains(v), "data key of {v} left in the store");
     }
-    assert!(body_file(&s, &kept).exists());
+    assert!(rows.contains(&kept));
     assert!(owners.contains(&kept));
 
     // every action is audited, as the lifecycle rules' doing
