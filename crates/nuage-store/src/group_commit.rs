@@ -10,6 +10,7 @@
 //! sharing PostgreSQL, say — is retried one PUT per transaction, so one
 //! PUT's trouble never fails its neighbours.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 
@@ -19,7 +20,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::kms::DataKeyRow;
 use crate::objects::{put_on, ObjectRow, WriteIf};
-use crate::versions::Placed;
+use crate::versions::{bucket_terms, BucketTerms, Placed};
 use crate::{db_err, is_unique_violation};
 
 /// The most PUTs one transaction carries.
@@ -142,9 +143,18 @@ async fn commit_group(
 ) -> Result<Vec<ApiResult<Placed>>, sqlx::Error> {
     let mut tx = write.begin().await?;
     let mut out = Vec::with_capacity(group.len());
+    let mut terms: HashMap<&str, BucketTerms> = HashMap::new();
     for j in group {
+        let t = match terms.get(j.row.bucket_id.as_str()) {
+            Some(t) => *t,
+            None => {
+                let t = bucket_terms(&mut tx, &j.row.bucket_id).await?;
+                terms.insert(&j.row.bucket_id, t);
+                t
+            }
+        };
         let mut one = tx.begin().await?;
-        match put_on(&mut one, j.dek.as_ref(), &j.row, &j.cond).await? {
+        match put_on(&mut one, j.dek.as_ref(), &j.row, &j.cond, Some(t)).await? {
             Ok(placed) => {
                 one.commit().await?;
                 out.push(Ok(placed));
@@ -165,7 +175,7 @@ async fn commit_alone(write: &AnyPool, j: &Job) -> ApiResult<Placed> {
         tries += 1;
         let attempt = async {
             let mut tx = write.begin().await?;
-            let r = put_on(&mut tx, j.dek.as_ref(), &j.row, &j.cond).await?;
+            let r = put_on(&mut tx, j.dek.as_ref(), &j.row, &j.cond, None).await?;
             if r.is_ok() {
                 tx.commit().await?;
             }

@@ -12,7 +12,7 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::kms::{insert_data_key, DataKeyRow};
-use crate::versions::{place_version, Placed};
+use crate::versions::{place_version, place_version_as, BucketTerms, Placed};
 use crate::{db_err, insert_err, is_unique_violation, Store};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -1063,6 +1063,7 @@ pub(crate) async fn put_on(
     dek: Option<&DataKeyRow>,
     o: &ObjectRow,
     cond: &WriteIf,
+    terms: Option<BucketTerms>,
 ) -> Result<ApiResult<Placed>, sqlx::Error> {
     let hex = key_hex(&o.key);
     if *cond != WriteIf::Always {
@@ -1090,9 +1091,14 @@ pub(crate) async fn put_on(
     if let Some(d) = dek {
         insert_data_key(conn, d).await?;
     }
-    let placed = place_version(conn, o, &hex).await?;
-    if let Some(e) = over_quota(conn, &o.bucket_id).await? {
-        return Ok(Err(e));
+    let placed = match terms {
+        Some(t) => place_version_as(conn, o, &hex, t.mode).await?,
+        None => place_version(conn, o, &hex).await?,
+    };
+    if terms.is_none_or(|t| t.quotas) {
+        if let Some(e) = over_quota(conn, &o.bucket_id).await? {
+            return Ok(Err(e));
+        }
     }
     Ok(Ok(placed))
 }

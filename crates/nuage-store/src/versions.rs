@@ -143,6 +143,53 @@ async fn mode_of(
         .unwrap_or(Versioning::Off))
 }
 
+/// What a group of PUTs reads once per bucket instead of once per PUT:
+/// its versioning, and whether any quota (the bucket's or its project's)
+/// applies. Nothing in a group of PUTs changes either.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BucketTerms {
+    pub mode: Versioning,
+    pub quotas: bool,
+}
+
+pub(crate) async fn bucket_terms(
+    conn: &mut sqlx::AnyConnection,
+    bucket_id: &str,
+) -> Result<BucketTerms, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT b.versioning, b.quota_bytes, b.quota_objects, \
+           p.storage_quota_bytes, p.storage_quota_objects \
+         FROM buckets b JOIN projects p ON p.id = b.project_id WHERE b.id = $1",
+    )
+    .bind(bucket_id)
+    .fetch_optional(&mut *conn)
+    .await?;
+    let Some(r) = row else {
+        // A bucket deleted meanwhile: the per-PUT path decides.
+        return Ok(BucketTerms {
+            mode: Versioning::Off,
+            quotas: true,
+        });
+    };
+    let mode: Option<String> = r.try_get("versioning")?;
+    let mut quotas = false;
+    for c in [
+        "quota_bytes",
+        "quota_objects",
+        "storage_quota_bytes",
+        "storage_quota_objects",
+    ] {
+        quotas |= r.try_get::<i64, _>(c)? > 0;
+    }
+    Ok(BucketTerms {
+        mode: mode
+            .as_deref()
+            .and_then(Versioning::parse)
+            .unwrap_or(Versioning::Off),
+        quotas,
+    })
+}
+
 async fn next_seq(
     conn: &mut sqlx::AnyConnection,
     bucket_id: &str,
@@ -269,7 +316,18 @@ pub(crate) async fn place_version(
     o: &ObjectRow,
     hex: &str,
 ) -> Result<Placed, sqlx::Error> {
-    match mode_of(conn, &o.bucket_id).await? {
+    let mode = mode_of(conn, &o.bucket_id).await?;
+    place_version_as(conn, o, hex, mode).await
+}
+
+/// [`place_version`] in a bucket whose versioning state is known.
+pub(crate) async fn place_version_as(
+    conn: &mut sqlx::AnyConnection,
+    o: &ObjectRow,
+    hex: &str,
+    mode: Versioning,
+) -> Result<Placed, sqlx::Error> {
+    match mode {
         Versioning::Off => {
             let replaced = take_current(conn, &o.bucket_id, hex).await?;
             insert_object(conn, o, hex).await?;

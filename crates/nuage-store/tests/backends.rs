@@ -9,7 +9,7 @@ use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, Ro
 use nuage_core::page::PageRequest;
 use nuage_store::{
     AuditAppend, BucketRow, DataKeyRow, KeyRow, KeyVersionRow, ObjectRow, Store, StoreError,
-    StoreOptions, WriteIf,
+    StoreOptions, Versioning, WriteIf,
 };
 use sqlx::Connection;
 
@@ -500,6 +500,73 @@ fn version(b: &BucketRow, key: &str, n: usize) -> (DataKeyRow, ObjectRow) {
         inline_body: None,
     };
     (dek, row)
+}
+
+/// In a versioned bucket, concurrent PUTs of one key committed in groups
+/// each become a version of their own, the last committed the latest; a
+/// small body kept in its row comes back whole from a read of the row and
+/// only as a marker from a listing.
+#[tokio::test(flavor = "current_thread")]
+async fn grouped_puts_in_a_versioned_bucket_keep_every_version_and_inline_bodies() {
+    for e in engines().await {
+        let (store, o, u) = seeded(&e.url).await;
+        let b = bucket_with_key(&store, &o, &u, 0).await;
+        store
+            .bucket_versioning_set(&b.id, Versioning::Enabled)
+            .await
+            .expect("versioning on");
+        let before = store.object_commit_stats();
+        let jobs: Vec<_> = (1..=24)
+            .map(|n| {
+                let (dek, mut row) = version(&b, "same", n);
+                row.inline_body = Some(format!("c2VhbGVk{n:02}"));
+                (dek, row)
+            })
+            .collect();
+        let results = futures::future::join_all(
+            jobs.iter()
+                .map(|(dek, row)| store.object_put(Some(dek), row, &WriteIf::Always)),
+        )
+        .await;
+        let after = store.object_commit_stats();
+        assert!(
+            after.transactions - before.transactions < 24,
+            "{}: no group formed",
+            e.name
+        );
+        for ((_, row), r) in jobs.iter().zip(&results) {
+            let placed = r.as_ref().expect("put");
+            assert_eq!(placed.version_id.as_deref(), Some(row.version_id.as_str()));
+            assert!(
+                placed.replaced.is_none(),
+                "{}: a version was replaced",
+                e.name
+            );
+        }
+        let listed = store
+            .version_list(&b.id, "", "", None, 100)
+            .await
+            .expect("list versions");
+        assert_eq!(listed.len(), 24, "{}", e.name);
+        assert_eq!(listed.iter().filter(|v| v.latest).count(), 1, "{}", e.name);
+        assert!(
+            listed
+                .iter()
+                .all(|v| v.row.inline_body.as_deref() == Some("")),
+            "{}: listings carry bodies",
+            e.name
+        );
+        let latest = store
+            .object_get(&b.id, "same")
+            .await
+            .expect("get")
+            .expect("a current version");
+        let (_, want) = jobs
+            .iter()
+            .find(|(_, r)| r.version_id == latest.version_id)
+            .expect("the latest is one of the puts");
+        assert_eq!(latest.inline_body, want.inline_body, "{}", e.name);
+    }
 }
 
 /// Concurrent PUTs share one transaction, yet each is judged alone: a
