@@ -2,9 +2,10 @@
 //!
 //! Concurrent PUTs hand their rows to one task, which writes every PUT that
 //! queued while the previous group committed in a single transaction, each
-//! under its own savepoint: a refused condition or quota rolls back that PUT
-//! alone, and the commit (with its fsync) is paid once per group instead of
-//! once per object. The data key of each version rides in the same group.
+//! under its own savepoint when a quota applies: a refused condition or
+//! quota rolls back that PUT alone, and the commit (with its fsync) is paid
+//! once per group instead of once per object. The data key of each version
+//! rides in the same group.
 //!
 //! A group that fails as a whole — a unique-key race with another server
 //! sharing PostgreSQL, say — is retried one PUT per transaction, so one
@@ -153,6 +154,12 @@ async fn commit_group(
                 t
             }
         };
+        if !t.quotas {
+            // Without a quota, a PUT is refused (a failed condition) only
+            // before it writes anything: no savepoint to roll back to.
+            out.push(put_on(&mut tx, j.dek.as_ref(), &j.row, &j.cond, Some(t)).await?);
+            continue;
+        }
         let mut one = tx.begin().await?;
         match put_on(&mut one, j.dek.as_ref(), &j.row, &j.cond, Some(t)).await? {
             Ok(placed) => {

@@ -526,11 +526,33 @@ async fn grouped_puts_in_a_versioned_bucket_keep_every_version_and_inline_bodies
         let results = futures::future::join_all(
             jobs.iter()
                 .map(|(dek, row)| store.object_put(Some(dek), row, &WriteIf::Always)),
+        );
+        // Refused in the same group (no quota: no savepoint) and leaving
+        // nothing behind: a condition that does not hold.
+        let (refused_dek, refused) = version(&b, "same", 99);
+        let (results, refusal) = futures::future::join(
+            results,
+            store.object_put(
+                Some(&refused_dek),
+                &refused,
+                &WriteIf::ETag("not-this".into()),
+            ),
         )
         .await;
+        let err = refusal.expect_err("a failed condition is refused");
+        assert_eq!(err.status.as_u16(), 412, "{}: {err:?}", e.name);
+        assert!(
+            store
+                .kms_data_key_get(&refused_dek.id)
+                .await
+                .expect("dek get")
+                .is_none(),
+            "{}: the refused put kept its key",
+            e.name
+        );
         let after = store.object_commit_stats();
         assert!(
-            after.transactions - before.transactions < 24,
+            after.transactions - before.transactions < 25,
             "{}: no group formed",
             e.name
         );
