@@ -76,7 +76,8 @@ struct ServerArgs {
     /// Days audit entries are kept (at least 183).
     #[arg(long, default_value_t = 365)]
     audit_retention_days: u32,
-    /// SQLite durability: `full` survives power loss, `normal` a process crash.
+    /// SQLite durability: `full` survives power loss (the WAL is fsynced, in
+    /// groups, before any write is acknowledged), `normal` a process crash.
     #[arg(long, default_value = "full", value_parser = ["full", "normal"])]
     sqlite_sync: String,
     /// Installation name used in audit checkpoints.
