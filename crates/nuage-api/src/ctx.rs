@@ -67,6 +67,86 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     }
 }
 
+/// Route layer of the agent routes: authenticates a node's credential (an
+/// enrolled `nuage agent`), never a person's token, and names the node in
+/// the platform's audit log.
+pub async fn authenticate_node(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let slot = req
+        .extensions()
+        .get::<AuditSlot>()
+        .cloned()
+        .unwrap_or_default();
+    let token = match bearer(req.headers()) {
+        Ok(t) => t.to_string(),
+        Err(e) => return Failure(e).into_response(),
+    };
+    match nuage_compute::nodes::authenticate(&state.store, &token).await {
+        Ok(node) => {
+            slot.update(|a| {
+                a.principal_id = Some(node.id.clone());
+                a.principal_name = format!("node:{}", node.name);
+                a.log_id = Some(PLATFORM_LOG.to_string());
+            });
+            req.extensions_mut().insert(NodeCaller(node));
+            next.run(req).await
+        }
+        Err(e) => Failure(e).into_response(),
+    }
+}
+
+/// The node an agent route serves (see [`authenticate_node`]).
+#[derive(Clone)]
+pub struct NodeCaller(pub nuage_store::NodeRow);
+
+/// Everything an agent route needs: the state, the calling node, and its
+/// audit entry.
+pub struct NodeCtx {
+    pub state: AppState,
+    pub node: nuage_store::NodeRow,
+    slot: AuditSlot,
+}
+
+impl FromRequestParts<AppState> for NodeCtx {
+    type Rejection = Failure;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let node = parts
+            .extensions
+            .get::<NodeCaller>()
+            .cloned()
+            .ok_or_else(|| ApiError::unauthenticated("not a node"))?;
+        Ok(NodeCtx {
+            state: state.clone(),
+            node: node.0,
+            slot: parts
+                .extensions
+                .get::<AuditSlot>()
+                .cloned()
+                .unwrap_or_default(),
+        })
+    }
+}
+
+impl NodeCtx {
+    /// A node acts only on itself: the route decides, the entry says so.
+    pub fn allow_self(&self, action: &str) {
+        let resource = format!("node:{}", self.node.name);
+        self.slot.update(|a| {
+            a.action = Some(action.to_string());
+            a.resource = Some(resource);
+            a.decision = Some("allow");
+            a.policies = vec!["node-self".to_string()];
+        });
+    }
+}
+
 /// Route layer for `/v1/orgs/{org}/…`: the caller's own organization or a
 /// 404, never a 403 — another tenant's names are not even confirmed.
 pub async fn org_guard(

@@ -42,7 +42,7 @@ pub struct TenantDoc;
     info(
         title = "nuage operator API",
         version = "1",
-        description = "The operator realm of nuage, served on the admin listener only."
+        description = "The operator realm of nuage, and the routes `nuage agent` calls with a node credential (tag agent), served on the admin listener only."
     ),
     components(schemas(Problem)),
     modifiers(&Bearer)

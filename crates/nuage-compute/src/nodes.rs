@@ -102,11 +102,7 @@ pub fn hostname() -> String {
 /// accelerator, measures capacity, marks it `ready` with a fresh heartbeat.
 /// Overcommit ratios an operator set on an earlier run are kept.
 pub async fn register_local(store: &Store, name: &str, compute_dir: &Path) -> ApiResult<NodeRow> {
-    if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
-        return Err(ApiError::invalid(format!(
-            "node name {name:?} must be 1 to 253 printable characters"
-        )));
-    }
+    check_node_name(name)?;
     let cap = capacity(compute_dir)?;
     let accel = local_accel().await;
     let now = now_ms();
@@ -135,6 +131,149 @@ pub async fn register_local(store: &Store, name: &str, compute_dir: &Path) -> Ap
 /// A sign of life of node `node_id`.
 pub async fn heartbeat(store: &Store, node_id: &str) -> ApiResult<()> {
     store.node_heartbeat(node_id, now_ms()).await
+}
+
+// ---- nodes of their own: `nuage agent` ----------------------------------------
+
+/// State of an enrolled node whose agent has not reported yet.
+pub const STATE_ENROLLED: &str = "enrolled";
+/// State of an enrolled node whose agent reports: live and measured, but
+/// it takes no instance yet (running VMs on a remote agent is the next
+/// step of the agent; until then placement leaves these nodes alone).
+pub const STATE_STANDBY: &str = "standby";
+
+fn check_node_name(name: &str) -> ApiResult<()> {
+    if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
+        return Err(ApiError::invalid(format!(
+            "node name {name:?} must be 1 to 253 printable characters"
+        )));
+    }
+    Ok(())
+}
+
+/// Enrolls node `name` for `nuage agent`: records it without capacity and
+/// returns its credential, shown this once (only its SHA-256 is kept).
+pub async fn enroll(store: &Store, name: &str) -> ApiResult<(Node, String)> {
+    check_node_name(name)?;
+    let token = nuage_iam::secret::new_token();
+    let now = now_ms();
+    let row = NodeRow {
+        id: new_id(Kind::Project).replacen("prj_", "node_", 1),
+        name: name.to_string(),
+        accel: String::new(),
+        accel_reason: "its agent has not reported yet".into(),
+        vcpus: 0,
+        memory_mib: 0,
+        disk_bytes: 0,
+        cpu_overcommit: DEFAULT_CPU_OVERCOMMIT,
+        memory_overcommit: DEFAULT_MEMORY_OVERCOMMIT,
+        state: STATE_ENROLLED.into(),
+        heartbeat_at: 0,
+        created_at: now,
+    };
+    let row = store
+        .node_enroll(&row, &nuage_iam::secret::hash_token(&token))
+        .await?;
+    Ok((Node::of(&row, NodeUsage::default(), now), token))
+}
+
+/// The enrolled node holding credential `token`.
+pub async fn authenticate(store: &Store, token: &str) -> ApiResult<NodeRow> {
+    store
+        .node_by_token(&nuage_iam::secret::hash_token(token))
+        .await?
+        .ok_or_else(|| ApiError::unauthenticated("unknown node credential"))
+}
+
+/// What an agent measured on its host: sent at start and with every
+/// heartbeat.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NodeReport {
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Why the agent's probe chose `accel`.
+    pub accel_reason: String,
+    /// Logical CPUs of the host (at least 1).
+    pub vcpus: i64,
+    /// Memory of the host, MiB (at least 64).
+    pub memory_mib: i64,
+    /// Size of the filesystem holding the disks, bytes.
+    pub disk_bytes: i64,
+}
+
+impl NodeReport {
+    /// Measures this host, as the agent of a node of its own.
+    pub async fn of_this_host(compute_dir: &Path) -> ApiResult<NodeReport> {
+        let cap = capacity(compute_dir)?;
+        let accel = local_accel().await;
+        Ok(NodeReport {
+            accel: accel.accel.as_str().to_string(),
+            accel_reason: accel.reason,
+            vcpus: cap.vcpus,
+            memory_mib: cap.memory_mib,
+            disk_bytes: cap.disk_bytes,
+        })
+    }
+
+    fn check(&self) -> ApiResult<()> {
+        let bad = |detail: String| ApiError::bad_request("invalid_node_report", detail);
+        if !matches!(self.accel.as_str(), "kvm" | "tcg") {
+            return Err(bad(format!(
+                "accel must be kvm or tcg, not {:?}",
+                self.accel
+            )));
+        }
+        if self.accel_reason.len() > 1024 {
+            return Err(bad("accel_reason is longer than 1024 bytes".into()));
+        }
+        if !(1..=4096).contains(&self.vcpus) {
+            return Err(bad("vcpus must be between 1 and 4096".into()));
+        }
+        if !(64..=1 << 32).contains(&self.memory_mib) {
+            return Err(bad("memory_mib must be between 64 and 2^32".into()));
+        }
+        if self.disk_bytes < 0 {
+            return Err(bad("disk_bytes must not be negative".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Records what the agent of `node` reported, as a heartbeat: the node is
+/// then live, in standby.
+pub async fn report(store: &Store, node: &NodeRow, r: &NodeReport) -> ApiResult<Node> {
+    r.check()?;
+    let now = now_ms();
+    let row = NodeRow {
+        accel: r.accel.clone(),
+        accel_reason: r.accel_reason.clone(),
+        vcpus: r.vcpus,
+        memory_mib: r.memory_mib,
+        disk_bytes: r.disk_bytes,
+        state: STATE_STANDBY.into(),
+        heartbeat_at: now,
+        ..node.clone()
+    };
+    store.node_report(&row).await?;
+    let usage = store.node_usage().await?;
+    Ok(Node::of(&row, used_by(&usage, &row.id), now))
+}
+
+/// An enrolled node and its credential, shown once.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct EnrolledNode {
+    pub node: Node,
+    /// The credential `nuage agent` authenticates with (shown this once).
+    pub token: String,
+}
+
+/// Enroll a node for `nuage agent`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EnrollNode {
+    /// 1 to 253 printable characters, unique among nodes.
+    pub name: String,
 }
 
 // ---- what the API shows -------------------------------------------------------

@@ -8,7 +8,7 @@ use nuage_core::{ApiError, ApiResult};
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
-use crate::{db_err, Store};
+use crate::{db_err, insert_err, Store};
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeRow {
@@ -90,7 +90,8 @@ impl Store {
              ON CONFLICT (name) DO UPDATE SET accel = excluded.accel, \
              accel_reason = excluded.accel_reason, vcpus = excluded.vcpus, \
              memory_mib = excluded.memory_mib, disk_bytes = excluded.disk_bytes, \
-             state = excluded.state, heartbeat_at = excluded.heartbeat_at"
+             state = excluded.state, heartbeat_at = excluded.heartbeat_at \
+             WHERE compute_nodes.token_hash IS NULL"
         ))
         .bind(&n.id)
         .bind(&n.name)
@@ -108,13 +109,89 @@ impl Store {
         .await
         .map_err(db_err)?;
         let row = sqlx::query(&format!(
-            "SELECT {NODE_COLS} FROM compute_nodes WHERE name = $1"
+            "SELECT {NODE_COLS}, CASE WHEN token_hash IS NULL THEN 0 ELSE 1 END AS enrolled \
+             FROM compute_nodes WHERE name = $1"
         ))
         .bind(&n.name)
         .fetch_one(&self.write)
         .await
         .map_err(db_err)?;
+        if row.try_get::<i64, _>("enrolled").map_err(db_err)? != 0 {
+            return Err(ApiError::conflict(
+                "node_enrolled",
+                format!(
+                    "node name {:?} belongs to a node enrolled for `nuage agent`; \
+                 give this server another --node-name",
+                    n.name
+                ),
+            ));
+        }
         row_to_node(&row).map_err(db_err)
+    }
+
+    /// Records a node an operator enrolled for `nuage agent`: capacity
+    /// unknown and no heartbeat until its agent reports; `token_hash` is
+    /// the SHA-256 of its credential.
+    pub async fn node_enroll(&self, n: &NodeRow, token_hash: &str) -> ApiResult<NodeRow> {
+        sqlx::query(&format!(
+            "INSERT INTO compute_nodes ({NODE_COLS}, token_hash) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+        ))
+        .bind(&n.id)
+        .bind(&n.name)
+        .bind(&n.accel)
+        .bind(&n.accel_reason)
+        .bind(n.vcpus)
+        .bind(n.memory_mib)
+        .bind(n.disk_bytes)
+        .bind(n.cpu_overcommit)
+        .bind(n.memory_overcommit)
+        .bind(&n.state)
+        .bind(n.heartbeat_at)
+        .bind(n.created_at)
+        .bind(token_hash)
+        .execute(&self.write)
+        .await
+        .map_err(insert_err("compute node", &n.name))?;
+        Ok(n.clone())
+    }
+
+    /// The enrolled node whose credential hashes to `token_hash`.
+    pub async fn node_by_token(&self, token_hash: &str) -> ApiResult<Option<NodeRow>> {
+        sqlx::query(&format!(
+            "SELECT {NODE_COLS} FROM compute_nodes WHERE token_hash = $1"
+        ))
+        .bind(token_hash)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?
+        .map(|r| row_to_node(&r))
+        .transpose()
+        .map_err(db_err)
+    }
+
+    /// What an enrolled node's agent measured, with a fresh heartbeat.
+    pub async fn node_report(&self, n: &NodeRow) -> ApiResult<()> {
+        let done = sqlx::query(
+            "UPDATE compute_nodes SET accel = $1, accel_reason = $2, vcpus = $3, \
+             memory_mib = $4, disk_bytes = $5, state = $6, heartbeat_at = $7 \
+             WHERE id = $8 AND token_hash IS NOT NULL",
+        )
+        .bind(&n.accel)
+        .bind(&n.accel_reason)
+        .bind(n.vcpus)
+        .bind(n.memory_mib)
+        .bind(n.disk_bytes)
+        .bind(&n.state)
+        .bind(n.heartbeat_at)
+        .bind(&n.id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        if done.rows_affected() == 0 {
+            return Err(ApiError::not_found("compute node", &n.id));
+        }
+        Ok(())
     }
 
     /// The node named (or with id) `name`.

@@ -1,5 +1,6 @@
 //! `nuage`: one binary for the control plane (`nuage server`) and the CLI.
 
+mod agent;
 mod bench;
 
 use std::net::SocketAddr;
@@ -24,6 +25,9 @@ struct Cli {
 enum Command {
     /// Run the control plane (API, IAM, audit) on this machine.
     Server(Box<ServerArgs>),
+    /// Run the agent of a compute node on a host of its own (enrolled with
+    /// `nuage node enroll`); it talks only to the control plane.
+    Agent(agent::AgentArgs),
     /// Print the OpenAPI document generated from the code.
     Openapi {
         /// The operator API instead of the tenant API.
@@ -150,7 +154,7 @@ fn init_logs(json: bool) {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -298,6 +302,10 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Server(a) => serve(*a).await,
+        Command::Agent(a) => {
+            init_logs(false);
+            agent::run(a).await
+        }
         Command::Openapi { admin } => {
             let api = if admin {
                 nuage_api::routes::admin_spec()

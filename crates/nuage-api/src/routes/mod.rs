@@ -33,7 +33,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::ctx::{authenticate, org_guard};
+use crate::ctx::{authenticate, authenticate_node, org_guard};
 use crate::idempotency::idempotency;
 use crate::observe::observe;
 use crate::openapi::{AdminDoc, TenantDoc};
@@ -200,7 +200,7 @@ fn admin_authenticated() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::consistency_proof))
         .routes(routes!(admin::export_audit))
         .routes(routes!(admin::public_key))
-        .routes(routes!(nodes::list_nodes))
+        .routes(routes!(nodes::list_nodes, nodes::enroll_node))
         .routes(routes!(nodes::update_node))
         .routes(routes!(instance_types::admin_list))
         .routes(routes!(instance_types::put, instance_types::delete))
@@ -213,10 +213,16 @@ fn admin_public() -> OpenApiRouter<AppState> {
         .routes(routes!(seal::unseal))
 }
 
+/// What `nuage agent` calls, on the admin listener, with a node credential.
+fn agent_routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(nodes::report_node))
+}
+
 /// The operator OpenAPI document, without starting anything.
 pub fn admin_spec() -> utoipa::openapi::OpenApi {
     admin_public()
         .merge(admin_authenticated())
+        .merge(agent_routes())
         .split_for_parts()
         .1
 }
@@ -225,7 +231,11 @@ pub fn admin_spec() -> utoipa::openapi::OpenApi {
 pub fn admin(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
     let authenticated =
         admin_authenticated().route_layer(from_fn_with_state(state.clone(), authenticate));
-    let (router, api) = admin_public().merge(authenticated).split_for_parts();
+    let agents = agent_routes().route_layer(from_fn_with_state(state.clone(), authenticate_node));
+    let (router, api) = admin_public()
+        .merge(authenticated)
+        .merge(agents)
+        .split_for_parts();
     let api = crate::openapi::finish(api);
     let spec = api.clone();
     let metrics = state.metrics.clone();

@@ -4,10 +4,11 @@
 
 use axum::extract::Path;
 use axum::Json;
-use nuage_compute::nodes::{self, Node, UpdateNode};
+use http::StatusCode;
+use nuage_compute::nodes::{self, EnrollNode, EnrolledNode, Node, NodeReport, UpdateNode};
 use nuage_core::page::Page;
 
-use crate::ctx::{Body, Ctx};
+use crate::ctx::{Body, Ctx, NodeCtx};
 use crate::problem::{HandlerResult, Problem};
 
 /// Every compute node (a handful: one page).
@@ -41,4 +42,26 @@ pub async fn update_node(
     Ok(Json(
         nodes::set_overcommit(&ctx.state.store, &name, &b).await?,
     ))
+}
+
+/// Enroll a node for `nuage agent`: the answer holds its credential, shown
+/// this once. The node takes no instance until its agent reports.
+#[utoipa::path(post, path = "/admin/v1/nodes", tag = "operator", request_body = EnrollNode,
+    responses((status = 201, body = EnrolledNode), (status = 400, body = Problem), (status = 409, body = Problem)))]
+pub async fn enroll_node(
+    ctx: Ctx,
+    Body(b): Body<EnrollNode>,
+) -> HandlerResult<(StatusCode, Json<EnrolledNode>)> {
+    ctx.allow_operator("compute.enroll_node", &format!("node:{}", b.name));
+    let (node, token) = nodes::enroll(&ctx.state.store, &b.name).await?;
+    Ok((StatusCode::CREATED, Json(EnrolledNode { node, token })))
+}
+
+/// An agent reports what it measured on its host; also its heartbeat.
+/// Authenticated by the node's credential, never by a person's token.
+#[utoipa::path(put, path = "/agent/v1/node", tag = "agent", request_body = NodeReport,
+    responses((status = 200, body = Node), (status = 400, body = Problem), (status = 401, body = Problem)))]
+pub async fn report_node(ctx: NodeCtx, Body(b): Body<NodeReport>) -> HandlerResult<Json<Node>> {
+    ctx.allow_self("compute.report_node");
+    Ok(Json(nodes::report(&ctx.state.store, &ctx.node, &b).await?))
 }

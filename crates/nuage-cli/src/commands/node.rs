@@ -14,6 +14,15 @@ use crate::output::{self, Field};
 pub enum NodeCmd {
     /// List compute nodes: accelerator, capacity, use, overcommit, heartbeat.
     List,
+    /// Enroll a host for `nuage agent`; its credential is printed once (or
+    /// written to a new 0600 file with --token-file).
+    Enroll {
+        name: String,
+        /// Write the credential to this file (created, mode 0600) instead
+        /// of printing it.
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+    },
     /// Set how many vCPUs (at most 16 per host CPU) and how much memory (at
     /// most 4 × the host's) placement may hand out on a node.
     SetOvercommit {
@@ -65,6 +74,47 @@ pub async fn run(ctx: &mut Ctx, cmd: NodeCmd) -> Result<u8> {
             let listing = api.list(&base, &Query::new(), &Default::default()).await?;
             output::list(ctx.json, &listing, COLUMNS);
         }
+        NodeCmd::Enroll { name, token_file } => {
+            // The file is made first: a credential with nowhere to go
+            // must not be issued.
+            let mut file = token_file.as_deref().map(new_secret_file).transpose()?;
+            let answer = match api.post(&base, &json!({ "name": name })).await {
+                Ok(a) => a,
+                Err(e) => {
+                    if let Some(p) = &token_file {
+                        let _ = std::fs::remove_file(p);
+                    }
+                    return Err(e);
+                }
+            };
+            let token = answer["token"].as_str().unwrap_or_default().to_string();
+            if let Some(f) = file.as_mut() {
+                use std::io::Write;
+                f.write_all(format!("{token}\n").as_bytes())?;
+                f.sync_all()?;
+            }
+            if ctx.json {
+                let mut shown = answer.clone();
+                if token_file.is_some() {
+                    shown["token"] = json!(null);
+                }
+                output::show(true, &shown, &[]);
+            } else {
+                output::show(false, &answer["node"], FIELDS);
+                match &token_file {
+                    Some(p) => eprintln!(
+                        "The node's credential is in {} (mode 0600). Start the agent with: \
+                         nuage agent --control-plane <admin URL> --token-file {}",
+                        p.display(),
+                        p.display()
+                    ),
+                    None => {
+                        println!("token: {token}");
+                        eprintln!("Copy the credential now: it will not be shown again.");
+                    }
+                }
+            }
+        }
         NodeCmd::SetOvercommit { node, cpu, memory } => {
             if cpu.is_none() && memory.is_none() {
                 bail!("give --cpu, --memory or both");
@@ -83,4 +133,15 @@ pub async fn run(ctx: &mut Ctx, cmd: NodeCmd) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// A new file for a secret (it must not exist yet), readable by its owner only.
+fn new_secret_file(path: &std::path::Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }

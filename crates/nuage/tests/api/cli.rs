@@ -817,6 +817,45 @@ async fn nodes_and_instance_types_from_the_cli() {
     assert_eq!(l["items"][0]["cpu_overcommit"], 8.0);
     assert_eq!(l["items"][0]["memory_overcommit"], 1.0);
 
+    // Enrolling a host for `nuage agent`: the credential goes to a new
+    // file only its owner reads, never to the terminal.
+    let token_file = s.dir.path().join("edge.token");
+    let o = run(vec![
+        "admin",
+        "node",
+        "enroll",
+        "edge-cli",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(o.stdout.contains("enrolled"), "{}", o.stdout);
+    let token = std::fs::read_to_string(&token_file).unwrap();
+    assert!(token.trim().starts_with("nuage_"), "{token}");
+    assert!(!o.stdout.contains(token.trim()) && !o.stderr.contains(token.trim()));
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&token_file).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The file is never overwritten; the name stays taken.
+    let o = run(vec![
+        "admin",
+        "node",
+        "enroll",
+        "edge-cli-2",
+        "--token-file",
+        token_file.to_str().unwrap(),
+    ])
+    .await;
+    assert_ne!(o.code, 0);
+    assert_eq!(std::fs::read_to_string(&token_file).unwrap(), token);
+    let o = run(vec!["admin", "node", "list", "--json"]).await;
+    assert!(
+        o.stdout.contains("edge-cli") && !o.stdout.contains("edge-cli-2"),
+        "a node was enrolled without a place for its credential: {}",
+        o.stdout
+    );
+
     let o = run(vec![
         "admin",
         "instance-type",

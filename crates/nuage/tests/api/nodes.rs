@@ -304,3 +304,181 @@ async fn instance_types_are_seeded_replaced_deleted_and_read_by_tenants() {
     assert_eq!(r.status, 404, "{}", r.text);
     s.shutdown().await;
 }
+
+/// A host enrolled by an operator runs `nuage agent` (a real process):
+/// it reports the host's accelerator and capacity with its heartbeats and
+/// the node turns live, in standby; its credential works only on the agent
+/// route and an operator token does not work there; the reports are in the
+/// platform's audit log; an unknown credential stops the agent with a
+/// clear reason, and SIGTERM stops it cleanly.
+#[tokio::test]
+async fn an_enrolled_host_reports_through_nuage_agent() {
+    let s = Srv::start_with(|c| c.node_name = "host-a".into()).await;
+    let r = s
+        .a(
+            Method::POST,
+            "/admin/v1/nodes",
+            Some(json!({"name": "edge-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = r.body["token"].as_str().expect("token").to_string();
+    assert!(token.starts_with("nuage_") && token.len() > 40, "{token}");
+    assert_eq!(r.body["node"]["state"], "enrolled");
+    assert_eq!(r.body["node"]["live"], false);
+
+    // Names are unique among nodes, the server's own included; bad ones are
+    // refused; nothing is added either way.
+    for (body, status) in [
+        (json!({"name": "edge-1"}), 409),
+        (json!({"name": "host-a"}), 409),
+        (json!({"name": ""}), 400),
+        (json!({"name": "x", "role": "compute"}), 400),
+    ] {
+        let r = s
+            .a(Method::POST, "/admin/v1/nodes", Some(body.clone()))
+            .await;
+        assert_eq!(r.status, status, "{body}: {}", r.text);
+    }
+    let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        r.text
+    );
+
+    // One credential per route family.
+    let report = json!({"accel": "tcg", "accel_reason": "test", "vcpus": 2,
+        "memory_mib": 1024, "disk_bytes": 1});
+    let url = format!("{}/agent/v1/node", s.admin);
+    let r = s
+        .req(Method::PUT, &url, Some(&s.bootstrap), Some(report.clone()))
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "an operator token on the agent route: {}",
+        r.text
+    );
+    let r = s
+        .req(
+            Method::GET,
+            &format!("{}/admin/v1/nodes", s.admin),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "a node credential on an operator route: {}",
+        r.text
+    );
+    let mut bad = report.clone();
+    bad["accel"] = json!("xen");
+    let r = s.req(Method::PUT, &url, Some(&token), Some(bad)).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (400, "invalid_node_report"),
+        "{}",
+        r.text
+    );
+    let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    let edge = |r: &crate::common::Resp| {
+        r.body["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == "edge-1").cloned())
+            .expect("edge-1 listed")
+    };
+    assert_eq!(
+        edge(&r)["state"],
+        "enrolled",
+        "a refused report changed the node"
+    );
+
+    // The real agent.
+    let token_file = s.dir.path().join("edge-1.token");
+    std::fs::write(&token_file, format!("{token}\n")).unwrap();
+    let compute_dir = s.dir.path().join("edge-1-compute");
+    let agent = |token_file: &std::path::Path| {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+            .args([
+                "agent",
+                "--control-plane",
+                &s.admin,
+                "--heartbeat-seconds",
+                "1",
+            ])
+            .arg("--token-file")
+            .arg(token_file)
+            .arg("--compute-dir")
+            .arg(&compute_dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("nuage agent starts")
+    };
+    let mut child = agent(&token_file);
+    let probe = nuage_compute::nodes::local_accel().await;
+    let mut n = serde_json::Value::Null;
+    for _ in 0..600 {
+        let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+        n = edge(&r);
+        if n["live"] == true {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(n["live"], true, "the agent never reported: {n}");
+    assert_eq!(n["state"], "standby", "{n}");
+    assert_eq!(n["accel"], probe.accel.as_str(), "{n}");
+    assert!(n["vcpus"].as_i64().unwrap_or(0) >= 1, "{n}");
+    assert!(n["memory_mib"].as_i64().unwrap_or(0) >= 64, "{n}");
+    assert!(n["disk_bytes"].as_i64().unwrap_or(0) > 0, "{n}");
+
+    let r = s
+        .a(
+            Method::GET,
+            "/admin/v1/audit/entries?action=compute.report_node",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(
+        r.text.contains("node:edge-1"),
+        "reports not audited: {}",
+        r.text
+    );
+    assert!(
+        !r.text.contains(&token),
+        "the credential leaked into the audit log"
+    );
+
+    // SIGTERM: a clean stop.
+    let pid = child.id().expect("agent pid").to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait())
+        .await
+        .expect("the agent stops on SIGTERM")
+        .unwrap();
+    assert!(out.success(), "{out:?}");
+
+    // An unknown credential: the agent stops at once and says why.
+    let wrong = s.dir.path().join("wrong.token");
+    std::fs::write(&wrong, "nuage_not-a-node-credential\n").unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        agent(&wrong).wait_with_output(),
+    )
+    .await
+    .expect("the agent gives up on a refused credential")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refused this node"), "{err}");
+    s.shutdown().await;
+}
