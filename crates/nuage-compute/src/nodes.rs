@@ -260,6 +260,61 @@ pub async fn report(store: &Store, node: &NodeRow, r: &NodeReport) -> ApiResult<
     Ok(Node::of(&row, used_by(&usage, &row.id), now))
 }
 
+/// Gives enrolled node `name` a new credential (shown this once); the old
+/// one stops working at once, and an agent still using it stops.
+pub async fn rotate_credential(store: &Store, name: &str) -> ApiResult<(Node, String)> {
+    let node = store
+        .node_get(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    let token = nuage_iam::secret::new_token();
+    if !store
+        .node_set_token(&node.id, &nuage_iam::secret::hash_token(&token))
+        .await?
+    {
+        return Err(ApiError::conflict(
+            "node_not_enrolled",
+            format!(
+                "node {:?} is the embedded node of a server and has no credential",
+                node.name
+            ),
+        ));
+    }
+    let usage = store.node_usage().await?;
+    Ok((Node::of(&node, used_by(&usage, &node.id), now_ms()), token))
+}
+
+/// Removes node `name`, and with it the credential of its agent. Refused
+/// while instances are placed on it, and for a server's embedded node
+/// while that server is alive (it would register again at once).
+pub async fn remove(store: &Store, name: &str) -> ApiResult<()> {
+    let node = store
+        .node_get(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    let now = now_ms();
+    let enrolled = store.node_is_enrolled(&node.id).await?;
+    if !enrolled && now - node.heartbeat_at < HEARTBEAT_STALE_MS {
+        return Err(ApiError::conflict(
+            "node_live",
+            format!(
+                "node {:?} is the embedded node of a running server; stop that server first",
+                node.name
+            ),
+        ));
+    }
+    if !store.node_delete_idle(&node.id).await? {
+        return Err(ApiError::conflict(
+            "node_in_use",
+            format!(
+                "instances are placed on node {:?}; delete them first",
+                node.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// An enrolled node and its credential, shown once.
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct EnrolledNode {

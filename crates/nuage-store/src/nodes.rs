@@ -156,6 +156,47 @@ impl Store {
         Ok(n.clone())
     }
 
+    /// Replaces an enrolled node's credential; false for a node that has
+    /// none (the server's embedded node) or no longer exists.
+    pub async fn node_set_token(&self, id: &str, token_hash: &str) -> ApiResult<bool> {
+        let done = sqlx::query(
+            "UPDATE compute_nodes SET token_hash = $1 WHERE id = $2 AND token_hash IS NOT NULL",
+        )
+        .bind(token_hash)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Whether node `id` was enrolled for `nuage agent` (it has a credential).
+    pub async fn node_is_enrolled(&self, id: &str) -> ApiResult<bool> {
+        let e: Option<i64> = sqlx::query_scalar(
+            "SELECT CASE WHEN token_hash IS NULL THEN 0 ELSE 1 END FROM compute_nodes WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.read)
+        .await
+        .map_err(db_err)?;
+        Ok(e == Some(1))
+    }
+
+    /// Removes a node that holds no instance (deleted ones included: their
+    /// rows go with their agent's last pass); false when it holds one.
+    pub async fn node_delete_idle(&self, id: &str) -> ApiResult<bool> {
+        let done = sqlx::query(
+            "DELETE FROM compute_nodes WHERE id = $1 \
+             AND NOT EXISTS (SELECT 1 FROM instances WHERE node_id = $2)",
+        )
+        .bind(id)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
     /// The enrolled node whose credential hashes to `token_hash`.
     pub async fn node_by_token(&self, token_hash: &str) -> ApiResult<Option<NodeRow>> {
         sqlx::query(&format!(

@@ -201,7 +201,8 @@ fn admin_authenticated() -> OpenApiRouter<AppState> {
         .routes(routes!(admin::export_audit))
         .routes(routes!(admin::public_key))
         .routes(routes!(nodes::list_nodes, nodes::enroll_node))
-        .routes(routes!(nodes::update_node))
+        .routes(routes!(nodes::update_node, nodes::delete_node))
+        .routes(routes!(nodes::rotate_node_credential))
         .routes(routes!(instance_types::admin_list))
         .routes(routes!(instance_types::put, instance_types::delete))
 }

@@ -65,3 +65,28 @@ pub async fn report_node(ctx: NodeCtx, Body(b): Body<NodeReport>) -> HandlerResu
     ctx.allow_self("compute.report_node");
     Ok(Json(nodes::report(&ctx.state.store, &ctx.node, &b).await?))
 }
+
+/// Give an enrolled node a new credential (shown this once); the old one
+/// stops working at once.
+#[utoipa::path(post, path = "/admin/v1/nodes/{node}/credential", tag = "operator",
+    params(("node" = String, Path, description = "Node name or id")),
+    responses((status = 200, body = EnrolledNode), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn rotate_node_credential(
+    ctx: Ctx,
+    Path(name): Path<String>,
+) -> HandlerResult<Json<EnrolledNode>> {
+    ctx.allow_operator("compute.rotate_node_credential", &format!("node:{name}"));
+    let (node, token) = nodes::rotate_credential(&ctx.state.store, &name).await?;
+    Ok(Json(EnrolledNode { node, token }))
+}
+
+/// Remove a node and its agent's credential: refused while instances are
+/// placed on it, and for the embedded node of a running server.
+#[utoipa::path(delete, path = "/admin/v1/nodes/{node}", tag = "operator",
+    params(("node" = String, Path, description = "Node name or id")),
+    responses((status = 204), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn delete_node(ctx: Ctx, Path(name): Path<String>) -> HandlerResult<StatusCode> {
+    ctx.allow_operator("compute.delete_node", &format!("node:{name}"));
+    nodes::remove(&ctx.state.store, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

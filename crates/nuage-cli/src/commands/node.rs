@@ -23,6 +23,16 @@ pub enum NodeCmd {
         #[arg(long)]
         token_file: Option<std::path::PathBuf>,
     },
+    /// Give an enrolled node a new credential (the old one stops working).
+    RotateCredential {
+        name: String,
+        /// Write the credential to this file (created, mode 0600) instead
+        /// of printing it.
+        #[arg(long)]
+        token_file: Option<std::path::PathBuf>,
+    },
+    /// Remove a node that holds no instance, and its agent's credential.
+    Delete { name: String },
     /// Set how many vCPUs (at most 16 per host CPU) and how much memory (at
     /// most 4 × the host's) placement may hand out on a node.
     SetOvercommit {
@@ -74,46 +84,16 @@ pub async fn run(ctx: &mut Ctx, cmd: NodeCmd) -> Result<u8> {
             let listing = api.list(&base, &Query::new(), &Default::default()).await?;
             output::list(ctx.json, &listing, COLUMNS);
         }
+        NodeCmd::Delete { name } => {
+            api.delete(&[&base[..], &[name.as_str()]].concat(), None)
+                .await?;
+            output::done(ctx.json, &format!("node {name} removed"));
+        }
         NodeCmd::Enroll { name, token_file } => {
-            // The file is made first: a credential with nowhere to go
-            // must not be issued.
-            let mut file = token_file.as_deref().map(new_secret_file).transpose()?;
-            let answer = match api.post(&base, &json!({ "name": name })).await {
-                Ok(a) => a,
-                Err(e) => {
-                    if let Some(p) = &token_file {
-                        let _ = std::fs::remove_file(p);
-                    }
-                    return Err(e);
-                }
-            };
-            let token = answer["token"].as_str().unwrap_or_default().to_string();
-            if let Some(f) = file.as_mut() {
-                use std::io::Write;
-                f.write_all(format!("{token}\n").as_bytes())?;
-                f.sync_all()?;
-            }
-            if ctx.json {
-                let mut shown = answer.clone();
-                if token_file.is_some() {
-                    shown["token"] = json!(null);
-                }
-                output::show(true, &shown, &[]);
-            } else {
-                output::show(false, &answer["node"], FIELDS);
-                match &token_file {
-                    Some(p) => eprintln!(
-                        "The node's credential is in {} (mode 0600). Start the agent with: \
-                         nuage agent --control-plane <admin URL> --token-file {}",
-                        p.display(),
-                        p.display()
-                    ),
-                    None => {
-                        println!("token: {token}");
-                        eprintln!("Copy the credential now: it will not be shown again.");
-                    }
-                }
-            }
+            issue_credential(ctx, &name, token_file.as_deref(), false).await?
+        }
+        NodeCmd::RotateCredential { name, token_file } => {
+            issue_credential(ctx, &name, token_file.as_deref(), true).await?
         }
         NodeCmd::SetOvercommit { node, cpu, memory } => {
             if cpu.is_none() && memory.is_none() {
@@ -144,4 +124,62 @@ fn new_secret_file(path: &std::path::Path) -> Result<std::fs::File> {
         .mode(0o600)
         .open(path)
         .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+}
+
+/// Enrolls node `name` (or rotates its credential) and hands the
+/// credential out once: to a new 0600 file, or to the terminal.
+async fn issue_credential(
+    ctx: &mut Ctx,
+    name: &str,
+    token_file: Option<&std::path::Path>,
+    rotate: bool,
+) -> Result<()> {
+    let api = ctx.api(Realm::Admin)?;
+    let base = ["admin", "v1", "nodes"];
+    // The file is made first: a credential with nowhere to go
+    // must not be issued.
+    let mut file = token_file.map(new_secret_file).transpose()?;
+    let asked = if rotate {
+        api.post_empty(&[&base[..], &[name, "credential"]].concat())
+            .await
+    } else {
+        api.post(&base, &json!({ "name": name })).await
+    };
+    let answer = match asked {
+        Ok(a) => a,
+        Err(e) => {
+            if let Some(p) = &token_file {
+                let _ = std::fs::remove_file(p);
+            }
+            return Err(e);
+        }
+    };
+    let token = answer["token"].as_str().unwrap_or_default().to_string();
+    if let Some(f) = file.as_mut() {
+        use std::io::Write;
+        f.write_all(format!("{token}\n").as_bytes())?;
+        f.sync_all()?;
+    }
+    if ctx.json {
+        let mut shown = answer.clone();
+        if token_file.is_some() {
+            shown["token"] = json!(null);
+        }
+        output::show(true, &shown, &[]);
+    } else {
+        output::show(false, &answer["node"], FIELDS);
+        match &token_file {
+            Some(p) => eprintln!(
+                "The node's credential is in {} (mode 0600). Start the agent with: \
+                 nuage agent --control-plane <admin URL> --token-file {}",
+                p.display(),
+                p.display()
+            ),
+            None => {
+                println!("token: {token}");
+                eprintln!("Copy the credential now: it will not be shown again.");
+            }
+        }
+    }
+    Ok(())
 }

@@ -855,6 +855,25 @@ async fn nodes_and_instance_types_from_the_cli() {
         "a node was enrolled without a place for its credential: {}",
         o.stdout
     );
+    let o = run(vec![
+        "admin",
+        "node",
+        "rotate-credential",
+        "edge-cli",
+        "--json",
+    ])
+    .await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let rotated: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    let rotated = rotated["token"].as_str().unwrap_or_default();
+    assert!(rotated.starts_with("nuage_") && rotated != token.trim());
+    let o = run(vec!["admin", "node", "delete", "edge-cli"]).await;
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    let o = run(vec!["admin", "node", "delete", "cli-host"]).await;
+    assert_ne!(o.code, 0);
+    assert!(o.stderr.contains("running server"), "{}", o.stderr);
+    let o = run(vec!["admin", "node", "list", "--json"]).await;
+    assert!(!o.stdout.contains("edge-cli"), "{}", o.stdout);
 
     let o = run(vec![
         "admin",

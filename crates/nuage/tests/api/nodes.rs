@@ -480,5 +480,54 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refused this node"), "{err}");
+
+    // A new credential replaces the old one at once.
+    let r = s
+        .a(Method::POST, "/admin/v1/nodes/edge-1/credential", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let rotated = r.body["token"].as_str().expect("token").to_string();
+    assert_ne!(rotated, token);
+    let r = s
+        .req(Method::PUT, &url, Some(&token), Some(report.clone()))
+        .await;
+    assert_eq!(r.status, 401, "the old credential still works: {}", r.text);
+    let r = s
+        .req(Method::PUT, &url, Some(&rotated), Some(report.clone()))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
+        .a(Method::POST, "/admin/v1/nodes/host-a/credential", None)
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "node_not_enrolled"),
+        "{}",
+        r.text
+    );
+
+    // Removing: not the embedded node of a running server; an enrolled
+    // node goes with its credential.
+    let r = s.a(Method::DELETE, "/admin/v1/nodes/host-a", None).await;
+    assert_eq!((r.status, r.code()), (409, "node_live"), "{}", r.text);
+    let r = s.a(Method::DELETE, "/admin/v1/nodes/edge-1", None).await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .req(Method::PUT, &url, Some(&rotated), Some(report.clone()))
+        .await;
+    assert_eq!(
+        r.status, 401,
+        "a removed node's credential still works: {}",
+        r.text
+    );
+    let r = s.a(Method::DELETE, "/admin/v1/nodes/edge-1", None).await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    assert_eq!(
+        r.body["items"].as_array().map(Vec::len),
+        Some(1),
+        "{}",
+        r.text
+    );
     s.shutdown().await;
 }
