@@ -355,7 +355,9 @@ pub struct Node {
     /// vCPUs and memory of the instances on the node.
     pub used_vcpus: i64,
     pub used_memory_mib: i64,
-    /// `ready`, or another state in which it takes no new instance.
+    /// `ready` (takes new instances); `enrolled` (enrolled for `nuage
+    /// agent`, which has not reported yet) or `standby` (its agent reports;
+    /// it takes no instance yet).
     pub state: String,
     /// Seconds since the node's last heartbeat.
     pub heartbeat_age_secs: i64,
