@@ -67,6 +67,25 @@ fn row_to_node(r: &AnyRow) -> Result<NodeRow, sqlx::Error> {
     })
 }
 
+/// Binds a node's columns, in the order of [`NODE_COLS`], as `$1`..`$12`.
+fn bind_node<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    n: &'q NodeRow,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&n.id)
+        .bind(&n.name)
+        .bind(&n.accel)
+        .bind(&n.accel_reason)
+        .bind(n.vcpus)
+        .bind(n.memory_mib)
+        .bind(n.disk_bytes)
+        .bind(n.cpu_overcommit)
+        .bind(n.memory_overcommit)
+        .bind(&n.state)
+        .bind(n.heartbeat_at)
+        .bind(n.created_at)
+}
+
 fn row_to_type(r: &AnyRow) -> Result<InstanceTypeRow, sqlx::Error> {
     Ok(InstanceTypeRow {
         name: r.try_get("name")?,
@@ -84,27 +103,18 @@ impl Store {
     /// that name (capacity, accelerator, state, heartbeat) while keeping its
     /// id, creation time and the overcommit ratios an operator set.
     pub async fn node_upsert(&self, n: &NodeRow) -> ApiResult<NodeRow> {
-        sqlx::query(&format!(
-            "INSERT INTO compute_nodes ({NODE_COLS}) \
+        bind_node(
+            sqlx::query(&format!(
+                "INSERT INTO compute_nodes ({NODE_COLS}) \
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
              ON CONFLICT (name) DO UPDATE SET accel = excluded.accel, \
              accel_reason = excluded.accel_reason, vcpus = excluded.vcpus, \
              memory_mib = excluded.memory_mib, disk_bytes = excluded.disk_bytes, \
              state = excluded.state, heartbeat_at = excluded.heartbeat_at \
              WHERE compute_nodes.token_hash IS NULL"
-        ))
-        .bind(&n.id)
-        .bind(&n.name)
-        .bind(&n.accel)
-        .bind(&n.accel_reason)
-        .bind(n.vcpus)
-        .bind(n.memory_mib)
-        .bind(n.disk_bytes)
-        .bind(n.cpu_overcommit)
-        .bind(n.memory_overcommit)
-        .bind(&n.state)
-        .bind(n.heartbeat_at)
-        .bind(n.created_at)
+            )),
+            n,
+        )
         .execute(&self.write)
         .await
         .map_err(db_err)?;
@@ -133,22 +143,13 @@ impl Store {
     /// unknown and no heartbeat until its agent reports; `token_hash` is
     /// the SHA-256 of its credential.
     pub async fn node_enroll(&self, n: &NodeRow, token_hash: &str) -> ApiResult<NodeRow> {
-        sqlx::query(&format!(
-            "INSERT INTO compute_nodes ({NODE_COLS}, token_hash) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
-        ))
-        .bind(&n.id)
-        .bind(&n.name)
-        .bind(&n.accel)
-        .bind(&n.accel_reason)
-        .bind(n.vcpus)
-        .bind(n.memory_mib)
-        .bind(n.disk_bytes)
-        .bind(n.cpu_overcommit)
-        .bind(n.memory_overcommit)
-        .bind(&n.state)
-        .bind(n.heartbeat_at)
-        .bind(n.created_at)
+        bind_node(
+            sqlx::query(&format!(
+                "INSERT INTO compute_nodes ({NODE_COLS}, token_hash) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+            )),
+            n,
+        )
         .bind(token_hash)
         .execute(&self.write)
         .await

@@ -154,7 +154,11 @@ async fn issue_credential(
             return Err(e);
         }
     };
-    let token = answer["token"].as_str().unwrap_or_default().to_string();
+    let token = answer["token"]
+        .as_str()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow::anyhow!("the control plane's answer holds no credential"))?
+        .to_string();
     if let Some(f) = file.as_mut() {
         use std::io::Write;
         f.write_all(format!("{token}\n").as_bytes())?;
