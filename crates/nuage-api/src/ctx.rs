@@ -145,6 +145,17 @@ impl NodeCtx {
             a.policies = vec!["node-self".to_string()];
         });
     }
+
+    /// Adds a fact to this request's audit entry.
+    pub fn record_detail(&self, name: &str, value: &str) {
+        self.slot
+            .update(|a| drop(a.details.insert(name.to_string(), value.to_string())));
+    }
+
+    /// Adds a key use (key, version, purpose) to this request's audit entry.
+    pub fn record_use(&self, used: &KeyUse) {
+        self.slot.update(|a| a.details.extend(used.details()));
+    }
 }
 
 /// Route layer for `/v1/orgs/{org}/…`: the caller's own organization or a

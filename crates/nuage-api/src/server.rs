@@ -204,7 +204,7 @@ impl RunningServer {
         drop(self.lifecycle);
         let _ = self.agent.0.send(true);
         let _ = self.agent.1.await;
-        self.compute.release_seed_dir();
+        self.compute.host().release_seed_dir();
         self.audit.shutdown().await;
         self.store.close().await;
     }

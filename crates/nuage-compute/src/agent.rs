@@ -1,53 +1,71 @@
-//! The node agent: converges the instances placed on this node toward
-//! what their tenants asked, and records what it saw.
+//! The node agent: converges the instances placed on a node toward what
+//! their tenants asked, and tells the control plane what it saw.
 //!
-//! Every pass looks at each instance afresh — its row, and its VM's run
-//! directory (`<compute>/vm/<instance id>`, see `nuage_qemu::machine`) —
-//! and takes the one step that brings them closer: create the boot disk,
-//! build the seed and start QEMU; plug or unplug a volume; ask the guest
-//! to power off, then kill it after the stop timeout; remove what a
-//! deleted instance leaves. Steps are idempotent, so a pass killed at any
-//! point is finished by the next one, and a restarted server re-attaches
-//! to the QEMU processes that kept running (they are daemonized) instead
-//! of starting them again. A QEMU that died on its own is reported
-//! `failed` with its last words; its volumes are untouched.
+//! Every pass looks at each instance afresh — what the control plane says
+//! of it (through a [`Link`]), and its VM's run directory
+//! (`<compute>/vm/<instance id>`, see `nuage_qemu::machine`) — and takes
+//! the one step that brings them closer: create the boot disk, build the
+//! seed and start QEMU; plug or unplug a volume; ask the guest to power
+//! off, then kill it after the stop timeout; remove what a deleted
+//! instance leaves. Steps are idempotent, so a pass killed at any point is
+//! finished by the next one, and a restarted agent re-attaches to the QEMU
+//! processes that kept running (they are daemonized) instead of starting
+//! them again. A QEMU that died on its own is reported `failed` with its
+//! last words; its volumes are untouched.
+//!
+//! The same [`Host`] runs the node a server embeds (its link is the
+//! service itself) and a node of its own (`nuage agent`, whose link is the
+//! control plane's `/agent/v1` routes).
 
-use std::collections::HashSet;
-use std::path::PathBuf;
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use nuage_core::model::kms::Justification;
-use nuage_core::time::now_ms;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
 use nuage_core::{ApiError, ApiResult};
-use nuage_kms::Purpose;
 use nuage_qemu::machine::{self, VmState};
 use nuage_qemu::seed::Seed;
-use nuage_qemu::{Chain, DiskSpec, Vm, VmSpec};
-use nuage_store::{InstanceRow, VolumeRow};
+use nuage_qemu::{Accel, Chain, DiskKey, DiskSpec, Layer, Vm, VmSpec};
 use tokio::sync::watch;
+use zeroize::Zeroizing;
 
-use crate::instances::open_user_data;
-use crate::service::{qemu_err, Compute, LayerRef};
+use crate::link::{DiskKeys, InstanceReport, KeyedLayer, KeysRequest, Link, LocalLink, Work};
+use crate::service::{io_err, qemu_err, Compute, ComputeConfig};
 
 /// Volumes one instance may hold, boot volume included (a VM has eight
 /// hot-plug slots and the seed takes one).
 pub const MAX_DISKS: usize = 7;
 
 /// How often the agent looks even when nobody wakes it.
-const PASS_EVERY: Duration = Duration::from_secs(2);
+pub const PASS_EVERY: Duration = Duration::from_secs(2);
 /// How long a guest has to let go of a volume being detached.
 const DETACH_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Runs the agent of node `node_id` until `stop` turns true.
-pub async fn run(compute: Compute, mut stop: watch::Receiver<bool>) {
+/// Runs the agent of the node this server embeds until `stop` turns true.
+pub async fn run(compute: Compute, stop: watch::Receiver<bool>) {
+    let Some(node_id) = compute.local_node().map(str::to_string) else {
+        return;
+    };
     let spares = tokio::spawn(crate::spares::fill(compute.clone(), stop.clone()));
+    let link = LocalLink {
+        compute: compute.clone(),
+        node_id,
+    };
+    drive(compute.host(), &link, stop).await;
+    let _ = spares.await;
+}
+
+/// Reconciles through `link` every [`PASS_EVERY`] (or when woken) until
+/// `stop` turns true.
+pub async fn drive<L: Link>(host: &Host, link: &L, mut stop: watch::Receiver<bool>) {
     loop {
-        if let Err(e) = compute.reconcile().await {
+        if let Err(e) = host.reconcile(link).await {
             tracing::warn!(error = %e.detail, "compute reconcile pass failed");
         }
         tokio::select! {
-            _ = compute.0.wake.notified() => {}
+            _ = host.wake.notified() => {}
             _ = tokio::time::sleep(PASS_EVERY) => {}
             _ = stop.changed() => break,
         }
@@ -55,7 +73,6 @@ pub async fn run(compute: Compute, mut stop: watch::Receiver<bool>) {
             break;
         }
     }
-    let _ = spares.await;
 }
 
 /// The name of a volume's disk inside QEMU, and the serial the guest sees.
@@ -76,21 +93,69 @@ fn serial(volume_id: &str) -> String {
     volume_id[n.saturating_sub(20)..].to_string()
 }
 
-impl Compute {
+/// The VMs of one node: their run directories, seeds and QMP handles.
+pub struct Host {
+    dir: PathBuf,
+    /// Where each VM's run directory is (pid file, QMP and serial sockets,
+    /// console log): `<compute>/vm`, on every node (instance ids are
+    /// unique, and a pid is trusted only when its process names its own
+    /// directory, so nodes sharing the directory never act on each
+    /// other's VMs).
+    vm_root: PathBuf,
+    seed_dir: PathBuf,
+    stop_timeout: Duration,
+    vm_nice: i32,
+    accel: OnceLock<Accel>,
+    /// Open QMP handles of running VMs, by instance id.
+    vms: Mutex<HashMap<String, Arc<Vm>>>,
+    /// Wakes the agent when a tenant changes what it wants.
+    pub(crate) wake: tokio::sync::Notify,
+    /// One reconcile pass (or disk-chain change) at a time.
+    pub(crate) reconciling: tokio::sync::Mutex<()>,
+}
+
+impl Host {
+    /// The host of the disks under `cfg.dir`, running its VMs under
+    /// `<cfg.dir>/vm` (made 0700 if missing).
+    pub fn new(cfg: &ComputeConfig) -> std::io::Result<Host> {
+        let vm_root = cfg.dir.join("vm");
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&vm_root)?;
+        Ok(Host {
+            dir: cfg.dir.clone(),
+            vm_root,
+            seed_dir: cfg.seed_dir.clone(),
+            stop_timeout: cfg.stop_timeout,
+            vm_nice: cfg.vm_nice,
+            accel: OnceLock::new(),
+            vms: Mutex::new(HashMap::new()),
+            wake: tokio::sync::Notify::new(),
+            reconciling: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// The accelerator VMs start with (the node's probe decided it).
+    pub fn set_accel(&self, accel: Accel) {
+        let _ = self.accel.set(accel);
+    }
+
     pub(crate) fn vm_dir(&self, instance_id: &str) -> PathBuf {
-        self.path("vm").join(instance_id)
+        self.vm_root.join(instance_id)
     }
 
     /// The Unix socket of the instance's serial console.
-    pub fn console_socket(&self, i: &InstanceRow) -> PathBuf {
-        machine::serial_socket(&self.vm_dir(&i.id))
+    pub fn console_socket(&self, instance_id: &str) -> PathBuf {
+        machine::serial_socket(&self.vm_dir(instance_id))
     }
 
     /// Kills every VM this node runs (tests, and an operator draining a
-    /// node for good): a server restart alone never does this.
+    /// node for good): a restart alone never does this.
     pub fn kill_all_vms(&self) -> usize {
         let mut n = 0;
-        if let Ok(rd) = std::fs::read_dir(self.path("vm")) {
+        if let Ok(rd) = std::fs::read_dir(&self.vm_root) {
             for e in rd.flatten() {
                 if machine::kill_dir(&e.path()) {
                     n += 1;
@@ -104,17 +169,16 @@ impl Compute {
     /// At shutdown: removes the seed directory if no VM still needs a seed
     /// in it (running VMs keep theirs; the next start reuses the directory).
     pub fn release_seed_dir(&self) {
-        let _ = std::fs::remove_dir(&self.0.cfg.seed_dir);
+        let _ = std::fs::remove_dir(&self.seed_dir);
     }
 
     fn seed_path(&self, instance_id: &str) -> PathBuf {
-        self.0.cfg.seed_dir.join(format!("{instance_id}.iso"))
+        self.seed_dir.join(format!("{instance_id}.iso"))
     }
 
     /// The open handle of a running VM, re-attaching after a restart.
     pub(crate) async fn vm(&self, instance_id: &str) -> ApiResult<Arc<Vm>> {
         if let Some(vm) = self
-            .0
             .vms
             .lock()
             .ok()
@@ -129,104 +193,108 @@ impl Compute {
                 .await
                 .map_err(qemu_err)?,
         );
-        if let Ok(mut m) = self.0.vms.lock() {
+        if let Ok(mut m) = self.vms.lock() {
             m.insert(instance_id.to_string(), vm.clone());
         }
         Ok(vm)
     }
 
     fn forget_vm(&self, instance_id: &str) {
-        if let Ok(mut m) = self.0.vms.lock() {
+        if let Ok(mut m) = self.vms.lock() {
             m.remove(instance_id);
         }
     }
 
-    /// One pass over the instances of this node.
-    pub async fn reconcile(&self) -> ApiResult<()> {
-        let Some(node) = self.local_node().map(str::to_string) else {
-            return Ok(());
-        };
-        let _one = self.0.reconciling.lock().await;
-        for i in self.0.store.instances_on_node(&node).await? {
-            if let Err(e) = self.reconcile_one(&i).await {
-                tracing::warn!(instance = %i.id, error = %e.detail, "reconcile failed");
-                if i.desired != "deleted" {
-                    self.0
-                        .store
-                        .instance_set_state(&i.id, "failed", &e.detail)
-                        .await?;
+    /// A file named by the control plane, inside the compute directory
+    /// (a name that would leave it is refused).
+    fn file(&self, rel: &str) -> ApiResult<PathBuf> {
+        let p = Path::new(rel);
+        if rel.is_empty() || !p.components().all(|c| matches!(c, Component::Normal(_))) {
+            return Err(ApiError::internal(format!(
+                "disk file {rel:?} is not inside the compute directory"
+            )));
+        }
+        Ok(self.dir.join(p))
+    }
+
+    fn layer(&self, l: &KeyedLayer) -> ApiResult<Layer> {
+        let raw = Zeroizing::new(
+            B64.decode(&l.key)
+                .map_err(|_| ApiError::internal("a disk key is not base64"))?,
+        );
+        let key = DiskKey::from_data_key(&raw).map_err(qemu_err)?;
+        Ok(Layer::new(self.file(&l.file)?, key))
+    }
+
+    fn chain(&self, d: &DiskKeys) -> ApiResult<Chain> {
+        let layers = d
+            .layers
+            .iter()
+            .map(|l| self.layer(l))
+            .collect::<ApiResult<Vec<_>>>()?;
+        Chain::new(layers).map_err(qemu_err)
+    }
+
+    /// One pass over the instances of the node.
+    pub async fn reconcile<L: Link>(&self, link: &L) -> ApiResult<()> {
+        let _one = self.reconciling.lock().await;
+        for w in link.work().await? {
+            if let Err(e) = self.reconcile_one(link, &w).await {
+                tracing::warn!(instance = %w.id, error = %e.detail, "reconcile failed");
+                if w.desired != "deleted" {
+                    link.report(&w.id, &state("failed", &e.detail)).await?;
                 }
             }
         }
         Ok(())
     }
 
-    fn purpose(i: &InstanceRow) -> Purpose {
-        Purpose {
-            justification: Justification::ServiceForPrincipal,
-            principal: Some(i.created_by.clone()),
-            request_id: None,
-        }
-    }
-
-    async fn reconcile_one(&self, i: &InstanceRow) -> ApiResult<()> {
-        let dir = self.vm_dir(&i.id);
+    async fn reconcile_one<L: Link>(&self, link: &L, w: &Work) -> ApiResult<()> {
+        let dir = self.vm_dir(&w.id);
         let status = machine::dir_status(&dir);
         let alive = matches!(status.state, VmState::Running | VmState::Paused);
-        match i.desired.as_str() {
-            "deleted" => self.remove(i, alive).await,
+        match w.desired.as_str() {
+            "deleted" => self.remove(link, w, alive).await,
             "stopped" => {
                 if alive {
-                    self.stop_step(i).await
+                    self.stop_step(link, w).await
                 } else {
-                    self.forget_vm(&i.id);
+                    self.forget_vm(&w.id);
                     machine::cleanup(&dir).map_err(qemu_err)?;
-                    let _ = std::fs::remove_file(self.seed_path(&i.id));
-                    self.settle_volumes(i, &HashSet::new(), false).await?;
-                    if i.state != "stopped" {
-                        self.0
-                            .store
-                            .instance_set_state(&i.id, "stopped", "")
-                            .await?;
+                    let _ = std::fs::remove_file(self.seed_path(&w.id));
+                    settle_volumes(link, w, &HashSet::new(), false).await?;
+                    if w.state != "stopped" {
+                        link.report(&w.id, &state("stopped", "")).await?;
                     }
                     Ok(())
                 }
             }
             _ => {
                 if alive {
-                    if i.state != "running" {
+                    if w.state != "running" {
                         // A launch cut short (the agent was killed) leaves
                         // QEMU paused before its guest ever ran: start over.
-                        let vm = self.vm(&i.id).await?;
-                        if matches!(i.state.as_str(), "creating" | "starting")
+                        let vm = self.vm(&w.id).await?;
+                        if matches!(w.state.as_str(), "creating" | "starting")
                             && vm.status().await.state == VmState::Paused
                         {
                             machine::kill_dir(&dir);
-                            self.forget_vm(&i.id);
+                            self.forget_vm(&w.id);
                             return Ok(());
                         }
-                        self.0
-                            .store
-                            .instance_set_state(&i.id, "running", "")
-                            .await?;
+                        link.report(&w.id, &state("running", "")).await?;
                     }
-                    self.converge_disks(i).await
-                } else if status.state == VmState::Failed && i.state == "running" {
-                    self.forget_vm(&i.id);
-                    self.0
-                        .store
-                        .instance_set_state(&i.id, "failed", &status.detail)
-                        .await
-                } else if i.state == "running" {
+                    self.converge_disks(link, w).await
+                } else if status.state == VmState::Failed && w.state == "running" {
+                    self.forget_vm(&w.id);
+                    link.report(&w.id, &state("failed", &status.detail)).await
+                } else if w.state == "running" {
                     // The guest powered itself off: the instance is stopped.
-                    self.forget_vm(&i.id);
+                    self.forget_vm(&w.id);
                     machine::cleanup(&dir).map_err(qemu_err)?;
-                    self.0
-                        .store
-                        .instance_set_desired(&i.id, "stopped", "stopped", "the guest powered off")
-                        .await
-                } else if matches!(i.state.as_str(), "creating" | "starting") {
-                    self.launch(i).await
+                    link.report(&w.id, &InstanceReport::PoweredOff).await
+                } else if matches!(w.state.as_str(), "creating" | "starting") {
+                    self.launch(link, w).await
                 } else {
                     Ok(())
                 }
@@ -236,149 +304,155 @@ impl Compute {
 
     /// Creates the boot disk if missing, builds the seed, starts QEMU with
     /// every attached volume.
-    async fn launch(&self, i: &InstanceRow) -> ApiResult<()> {
-        let why = Self::purpose(i);
-        let dir = self.vm_dir(&i.id);
+    async fn launch<L: Link>(&self, link: &L, w: &Work) -> ApiResult<()> {
+        let dir = self.vm_dir(&w.id);
         machine::cleanup(&dir).map_err(qemu_err)?;
-        let volumes = self.0.store.instance_volumes(&i.id).await?;
-        let boot = volumes
+        let mut wanted = vec![w.boot_volume_id.clone()];
+        wanted.extend(
+            w.volumes
+                .iter()
+                .filter(|v| v.id != w.boot_volume_id && v.state != "detaching")
+                .map(|v| v.id.clone()),
+        );
+        let keys = link
+            .keys(
+                &w.id,
+                &KeysRequest {
+                    volumes: wanted,
+                    seed: true,
+                },
+            )
+            .await?;
+        let boot = keys
+            .disks
             .iter()
-            .find(|v| v.id == i.boot_volume_id)
+            .find(|d| d.volume_id == w.boot_volume_id)
             .ok_or_else(|| ApiError::internal("the instance has no boot volume"))?;
-        self.ensure_volume_file(boot, &why).await?;
-        let (boot_chain, _) = self.chain(&layers_of(boot)?, &why).await?;
+        self.ensure_volume_file(boot).await?;
+        let boot_chain = self.chain(boot)?;
         let mut data = Vec::new();
         let mut attached = HashSet::new();
-        for v in volumes.iter().filter(|v| v.id != i.boot_volume_id) {
-            if v.state == "detaching" {
-                continue;
-            }
-            let (chain, _) = self.chain(&layers_of(v)?, &why).await?;
-            data.push(disk_spec(v, chain));
-            attached.insert(v.id.clone());
+        for d in keys
+            .disks
+            .iter()
+            .filter(|d| d.volume_id != w.boot_volume_id)
+        {
+            data.push(disk_spec(&d.volume_id, self.chain(d)?));
+            attached.insert(d.volume_id.clone());
         }
 
-        let (key, _) = self
-            .0
-            .kms
-            .unwrap(&i.project_id, &i.data_key_id, &i.id, &why)
-            .await?;
-        // The seed directory is made by the first launch, so a server that
+        // The seed directory is made by the first launch, so a node that
         // never runs a VM leaves nothing in /dev/shm, even when killed.
         {
             use std::os::unix::fs::DirBuilderExt;
             std::fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(&self.0.cfg.seed_dir)
-                .map_err(crate::service::io_err("create the seed directory"))?;
+                .create(&self.seed_dir)
+                .map_err(io_err("create the seed directory"))?;
         }
-        let seed_path = self.seed_path(&i.id);
+        let seed_path = self.seed_path(&w.id);
         let _ = std::fs::remove_file(&seed_path);
         let seed = Seed {
-            instance_id: i.id.clone(),
-            hostname: i.name.clone(),
-            ssh_keys: serde_json::from_str(&i.ssh_keys).unwrap_or_default(),
-            user_data: open_user_data(&key, i)?,
+            instance_id: w.id.clone(),
+            hostname: w.name.clone(),
+            ssh_keys: w.ssh_keys.clone(),
+            user_data: keys.user_data.clone(),
             network_config: None,
         };
         seed.build(&seed_path).await.map_err(qemu_err)?;
 
-        let accel = self
-            .0
-            .node
-            .get()
-            .map(|(_, a)| *a)
-            .unwrap_or(nuage_qemu::Accel::Tcg);
         let spec = VmSpec {
-            id: i.id.clone(),
-            vcpus: u32::try_from(i.vcpus).map_err(|_| ApiError::invalid("vcpus"))?,
-            memory_mib: u64::try_from(i.memory_mib).map_err(|_| ApiError::invalid("memory"))?,
-            accel,
+            id: w.id.clone(),
+            vcpus: u32::try_from(w.vcpus).map_err(|_| ApiError::invalid("vcpus"))?,
+            memory_mib: u64::try_from(w.memory_mib).map_err(|_| ApiError::invalid("memory"))?,
+            accel: self.accel.get().copied().unwrap_or(Accel::Tcg),
             boot_disk: DiskSpec::new("boot", boot_chain),
             data_disks: data,
             seed: Some(seed_path),
             nics: Vec::new(),
-            nice: self.0.cfg.vm_nice,
+            nice: self.vm_nice,
         };
-        self.0
-            .store
-            .instance_set_state(&i.id, "starting", "starting QEMU")
+        link.report(&w.id, &state("starting", "starting QEMU"))
             .await?;
         let vm = Vm::launch(&spec, &dir).await.map_err(qemu_err)?;
-        if let Ok(mut m) = self.0.vms.lock() {
-            m.insert(i.id.clone(), Arc::new(vm));
+        if let Ok(mut m) = self.vms.lock() {
+            m.insert(w.id.clone(), Arc::new(vm));
         }
-        self.settle_volumes(i, &attached, true).await?;
-        self.0.store.instance_set_state(&i.id, "running", "").await
+        settle_volumes(link, w, &attached, true).await?;
+        link.report(&w.id, &state("running", "")).await
     }
 
     /// Creates a volume's top file (an encrypted qcow2, an overlay when it
     /// has a base) if a crash came before it was made.
-    async fn ensure_volume_file(&self, v: &VolumeRow, why: &Purpose) -> ApiResult<()> {
-        let layers = layers_of(v)?;
-        let Some(top) = layers.first() else {
+    async fn ensure_volume_file(&self, d: &DiskKeys) -> ApiResult<()> {
+        let Some(top) = d.layers.first() else {
             return Err(ApiError::internal("a volume without files"));
         };
-        let file = self.path(&top.file);
+        let file = self.file(&top.file)?;
         if file.exists() {
             return Ok(());
         }
-        let (key, _) = self
-            .disk_key(&top.project_id, &top.data_key_id, &top.owner, why)
-            .await?;
-        let size = u64::try_from(v.size_bytes).unwrap_or(0);
-        let backing = layers.get(1).map(|b| self.path(&b.file));
+        let key = self.layer(top)?.key;
+        let size = u64::try_from(d.size_bytes).unwrap_or(0);
+        let backing = d.layers.get(1).map(|b| self.file(&b.file)).transpose()?;
         // A spare the request set aside for this volume is already
         // encrypted with its data key.
-        let aside = self.0.spares.set_aside_path(&v.id);
+        let aside = crate::spares::set_aside_file(&self.dir, &d.volume_id);
         if aside.exists() {
             match nuage_qemu::disk::adopt(&aside, &file, backing.as_deref(), size, &key).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
-                    tracing::warn!(volume = %v.id, error = %e, "a set-aside spare could not be adopted");
+                    tracing::warn!(volume = %d.volume_id, error = %e, "a set-aside spare could not be adopted");
                     let _ = std::fs::remove_file(&aside);
                 }
             }
         }
-        self.make_disk(None, &file, backing.as_deref(), size, &key)
-            .await
-            .map_err(qemu_err)
+        match backing {
+            Some(b) => nuage_qemu::disk::create_overlay(&file, &b, size, &key).await,
+            None => nuage_qemu::disk::create(&file, size, &key).await,
+        }
+        .map_err(qemu_err)
     }
 
     /// Plugs volumes being attached and unplugs volumes being detached.
-    async fn converge_disks(&self, i: &InstanceRow) -> ApiResult<()> {
-        let volumes = self.0.store.instance_volumes(&i.id).await?;
-        let pending = volumes
+    async fn converge_disks<L: Link>(&self, link: &L, w: &Work) -> ApiResult<()> {
+        let pending = w
+            .volumes
             .iter()
             .any(|v| matches!(v.state.as_str(), "attaching" | "detaching"));
         if !pending {
             return Ok(());
         }
-        let vm = self.vm(&i.id).await?;
+        let vm = self.vm(&w.id).await?;
         let present = plugged(&vm).await?;
-        let why = Self::purpose(i);
-        for v in volumes.iter().filter(|v| v.id != i.boot_volume_id) {
+        for v in w.volumes.iter().filter(|v| v.id != w.boot_volume_id) {
             let name = disk_name(&v.id);
             match v.state.as_str() {
                 "attaching" => {
                     if !present.contains(&name) {
-                        let (chain, _) = self.chain(&layers_of(v)?, &why).await?;
-                        if let Err(e) = vm.attach_disk(&disk_spec(v, chain)).await {
-                            self.0
-                                .store
-                                .volume_set_attachment(&v.id, "available")
-                                .await?;
+                        let keys = link
+                            .keys(
+                                &w.id,
+                                &KeysRequest {
+                                    volumes: vec![v.id.clone()],
+                                    seed: false,
+                                },
+                            )
+                            .await?;
+                        let d = keys
+                            .disks
+                            .first()
+                            .ok_or_else(|| ApiError::internal("no keys for the volume"))?;
+                        if let Err(e) = vm.attach_disk(&disk_spec(&v.id, self.chain(d)?)).await {
+                            link.attachment(&v.id, "available").await?;
                             return Err(ApiError::internal(format!(
                                 "volume {} could not be attached: {e}",
                                 v.name
                             )));
                         }
                     }
-                    self.0
-                        .store
-                        .volume_set_attachment(&v.id, "attached")
-                        .await?;
+                    link.attachment(&v.id, "attached").await?;
                 }
                 "detaching" => {
                     if present.contains(&name) {
@@ -389,38 +463,7 @@ impl Compute {
                             ))
                         })?;
                     }
-                    self.0
-                        .store
-                        .volume_set_attachment(&v.id, "available")
-                        .await?;
-                }
-                _ => {}
-            }
-        }
-        Ok(())
-    }
-
-    /// With the VM down (or just started with `attached`), completes
-    /// pending attachments: attaching → attached, detaching → available.
-    async fn settle_volumes(
-        &self,
-        i: &InstanceRow,
-        attached: &HashSet<String>,
-        running: bool,
-    ) -> ApiResult<()> {
-        for v in self.0.store.instance_volumes(&i.id).await? {
-            match v.state.as_str() {
-                "attaching" if !running || attached.contains(&v.id) => {
-                    self.0
-                        .store
-                        .volume_set_attachment(&v.id, "attached")
-                        .await?
-                }
-                "detaching" => {
-                    self.0
-                        .store
-                        .volume_set_attachment(&v.id, "available")
-                        .await?
+                    link.attachment(&v.id, "available").await?;
                 }
                 _ => {}
             }
@@ -430,61 +473,81 @@ impl Compute {
 
     /// Asks the guest to power off once; kills QEMU when it has not after
     /// the stop timeout (or at once for a forced stop).
-    async fn stop_step(&self, i: &InstanceRow) -> ApiResult<()> {
-        let force = i.status_message == "force";
-        let waited = Duration::from_millis(u64::try_from(now_ms() - i.updated_at).unwrap_or(0));
-        if force || waited > self.0.cfg.stop_timeout {
-            machine::kill_dir(&self.vm_dir(&i.id));
-            self.forget_vm(&i.id);
+    async fn stop_step<L: Link>(&self, link: &L, w: &Work) -> ApiResult<()> {
+        let force = w.status_message == "force";
+        let waited = Duration::from_millis(u64::try_from(w.changed_ms_ago).unwrap_or(0));
+        if force || waited > self.stop_timeout {
+            machine::kill_dir(&self.vm_dir(&w.id));
+            self.forget_vm(&w.id);
             return Ok(());
         }
-        if i.status_message.is_empty() {
-            let vm = self.vm(&i.id).await?;
+        if w.status_message.is_empty() {
+            let vm = self.vm(&w.id).await?;
             vm.powerdown().await.map_err(qemu_err)?;
-            // Keep updated_at: the timeout counts from the request.
-            sqlx_free_note(self, i, "asked the guest to power off").await?;
+            // A note keeps the time of the request: the timeout counts
+            // from it.
+            link.report(
+                &w.id,
+                &InstanceReport::Note {
+                    message: "asked the guest to power off".into(),
+                },
+            )
+            .await?;
         }
         Ok(())
     }
 
-    /// Removes a deleted instance: its VM, seed, run directory, boot volume
-    /// (file and key) and row; other volumes are detached and kept.
-    async fn remove(&self, i: &InstanceRow, alive: bool) -> ApiResult<()> {
-        let dir = self.vm_dir(&i.id);
+    /// Removes a deleted instance's VM, seed and run directory, then lets
+    /// the control plane remove its boot volume (file and key) and row;
+    /// other volumes are detached and kept.
+    async fn remove<L: Link>(&self, link: &L, w: &Work, alive: bool) -> ApiResult<()> {
+        let dir = self.vm_dir(&w.id);
         if alive {
             machine::kill_dir(&dir);
-            self.forget_vm(&i.id);
+            self.forget_vm(&w.id);
             // The next pass (right away) removes the rest once QEMU is gone.
-            self.wake_agent();
+            self.wake.notify_one();
             return Ok(());
         }
-        self.forget_vm(&i.id);
+        self.forget_vm(&w.id);
         machine::cleanup(&dir).map_err(qemu_err)?;
-        let _ = std::fs::remove_file(self.seed_path(&i.id));
-        let _ = std::fs::remove_file(self.0.spares.set_aside_path(&i.boot_volume_id));
-        let boot = self.0.store.volume_by_id(&i.boot_volume_id).await?;
-        self.0.store.instance_remove(i).await?;
-        if let Some(b) = boot {
-            self.release(&layers_of(&b)?).await?;
-        }
-        self.0.kms.data_key_delete(&i.data_key_id).await
+        let _ = std::fs::remove_file(self.seed_path(&w.id));
+        let _ = std::fs::remove_file(crate::spares::set_aside_file(&self.dir, &w.boot_volume_id));
+        link.report(&w.id, &InstanceReport::Removed).await
     }
 }
 
-/// Records a step of a stop without moving `updated_at` (the stop timeout
-/// counts from the request).
-async fn sqlx_free_note(c: &Compute, i: &InstanceRow, note: &str) -> ApiResult<()> {
-    c.0.store.instance_note(&i.id, note).await
+fn state(state: &str, message: &str) -> InstanceReport {
+    InstanceReport::State {
+        state: state.to_string(),
+        message: message.to_string(),
+    }
 }
 
-fn layers_of(v: &VolumeRow) -> ApiResult<Vec<LayerRef>> {
-    crate::snapshots::layers_of(&v.layers)
+/// With the VM down (or just started with `attached`), completes
+/// pending attachments: attaching → attached, detaching → available.
+async fn settle_volumes<L: Link>(
+    link: &L,
+    w: &Work,
+    attached: &HashSet<String>,
+    running: bool,
+) -> ApiResult<()> {
+    for v in &w.volumes {
+        match v.state.as_str() {
+            "attaching" if !running || attached.contains(&v.id) => {
+                link.attachment(&v.id, "attached").await?
+            }
+            "detaching" => link.attachment(&v.id, "available").await?,
+            _ => {}
+        }
+    }
+    Ok(())
 }
 
-fn disk_spec(v: &VolumeRow, chain: Chain) -> DiskSpec {
+fn disk_spec(volume_id: &str, chain: Chain) -> DiskSpec {
     DiskSpec {
-        name: disk_name(&v.id),
-        serial: serial(&v.id),
+        name: disk_name(volume_id),
+        serial: serial(volume_id),
         chain,
     }
 }
@@ -527,5 +590,22 @@ mod tests {
             disk_name("vol_aaaa0000000000000000000000000001"),
             disk_name("vol_aaaa0000000000000000000000000002")
         );
+    }
+
+    #[test]
+    fn disk_files_stay_inside_the_compute_directory() {
+        let cfg = ComputeConfig::for_dir(std::env::temp_dir().join("nuage-host-file-test"));
+        let host = Host::new(&cfg).unwrap();
+        assert!(host.file("volumes/vol_1.qcow2").is_ok());
+        for bad in [
+            "",
+            "/etc/shadow",
+            "../secret.qcow2",
+            "volumes/../../x",
+            "./v",
+        ] {
+            assert!(host.file(bad).is_err(), "{bad:?} was accepted");
+        }
+        let _ = std::fs::remove_dir_all(&cfg.dir);
     }
 }

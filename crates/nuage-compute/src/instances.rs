@@ -293,7 +293,9 @@ impl Compute {
                 format!("instance {} is {}, not running", i.name, i.state),
             ));
         }
-        let vm = self.vm(&i.id).await?;
+        let vm = self
+            .local_vm(i, "stop and start it instead of a reset")
+            .await?;
         vm.qmp()
             .execute("system_reset", serde_json::json!({}))
             .await
@@ -366,9 +368,20 @@ impl Compute {
         Ok(())
     }
 
-    /// The last `max_bytes` of the instance's serial console.
+    /// The Unix socket of the instance's serial console, on this server's
+    /// node (relaying the console of a node of its own is not done yet).
+    pub fn console_socket(&self, i: &InstanceRow) -> ApiResult<std::path::PathBuf> {
+        self.on_local_node(
+            i,
+            "its interactive console is not relayed yet; console-log shows its output",
+        )?;
+        Ok(self.0.host.console_socket(&i.id))
+    }
+
+    /// The last `max_bytes` of the instance's serial console (its log is
+    /// in the shared compute directory, whichever node runs it).
     pub fn console_log(&self, i: &InstanceRow, max_bytes: u64) -> ApiResult<String> {
-        let dir = self.vm_dir(&i.id);
+        let dir = self.0.host.vm_dir(&i.id);
         if !dir.exists() {
             return Ok(String::new());
         }

@@ -1,7 +1,10 @@
 //! Compute: the images, volumes and instances of projects.
 //!
 //! - [`instances`]: what a tenant's request on a VM records.
-//! - [`agent`]: the node agent that makes VMs match those records.
+//! - [`agent`]: the node agent that makes VMs match those records, on the
+//!   node a server embeds and on nodes of their own.
+//! - [`link`]: what an agent asks of the control plane and reports to it,
+//!   scoped to its node.
 //! - [`model`]: the resources as the REST API shows them.
 //! - [`service`]: create, import, change and delete them (disks through
 //!   `nuage-qemu`, keys through the key service).
@@ -18,6 +21,7 @@
 
 pub mod agent;
 pub mod instances;
+pub mod link;
 pub mod model;
 pub mod nodes;
 pub mod placement;

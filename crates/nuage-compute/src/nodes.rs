@@ -137,10 +137,8 @@ pub async fn heartbeat(store: &Store, node_id: &str) -> ApiResult<()> {
 
 /// State of an enrolled node whose agent has not reported yet.
 pub const STATE_ENROLLED: &str = "enrolled";
-/// State of an enrolled node whose agent reports: live and measured, but
-/// it takes no instance yet (running VMs on a remote agent is the next
-/// step of the agent; until then placement leaves these nodes alone).
-pub const STATE_STANDBY: &str = "standby";
+/// State of a node whose agent is alive: it takes new instances.
+pub const STATE_READY: &str = "ready";
 
 fn check_node_name(name: &str) -> ApiResult<()> {
     if name.is_empty() || name.len() > 253 || name.chars().any(char::is_control) {
@@ -200,6 +198,9 @@ pub struct NodeReport {
     pub memory_mib: i64,
     /// Size of the filesystem holding the disks, bytes.
     pub disk_bytes: i64,
+    /// The id in the node's compute directory (`compute-id`): it must be
+    /// the control plane's own, shared, directory.
+    pub compute_id: String,
 }
 
 impl NodeReport {
@@ -213,6 +214,7 @@ impl NodeReport {
             vcpus: cap.vcpus,
             memory_mib: cap.memory_mib,
             disk_bytes: cap.disk_bytes,
+            compute_id: crate::service::read_compute_id(compute_dir)?,
         })
     }
 
@@ -241,9 +243,27 @@ impl NodeReport {
 }
 
 /// Records what the agent of `node` reported, as a heartbeat: the node is
-/// then live, in standby.
-pub async fn report(store: &Store, node: &NodeRow, r: &NodeReport) -> ApiResult<Node> {
+/// then live and takes instances. Refused (and nothing recorded) when the
+/// node's compute directory is not `compute_id`, the control plane's: its
+/// VMs would not find their disks.
+pub async fn report(
+    store: &Store,
+    node: &NodeRow,
+    r: &NodeReport,
+    compute_id: &str,
+) -> ApiResult<Node> {
     r.check()?;
+    if r.compute_id != compute_id {
+        return Err(ApiError::conflict(
+            "compute_dir_not_shared",
+            format!(
+                "node {:?} reports compute directory {:?}, not the control plane's {compute_id:?}: \
+                 mount the control plane's compute directory (shared storage) at the agent's \
+                 --compute-dir",
+                node.name, r.compute_id
+            ),
+        ));
+    }
     let now = now_ms();
     let row = NodeRow {
         accel: r.accel.clone(),
@@ -251,7 +271,7 @@ pub async fn report(store: &Store, node: &NodeRow, r: &NodeReport) -> ApiResult<
         vcpus: r.vcpus,
         memory_mib: r.memory_mib,
         disk_bytes: r.disk_bytes,
-        state: STATE_STANDBY.into(),
+        state: STATE_READY.into(),
         heartbeat_at: now,
         ..node.clone()
     };
@@ -355,9 +375,8 @@ pub struct Node {
     /// vCPUs and memory of the instances on the node.
     pub used_vcpus: i64,
     pub used_memory_mib: i64,
-    /// `ready` (takes new instances); `enrolled` (enrolled for `nuage
-    /// agent`, which has not reported yet) or `standby` (its agent reports;
-    /// it takes no instance yet).
+    /// `ready` (takes new instances) or `enrolled` (enrolled for `nuage
+    /// agent`, which has not reported yet).
     pub state: String,
     /// Seconds since the node's last heartbeat.
     pub heartbeat_age_secs: i64,

@@ -17,9 +17,10 @@ use nuage_core::{ApiError, ApiResult};
 use nuage_kms::{KeyUse, Kms, Purpose};
 use nuage_qemu::image::Source;
 use nuage_qemu::{Chain, DiskKey, Layer};
-use nuage_store::{ImageRow, Store, VolumeRow};
+use nuage_store::{ImageRow, InstanceRow, Store, VolumeRow};
 use serde::{Deserialize, Serialize};
 
+use crate::agent::Host;
 use crate::model::{parse_size, CreateImage, CreateVolume, Visibility};
 use crate::spares::{Spare, Spares};
 use crate::spool::{Spool, SpoolError};
@@ -48,14 +49,13 @@ pub struct ComputeConfig {
 
 impl ComputeConfig {
     pub fn under(data_dir: &Path) -> ComputeConfig {
-        let dir = data_dir.join("compute");
-        // One seed directory per data directory, so servers sharing a
-        // machine (tests) keep theirs apart.
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        dir.hash(&mut h);
+        ComputeConfig::for_dir(data_dir.join("compute"))
+    }
+
+    /// The defaults for the compute directory `dir`.
+    pub fn for_dir(dir: PathBuf) -> ComputeConfig {
         ComputeConfig {
-            seed_dir: PathBuf::from(format!("/dev/shm/nuage-seeds-{:016x}", h.finish())),
+            seed_dir: seed_dir_for(&dir),
             dir,
             max_image_bytes: 64 << 30,
             stop_timeout: std::time::Duration::from_secs(60),
@@ -63,6 +63,15 @@ impl ComputeConfig {
             vm_nice: 10,
         }
     }
+}
+
+/// The seed directory of the node whose VMs run under `dir`: one per
+/// directory, so nodes sharing a machine (tests) keep theirs apart.
+pub fn seed_dir_for(dir: &Path) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    dir.hash(&mut h);
+    PathBuf::from(format!("/dev/shm/nuage-seeds-{:016x}", h.finish()))
 }
 
 /// One file of a disk's chain, as stored in a row's `layers` (top first).
@@ -83,16 +92,53 @@ pub(crate) struct Inner {
     pub(crate) store: Store,
     pub(crate) kms: Kms,
     pub(crate) cfg: ComputeConfig,
-    /// This server's node (its embedded agent runs the VMs placed on it)
-    /// and the accelerator the node probed.
-    pub(crate) node: OnceLock<(String, nuage_qemu::Accel)>,
-    /// Wakes the agent when a tenant changes what it wants.
-    pub(crate) wake: tokio::sync::Notify,
-    /// One reconcile pass at a time.
-    pub(crate) reconciling: tokio::sync::Mutex<()>,
-    /// Open QMP handles of running VMs, by instance id.
-    pub(crate) vms: std::sync::Mutex<std::collections::HashMap<String, Arc<nuage_qemu::Vm>>>,
+    /// This server's node (its embedded agent runs the VMs placed on it).
+    pub(crate) node: OnceLock<String>,
+    /// The id of the compute directory (see [`read_compute_id`]).
+    pub(crate) compute_id: String,
+    /// The VMs of that node.
+    pub(crate) host: Host,
+    /// Counts what tenants change on instances and volumes, so agents of
+    /// nodes of their own can wait for a change instead of polling fast.
+    pub(crate) changes: tokio::sync::watch::Sender<u64>,
     pub(crate) spares: Spares,
+}
+
+/// The file naming a compute directory, so that a node of its own can
+/// prove it mounted the control plane's.
+const COMPUTE_ID_FILE: &str = "compute-id";
+
+/// The id of compute directory `dir`, made on first use.
+fn ensure_compute_id(dir: &Path) -> std::io::Result<String> {
+    let file = dir.join(COMPUTE_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(s) if !s.trim().is_empty() => return Ok(s.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let id = format!("cmp_{}", uuid::Uuid::new_v4().simple());
+    let tmp = dir.join(format!("{COMPUTE_ID_FILE}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n"))?;
+    std::fs::File::open(&tmp)?.sync_all()?;
+    std::fs::rename(&tmp, &file)?;
+    Ok(id)
+}
+
+/// The id of compute directory `dir`, as an agent finds it there.
+pub fn read_compute_id(dir: &Path) -> ApiResult<String> {
+    let file = dir.join(COMPUTE_ID_FILE);
+    match std::fs::read_to_string(&file) {
+        Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+        _ => Err(ApiError::bad_request(
+            "compute_dir_not_shared",
+            format!(
+                "{} holds no compute id: mount the control plane's compute directory \
+                 (shared storage) there",
+                dir.display()
+            ),
+        )),
+    }
 }
 
 pub(crate) fn io_err(what: &str) -> impl Fn(std::io::Error) -> ApiError + '_ {
@@ -123,31 +169,70 @@ impl Compute {
             }
         }
         let spares = Spares::open(cfg.dir.join("spares"), cfg.spare_disks)?;
+        let host = Host::new(&cfg)?;
+        let compute_id = ensure_compute_id(&cfg.dir)?;
         Ok(Compute(Arc::new(Inner {
             store,
             kms,
             spares,
             cfg,
             node: OnceLock::new(),
-            wake: tokio::sync::Notify::new(),
-            reconciling: tokio::sync::Mutex::new(()),
-            vms: std::sync::Mutex::new(std::collections::HashMap::new()),
+            compute_id,
+            host,
+            // From the clock, so an agent's last generation from before a
+            // restart does not match by chance.
+            changes: tokio::sync::watch::Sender::new(now_ms().unsigned_abs()),
         })))
     }
 
     /// Makes this server the compute node `node_id` (its agent runs the
     /// instances placed there) with accelerator `accel`.
     pub fn set_local_node(&self, node_id: &str, accel: nuage_qemu::Accel) {
-        let _ = self.0.node.set((node_id.to_string(), accel));
+        let _ = self.0.node.set(node_id.to_string());
+        self.0.host.set_accel(accel);
     }
 
     pub fn local_node(&self) -> Option<&str> {
-        self.0.node.get().map(|(id, _)| id.as_str())
+        self.0.node.get().map(String::as_str)
     }
 
-    /// Asks the agent for a reconcile pass now.
+    /// The id nodes of their own must find in their compute directory.
+    pub fn compute_id(&self) -> &str {
+        &self.0.compute_id
+    }
+
+    /// The VMs of this server's own node.
+    pub fn host(&self) -> &Host {
+        &self.0.host
+    }
+
+    /// Asks the embedded agent for a reconcile pass now (a node of its own
+    /// looks every few seconds).
     pub fn wake_agent(&self) {
-        self.0.wake.notify_one();
+        self.0.host.wake.notify_one();
+        self.0.changes.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// Instance `i` runs on this server's own node, or a 409 saying that
+    /// `what` needs it to (QMP and the console are local to a node).
+    pub(crate) fn on_local_node(&self, i: &InstanceRow, what: &str) -> ApiResult<()> {
+        if i.node_id.is_some() && i.node_id.as_deref() == self.local_node() {
+            return Ok(());
+        }
+        Err(ApiError::conflict(
+            "instance_on_remote_node",
+            format!("instance {} runs on a node of its own: {what}", i.name),
+        ))
+    }
+
+    /// The QMP handle of instance `i`'s VM, on this server's node.
+    pub(crate) async fn local_vm(
+        &self,
+        i: &InstanceRow,
+        what: &str,
+    ) -> ApiResult<Arc<nuage_qemu::Vm>> {
+        self.on_local_node(i, what)?;
+        self.0.host.vm(&i.id).await
     }
 
     pub fn store(&self) -> &Store {

@@ -15,7 +15,7 @@ use nuage_core::{ApiError, ApiResult};
 use nuage_kms::Purpose;
 use nuage_qemu::machine::{self, VmState};
 use nuage_qemu::Layer;
-use nuage_store::{SnapshotRow, VolumeRow};
+use nuage_store::{InstanceRow, SnapshotRow, VolumeRow};
 
 use crate::model::parse_size;
 use crate::service::{qemu_err, Compute, LayerRef};
@@ -32,26 +32,40 @@ fn encode(layers: &[LayerRef]) -> ApiResult<String> {
 
 impl Compute {
     /// The running VM that holds `v`, with the name of its disk there.
-    async fn holder(&self, v: &VolumeRow) -> ApiResult<Option<(String, String)>> {
+    /// A VM on a node of its own is out of reach of QMP from here: its
+    /// volumes change only while it is stopped.
+    async fn holder(&self, v: &VolumeRow, what: &str) -> ApiResult<Option<(InstanceRow, String)>> {
         let Some(instance_id) = &v.instance_id else {
             return Ok(None);
         };
-        let status = machine::dir_status(&self.vm_dir(instance_id));
-        if !matches!(status.state, VmState::Running | VmState::Paused) {
-            return Ok(None);
-        }
         let i = self
             .0
             .store
             .instance_by_id(instance_id)
             .await?
             .ok_or_else(|| ApiError::internal("the volume's instance is gone"))?;
+        if self.on_local_node(&i, what).is_err() {
+            if i.state == "stopped" && i.desired == "stopped" {
+                return Ok(None);
+            }
+            return Err(ApiError::conflict(
+                "instance_on_remote_node",
+                format!(
+                    "volume {} is held by instance {}, which runs on a node of its own: {what}",
+                    v.name, i.name
+                ),
+            ));
+        }
+        let status = machine::dir_status(&self.0.host.vm_dir(instance_id));
+        if !matches!(status.state, VmState::Running | VmState::Paused) {
+            return Ok(None);
+        }
         let disk = if i.boot_volume_id == v.id {
             "boot".to_string()
         } else {
             crate::agent::disk_name(&v.id)
         };
-        Ok(Some((instance_id.clone(), disk)))
+        Ok(Some((i, disk)))
     }
 
     /// Snapshots volume `v` as `name`.
@@ -64,7 +78,7 @@ impl Compute {
     ) -> ApiResult<SnapshotRow> {
         name::validate("snapshot", name)?;
         // No agent step (attach, stop …) while the chain changes.
-        let _one = self.0.reconciling.lock().await;
+        let _one = self.0.host.reconciling.lock().await;
         let v = self
             .0
             .store
@@ -123,9 +137,10 @@ impl Compute {
             .snapshot_create(&snap, &encode(&now_layers)?)
             .await?;
         let path = self.path(&file);
-        let switched = match self.holder(&v).await? {
-            Some((instance_id, disk)) => {
-                let vm = self.vm(&instance_id).await?;
+        const LIVE: &str = "stop it to snapshot its volumes";
+        let switched = match self.holder(&v, LIVE).await? {
+            Some((i, disk)) => {
+                let vm = self.local_vm(&i, LIVE).await?;
                 vm.snapshot_disk(&disk, &Layer::new(&path, key))
                     .await
                     .map(|_| ())
@@ -189,10 +204,11 @@ impl Compute {
         if size == current {
             return Ok(());
         }
-        let _one = self.0.reconciling.lock().await;
-        match self.holder(v).await? {
-            Some((instance_id, disk)) => {
-                let vm = self.vm(&instance_id).await?;
+        let _one = self.0.host.reconciling.lock().await;
+        const LIVE: &str = "stop it to grow its volumes";
+        match self.holder(v, LIVE).await? {
+            Some((i, disk)) => {
+                let vm = self.local_vm(&i, LIVE).await?;
                 vm.resize_disk(&disk, size).await.map_err(qemu_err)?;
             }
             None => {

@@ -124,7 +124,7 @@ impl Spares {
 
     /// Where a spare set aside for volume `volume_id` waits.
     pub(crate) fn set_aside_path(&self, volume_id: &str) -> PathBuf {
-        self.dir.join(format!("for-{volume_id}.qcow2"))
+        set_aside_in(&self.dir, volume_id)
     }
 
     fn missing(&self) -> usize {
@@ -197,4 +197,16 @@ pub(crate) async fn fill(compute: Compute, mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Where a spare set aside for volume `volume_id` waits, in the spares
+/// directory `dir`.
+fn set_aside_in(dir: &Path, volume_id: &str) -> PathBuf {
+    dir.join(format!("for-{volume_id}.qcow2"))
+}
+
+/// The same place, from the compute directory (an agent of a node of its
+/// own sees the spares its control plane set aside, on shared storage).
+pub(crate) fn set_aside_file(compute_dir: &Path, volume_id: &str) -> PathBuf {
+    set_aside_in(&compute_dir.join("spares"), volume_id)
 }

@@ -1,28 +1,43 @@
 //! `nuage agent`: the agent of a compute node on a host of its own.
 //!
 //! It talks only to the control plane, on the admin listener, with the
-//! credential `nuage node enroll` gave the operator: it probes the
-//! accelerator once, then reports the host's capacity with every heartbeat
-//! (`PUT /agent/v1/node`). The node is then live, in standby: running the
-//! VMs placed on it, as the agent embedded in `nuage server` does, is the
-//! next step, and placement leaves standby nodes alone until then.
+//! credential `nuage admin node enroll` gave the operator. It probes the
+//! accelerator, reports the host's capacity with every heartbeat
+//! (`PUT /agent/v1/node`), and runs the VMs placed on its node with the
+//! same reconciler as the agent a server embeds: what to run comes from
+//! `GET /agent/v1/work` (a long poll, so a tenant's request starts at
+//! once), the keys of the disks from `POST /agent/v1/instances/{id}/keys`,
+//! and what it saw goes back to the control plane as reports.
+//!
+//! The disks are files of the control plane's compute directory, which
+//! this host mounts (shared storage) at `--compute-dir`; the agent refuses
+//! to start on a directory that is not that one. Stopping the agent (or
+//! restarting it) leaves the VMs running; the next agent re-attaches.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use clap::Args;
+use nuage_compute::agent::{self as reconciler, Host};
+use nuage_compute::link::{InstanceReport, Keys, KeysRequest, Link, Work, WorkList, MAX_WAIT};
 use nuage_compute::nodes::{NodeReport, HEARTBEAT_EVERY};
+use nuage_compute::ComputeConfig;
+use nuage_core::{ApiError, ApiResult};
+use serde::de::DeserializeOwned;
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {
     /// The control plane's admin listener, e.g. `https://cp.example:8444`.
     #[arg(long, env = "NUAGE_CONTROL_PLANE")]
     control_plane: String,
-    /// File holding the node credential from `nuage node enroll`.
+    /// File holding the node credential from `nuage admin node enroll`.
     #[arg(long, env = "NUAGE_NODE_TOKEN_FILE")]
     token_file: PathBuf,
-    /// Where this node keeps its disks (its filesystem's size is reported).
+    /// The control plane's compute directory, mounted here (shared
+    /// storage): the disks of the VMs this node runs.
     #[arg(
         long,
         env = "NUAGE_COMPUTE_DIR",
@@ -32,6 +47,10 @@ pub struct AgentArgs {
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = HEARTBEAT_EVERY.as_secs())]
     heartbeat_seconds: u64,
+    /// Seconds a guest has to power off after an ACPI request before its
+    /// QEMU is killed.
+    #[arg(long, default_value_t = 60)]
+    stop_timeout_seconds: u64,
 }
 
 pub async fn run(a: AgentArgs) -> ExitCode {
@@ -52,40 +71,82 @@ async fn serve(a: AgentArgs) -> Result<(), String> {
     if token.is_empty() {
         return Err(format!("{} is empty", a.token_file.display()));
     }
-    std::fs::create_dir_all(&a.compute_dir)
-        .map_err(|e| format!("{}: {e}", a.compute_dir.display()))?;
-    let url = format!("{}/agent/v1/node", a.control_plane.trim_end_matches('/'));
+    // Fails early, with the reason, on a directory that is not shared.
+    nuage_compute::service::read_compute_id(&a.compute_dir).map_err(|e| e.detail)?;
     let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
+        .timeout(MAX_WAIT + Duration::from_secs(30))
         .build()
         .map_err(|e| e.to_string())?;
+    let link = HttpLink {
+        http,
+        base: a.control_plane.trim_end_matches('/').to_string(),
+        token,
+        after: Mutex::new(None),
+        busy: AtomicBool::new(true),
+    };
     let every = Duration::from_secs(a.heartbeat_seconds.max(1));
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
-    let mut first = true;
-    loop {
-        match report(&http, &url, &token, &a).await {
-            Ok(node) => {
-                if first {
-                    tracing::info!(node = %node["name"], accel = %node["accel"],
-                        vcpus = %node["vcpus"], memory_mib = %node["memory_mib"],
-                        state = %node["state"], "node reported to the control plane");
-                    first = false;
-                }
-            }
-            // A refused credential does not heal by retrying.
+
+    // The first report says who this node is; keep trying until the
+    // control plane answers (it may start after its nodes).
+    let node = loop {
+        match report(&link, &a).await {
+            Ok(node) => break node,
             Err(Report::Refused(e)) => return Err(e),
             Err(Report::Failed(e)) => {
                 tracing::warn!(error = %e, "report to the control plane failed; retrying")
             }
         }
         tokio::select! {
-            _ = &mut stop => break,
+            _ = &mut stop => return Ok(()),
             _ = tokio::time::sleep(every) => {}
         }
+    };
+    let node_id = node["id"].as_str().unwrap_or_default().to_string();
+    tracing::info!(node = %node["name"], id = %node_id, accel = %node["accel"],
+        vcpus = %node["vcpus"], memory_mib = %node["memory_mib"],
+        state = %node["state"], "node reported to the control plane");
+    if node_id.is_empty() {
+        return Err("the control plane's answer names no node".into());
     }
+
+    let mut cfg = ComputeConfig::for_dir(a.compute_dir.clone());
+    // Apart from the seeds of a server on the same machine (tests).
+    cfg.seed_dir = nuage_compute::service::seed_dir_for(&a.compute_dir.join(&node_id));
+    cfg.stop_timeout = Duration::from_secs(a.stop_timeout_seconds);
+    let host = Host::new(&cfg).map_err(|e| format!("run directory: {e}"))?;
+    let accel = if node["accel"] == "kvm" {
+        nuage_qemu::Accel::Kvm
+    } else {
+        nuage_qemu::Accel::Tcg
+    };
+    host.set_accel(accel);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let drive = reconciler::drive(&host, &link, stop_rx);
+    tokio::pin!(drive);
+    let outcome = loop {
+        tokio::select! {
+            _ = &mut stop => break Ok(()),
+            _ = &mut drive => break Ok(()),
+            _ = tokio::time::sleep(every) => {}
+        }
+        match report(&link, &a).await {
+            Ok(_) => {}
+            // A refused credential does not heal by retrying.
+            Err(Report::Refused(e)) => break Err(e),
+            Err(Report::Failed(e)) => {
+                tracing::warn!(error = %e, "report to the control plane failed; retrying")
+            }
+        }
+    };
+    // Lets the pass under way finish its step; the VMs keep running.
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), &mut drive).await;
+    host.release_seed_dir();
     tracing::info!("agent stopped");
-    Ok(())
+    outcome
 }
 
 enum Report {
@@ -93,35 +154,127 @@ enum Report {
     Failed(String),
 }
 
-async fn report(
-    http: &reqwest::Client,
-    url: &str,
-    token: &str,
-    a: &AgentArgs,
-) -> Result<serde_json::Value, Report> {
+async fn report(link: &HttpLink, a: &AgentArgs) -> Result<serde_json::Value, Report> {
     let body = NodeReport::of_this_host(&a.compute_dir)
         .await
-        .map_err(|e| Report::Failed(e.detail))?;
-    let r = http
-        .put(url)
-        .bearer_auth(token)
+        .map_err(|e| Report::Refused(e.detail))?;
+    let r = link
+        .http
+        .put(link.url("/agent/v1/node"))
+        .bearer_auth(&link.token)
         .json(&body)
         .send()
         .await
         .map_err(|e| Report::Failed(e.to_string()))?;
     let status = r.status();
     let v: serde_json::Value = r.json().await.unwrap_or_default();
+    let detail = v["detail"].as_str().unwrap_or("no detail");
     if status.is_success() {
         Ok(v)
-    } else if status.as_u16() == 401 || status.as_u16() == 404 {
+    } else if matches!(status.as_u16(), 401 | 404 | 409) {
         Err(Report::Refused(format!(
-            "the control plane refused this node ({status}): {}",
-            v["detail"].as_str().unwrap_or("no detail")
+            "the control plane refused this node ({status}): {detail}"
         )))
     } else {
-        Err(Report::Failed(format!(
-            "{status}: {}",
-            v["detail"].as_str().unwrap_or("no detail")
-        )))
+        Err(Report::Failed(format!("{status}: {detail}")))
+    }
+}
+
+/// The control plane's `/agent/v1` routes, as the reconciler's [`Link`].
+struct HttpLink {
+    http: reqwest::Client,
+    base: String,
+    token: String,
+    /// The generation of the last work list: the next one waits for a
+    /// change after it.
+    after: Mutex<Option<u64>>,
+    /// Something was in flight at the last look: look again soon rather
+    /// than wait for a tenant's change.
+    busy: AtomicBool,
+}
+
+impl HttpLink {
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> ApiResult<T> {
+        let r = req
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .map_err(|e| ApiError::internal(format!("control plane unreachable: {e}")))?;
+        let status = r.status();
+        if status == reqwest::StatusCode::NO_CONTENT {
+            return serde_json::from_value(serde_json::Value::Null)
+                .map_err(|e| ApiError::internal(format!("control plane answer: {e}")));
+        }
+        let bytes = r
+            .bytes()
+            .await
+            .map_err(|e| ApiError::internal(format!("control plane answer: {e}")))?;
+        if !status.is_success() {
+            let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            return Err(ApiError::internal(format!(
+                "control plane refused ({status}): {}",
+                v["detail"].as_str().unwrap_or("no detail")
+            )));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::internal(format!("control plane answer: {e}")))
+    }
+}
+
+/// Whether an instance is between states (or a volume being plugged):
+/// the agent looks again without waiting for a tenant's change.
+fn in_flight(w: &Work) -> bool {
+    let settled = match w.desired.as_str() {
+        "running" => w.state == "running",
+        "stopped" => w.state == "stopped",
+        _ => false,
+    };
+    !settled
+        || w.volumes
+            .iter()
+            .any(|v| matches!(v.state.as_str(), "attaching" | "detaching"))
+}
+
+impl Link for HttpLink {
+    async fn work(&self) -> ApiResult<Vec<Work>> {
+        let after = self.after.lock().ok().and_then(|a| *a);
+        let mut req = self.http.get(self.url("/agent/v1/work"));
+        if let (Some(after), false) = (after, self.busy.load(Ordering::Relaxed)) {
+            req = req.query(&[
+                ("after", after.to_string()),
+                ("wait_seconds", MAX_WAIT.as_secs().to_string()),
+            ]);
+        }
+        let list: WorkList = self.send(req).await?;
+        self.busy
+            .store(list.instances.iter().any(in_flight), Ordering::Relaxed);
+        if let Ok(mut a) = self.after.lock() {
+            *a = Some(list.generation);
+        }
+        Ok(list.instances)
+    }
+
+    async fn report(&self, instance_id: &str, r: &InstanceReport) -> ApiResult<()> {
+        let url = self.url(&format!("/agent/v1/instances/{instance_id}/report"));
+        self.send::<()>(self.http.post(url).json(r)).await
+    }
+
+    async fn attachment(&self, volume_id: &str, state: &str) -> ApiResult<()> {
+        let url = self.url(&format!("/agent/v1/volumes/{volume_id}/attachment"));
+        self.send::<()>(
+            self.http
+                .put(url)
+                .json(&serde_json::json!({ "state": state })),
+        )
+        .await
+    }
+
+    async fn keys(&self, instance_id: &str, req: &KeysRequest) -> ApiResult<Keys> {
+        let url = self.url(&format!("/agent/v1/instances/{instance_id}/keys"));
+        self.send(self.http.post(url).json(req)).await
     }
 }

@@ -314,7 +314,7 @@ pub async fn console(
         )
         .into());
     }
-    let socket = ctx.state.compute.console_socket(&row);
+    let socket = ctx.state.compute.console_socket(&row)?;
     let serial = tokio::net::UnixStream::connect(&socket)
         .await
         .map_err(|e| {

@@ -4,6 +4,7 @@
 pub mod access;
 pub mod access_keys;
 pub mod admin;
+pub mod agent;
 pub mod audit;
 pub mod auth;
 pub mod buckets;
@@ -216,7 +217,12 @@ fn admin_public() -> OpenApiRouter<AppState> {
 
 /// What `nuage agent` calls, on the admin listener, with a node credential.
 fn agent_routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(nodes::report_node))
+    OpenApiRouter::new()
+        .routes(routes!(agent::report_node))
+        .routes(routes!(agent::work))
+        .routes(routes!(agent::report_instance))
+        .routes(routes!(agent::settle_attachment))
+        .routes(routes!(agent::instance_keys))
 }
 
 /// The operator OpenAPI document, without starting anything.

@@ -5,10 +5,10 @@
 use axum::extract::Path;
 use axum::Json;
 use http::StatusCode;
-use nuage_compute::nodes::{self, EnrollNode, EnrolledNode, Node, NodeReport, UpdateNode};
+use nuage_compute::nodes::{self, EnrollNode, EnrolledNode, Node, UpdateNode};
 use nuage_core::page::Page;
 
-use crate::ctx::{Body, Ctx, NodeCtx};
+use crate::ctx::{Body, Ctx};
 use crate::problem::{HandlerResult, Problem};
 
 /// Every compute node (a handful: one page).
@@ -55,15 +55,6 @@ pub async fn enroll_node(
     ctx.allow_operator("compute.enroll_node", &format!("node:{}", b.name));
     let (node, token) = nodes::enroll(&ctx.state.store, &b.name).await?;
     Ok((StatusCode::CREATED, Json(EnrolledNode { node, token })))
-}
-
-/// An agent reports what it measured on its host; also its heartbeat.
-/// Authenticated by the node's credential, never by a person's token.
-#[utoipa::path(put, path = "/agent/v1/node", tag = "agent", request_body = NodeReport,
-    responses((status = 200, body = Node), (status = 400, body = Problem), (status = 401, body = Problem)))]
-pub async fn report_node(ctx: NodeCtx, Body(b): Body<NodeReport>) -> HandlerResult<Json<Node>> {
-    ctx.allow_self("compute.report_node");
-    Ok(Json(nodes::report(&ctx.state.store, &ctx.node, &b).await?))
 }
 
 /// Give an enrolled node a new credential (shown this once); the old one

@@ -274,7 +274,7 @@ struct KillVms(nuage_compute::Compute);
 
 impl Drop for KillVms {
     fn drop(&mut self) {
-        let n = self.0.kill_all_vms();
+        let n = self.0.host().kill_all_vms();
         if n > 0 {
             eprintln!("nuage bench compute: killed {n} QEMU process(es) left running");
         }

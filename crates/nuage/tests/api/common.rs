@@ -138,8 +138,8 @@ impl Srv {
             // After the agent has stopped, so no VM starts behind our back.
             let compute = r.compute().clone();
             r.shutdown().await;
-            compute.kill_all_vms();
-            compute.release_seed_dir();
+            compute.host().kill_all_vms();
+            compute.host().release_seed_dir();
         }
     }
 
@@ -273,7 +273,7 @@ impl Drop for Srv {
     /// A test that fails half-way leaves no VM behind.
     fn drop(&mut self) {
         if let Some(r) = &self.running {
-            r.compute().kill_all_vms();
+            r.compute().host().kill_all_vms();
         }
     }
 }

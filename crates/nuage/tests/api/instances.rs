@@ -17,7 +17,7 @@ pub(crate) const SSH_KEY: &str =
     "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPKEyB/7F/4pWHJXLkISVcYVcmzDawmxRvt2EF7k7LAP test@nuage";
 /// `ssh-keygen -lf` of [`SSH_KEY`].
 pub(crate) const SSH_FP: &str = "SHA256:03TTQdexnZpZRV49XTD/n9YCJ465lX49AIhfYaEduXU";
-const BASE: &str = "/v1/orgs/acme/projects/web";
+pub(crate) const BASE: &str = "/v1/orgs/acme/projects/web";
 
 /// The test guest's qcow2: `NUAGE_TEST_GUEST`, or built by
 /// `scripts/test-guest`. None (skip) when QEMU is missing, unless
@@ -55,7 +55,7 @@ pub(crate) fn guest() -> Option<PathBuf> {
 
 /// Polls `path` until `done` holds for its JSON body (or panics after
 /// `secs`).
-async fn wait_for(
+pub(crate) async fn wait_for(
     s: &Srv,
     token: &str,
     path: &str,
@@ -77,7 +77,13 @@ async fn wait_for(
     }
 }
 
-async fn console_until(s: &Srv, token: &str, instance: &str, secs: u64, needle: &str) -> String {
+pub(crate) async fn console_until(
+    s: &Srv,
+    token: &str,
+    instance: &str,
+    secs: u64,
+    needle: &str,
+) -> String {
     let path = format!("{BASE}/instances/{instance}/console-log");
     let body = wait_for(s, token, &path, secs, |b| {
         b["output"].as_str().is_some_and(|o| o.contains(needle))
@@ -120,7 +126,7 @@ pub(crate) fn qemu_pid(s: &Srv, instance_id: &str) -> Option<i32> {
     pid.trim().parse().ok()
 }
 
-fn alive(pid: i32) -> bool {
+pub(crate) fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .map(|st| !st.contains(") Z "))
         .unwrap_or(false)

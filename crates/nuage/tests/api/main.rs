@@ -14,5 +14,6 @@ mod nodes;
 mod oidc;
 mod openapi;
 mod process;
+mod remote_node;
 mod s3;
 mod scale_out;

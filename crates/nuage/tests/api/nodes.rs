@@ -307,7 +307,7 @@ async fn instance_types_are_seeded_replaced_deleted_and_read_by_tenants() {
 
 /// A host enrolled by an operator runs `nuage agent` (a real process):
 /// it reports the host's accelerator and capacity with its heartbeats and
-/// the node turns live, in standby; its credential works only on the agent
+/// the node turns live and ready; its credential works only on the agent
 /// route and an operator token does not work there; the reports are in the
 /// platform's audit log; an unknown credential stops the agent with a
 /// clear reason, and SIGTERM stops it cleanly.
@@ -349,8 +349,12 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
     );
 
     // One credential per route family.
+    let compute_id = std::fs::read_to_string(s.data_dir.join("compute/compute-id"))
+        .expect("the compute directory has its id")
+        .trim()
+        .to_string();
     let report = json!({"accel": "tcg", "accel_reason": "test", "vcpus": 2,
-        "memory_mib": 1024, "disk_bytes": 1});
+        "memory_mib": 1024, "disk_bytes": 1, "compute_id": compute_id});
     let url = format!("{}/agent/v1/node", s.admin);
     let r = s
         .req(Method::PUT, &url, Some(&s.bootstrap), Some(report.clone()))
@@ -382,6 +386,19 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
         "{}",
         r.text
     );
+    // A node whose compute directory is not the control plane's would not
+    // find its disks: refused, and nothing recorded.
+    let mut elsewhere = report.clone();
+    elsewhere["compute_id"] = json!("cmp_somewhere_else");
+    let r = s
+        .req(Method::PUT, &url, Some(&token), Some(elsewhere))
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "compute_dir_not_shared"),
+        "{}",
+        r.text
+    );
     let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
     let edge = |r: &crate::common::Resp| {
         r.body["items"]
@@ -398,8 +415,8 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
     // The real agent.
     let token_file = s.dir.path().join("edge-1.token");
     std::fs::write(&token_file, format!("{token}\n")).unwrap();
-    let compute_dir = s.dir.path().join("edge-1-compute");
-    let agent = |token_file: &std::path::Path| {
+    let compute_dir = s.data_dir.join("compute");
+    let agent_in = |token_file: &std::path::Path, compute_dir: &std::path::Path| {
         tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
             .args([
                 "agent",
@@ -411,13 +428,29 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
             .arg("--token-file")
             .arg(token_file)
             .arg("--compute-dir")
-            .arg(&compute_dir)
+            .arg(compute_dir)
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("nuage agent starts")
     };
+    let agent = |token_file: &std::path::Path| agent_in(token_file, &compute_dir);
+
+    // On a directory that is not the control plane's: it says so and stops.
+    let lonely = s.dir.path().join("edge-1-compute");
+    std::fs::create_dir_all(&lonely).unwrap();
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        agent_in(&token_file, &lonely).wait_with_output(),
+    )
+    .await
+    .expect("the agent gives up on a directory that is not shared")
+    .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("shared storage"), "{err}");
+
     let mut child = agent(&token_file);
     let probe = nuage_compute::nodes::local_accel().await;
     let mut n = serde_json::Value::Null;
@@ -430,7 +463,7 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert_eq!(n["live"], true, "the agent never reported: {n}");
-    assert_eq!(n["state"], "standby", "{n}");
+    assert_eq!(n["state"], "ready", "{n}");
     assert_eq!(n["accel"], probe.accel.as_str(), "{n}");
     assert!(n["vcpus"].as_i64().unwrap_or(0) >= 1, "{n}");
     assert!(n["memory_mib"].as_i64().unwrap_or(0) >= 64, "{n}");

@@ -1,0 +1,143 @@
+//! What `nuage agent` calls, on the admin listener, with its node's
+//! credential (never a person's token): its heartbeat, the instances
+//! placed on its node, the keys to open their disks, and what it saw.
+//! Each route is scoped to the calling node; another node's instances and
+//! volumes are a 404. Every call is in the audit log as `node:<name>`,
+//! key releases with the keys used.
+
+use axum::extract::Path;
+use axum::Json;
+use http::StatusCode;
+use nuage_compute::link::{InstanceReport, Keys, KeysRequest, WorkList};
+use nuage_compute::nodes::{self, Node, NodeReport};
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use crate::ctx::{Body, NodeCtx, Q};
+use crate::problem::{HandlerResult, Problem};
+
+/// An agent reports what it measured on its host; also its heartbeat.
+/// Refused when the node's compute directory is not the control plane's.
+#[utoipa::path(put, path = "/agent/v1/node", tag = "agent", request_body = NodeReport,
+    responses((status = 200, body = Node), (status = 400, body = Problem), (status = 401, body = Problem), (status = 409, body = Problem)))]
+pub async fn report_node(ctx: NodeCtx, Body(b): Body<NodeReport>) -> HandlerResult<Json<Node>> {
+    ctx.allow_self("compute.report_node");
+    let compute_id = ctx.state.compute.compute_id();
+    Ok(Json(
+        nodes::report(&ctx.state.store, &ctx.node, &b, compute_id).await?,
+    ))
+}
+
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkQuery {
+    /// The generation of the agent's last answer: wait for a change.
+    after: Option<u64>,
+    /// How long to wait for a change, seconds (at most 10).
+    wait_seconds: Option<u64>,
+}
+
+/// The instances placed on the calling node, with their volumes. With
+/// `after`, the answer waits until tenants change something (or
+/// `wait_seconds` pass).
+#[utoipa::path(get, path = "/agent/v1/work", tag = "agent", params(WorkQuery),
+    responses((status = 200, body = WorkList), (status = 401, body = Problem)))]
+pub async fn work(ctx: NodeCtx, Q(q): Q<WorkQuery>) -> HandlerResult<Json<WorkList>> {
+    ctx.allow_self("compute.node_work");
+    let wait = std::time::Duration::from_secs(q.wait_seconds.unwrap_or(0));
+    Ok(Json(
+        ctx.state
+            .compute
+            .work_after(&ctx.node.id, q.after, wait)
+            .await?,
+    ))
+}
+
+/// What the agent saw or did to an instance of its node.
+#[utoipa::path(post, path = "/agent/v1/instances/{instance}/report", tag = "agent",
+    request_body = InstanceReport,
+    params(("instance" = String, Path, description = "Instance id")),
+    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem), (status = 409, body = Problem)))]
+pub async fn report_instance(
+    ctx: NodeCtx,
+    Path(instance): Path<String>,
+    Body(b): Body<InstanceReport>,
+) -> HandlerResult<StatusCode> {
+    ctx.allow_self("compute.report_instance");
+    ctx.record_detail("instance", &instance);
+    if let InstanceReport::State { state, .. } = &b {
+        ctx.record_detail("state", state);
+    }
+    ctx.state
+        .compute
+        .take_report(&ctx.node.id, &instance, &b)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A volume's attachment, as the agent settled it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// `attached` or `available`.
+    pub state: String,
+}
+
+/// The agent plugged (`attached`) or unplugged (`available`) a volume of
+/// an instance of its node.
+#[utoipa::path(put, path = "/agent/v1/volumes/{volume}/attachment", tag = "agent",
+    request_body = Attachment,
+    params(("volume" = String, Path, description = "Volume id")),
+    responses((status = 204), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn settle_attachment(
+    ctx: NodeCtx,
+    Path(volume): Path<String>,
+    Body(b): Body<Attachment>,
+) -> HandlerResult<StatusCode> {
+    ctx.allow_self("compute.report_attachment");
+    ctx.record_detail("volume", &volume);
+    ctx.record_detail("state", &b.state);
+    ctx.state
+        .compute
+        .take_attachment(&ctx.node.id, &volume, &b.state)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The keys of volumes an instance of the calling node holds, and (for
+/// its seed) its user-data. Each key use is in this call's audit entry.
+#[utoipa::path(post, path = "/agent/v1/instances/{instance}/keys", tag = "agent",
+    request_body = KeysRequest,
+    params(("instance" = String, Path, description = "Instance id")),
+    responses((status = 200, body = Keys), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn instance_keys(
+    ctx: NodeCtx,
+    Path(instance): Path<String>,
+    Body(b): Body<KeysRequest>,
+) -> HandlerResult<Json<Keys>> {
+    ctx.allow_self("compute.node_keys");
+    ctx.record_detail("instance", &instance);
+    ctx.record_detail("volumes", &b.volumes.join(","));
+    let (keys, uses) = ctx
+        .state
+        .compute
+        .keys_for(&ctx.node.id, &instance, &b)
+        .await?;
+    // One entry, several keys: the first use in full, then every key and
+    // data key released.
+    if let Some(first) = uses.first() {
+        ctx.record_use(first);
+    }
+    let all = |field: &str| {
+        let mut v: Vec<String> = uses
+            .iter()
+            .filter_map(|u| u.details().remove(field))
+            .collect();
+        v.dedup();
+        v.join(",")
+    };
+    ctx.record_detail("key_ids", &all("key_id"));
+    ctx.record_detail("data_keys", &all("data_key"));
+    Ok(Json(keys))
+}

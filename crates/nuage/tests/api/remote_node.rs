@@ -1,0 +1,324 @@
+//! A node of its own, end to end: a real `nuage agent` process, enrolled
+//! by the operator and sharing the control plane's compute directory,
+//! runs a VM under TCG with the real QEMU and the test guest — create →
+//! running with its seed → a volume plugged and unplugged → the agent
+//! restarts and the VM keeps running → stop (ACPI) → start → delete
+//! leaves nothing. Another node learns nothing of that VM and gets none
+//! of its keys; what needs QMP from the control plane is refused clearly.
+
+use std::path::Path;
+use std::time::Duration;
+
+use http::Method;
+use serde_json::json;
+
+use crate::common::{into_resp, Srv};
+use crate::instances::{alive, console_until, guest, wait_for, BASE, SSH_FP, SSH_KEY};
+
+fn agent(s: &Srv, token_file: &Path) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args([
+            "agent",
+            "--control-plane",
+            &s.admin,
+            "--heartbeat-seconds",
+            "1",
+            "--stop-timeout-seconds",
+            "30",
+        ])
+        .arg("--token-file")
+        .arg(token_file)
+        .arg("--compute-dir")
+        .arg(s.data_dir.join("compute"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("nuage agent starts")
+}
+
+async fn sigterm(child: &mut tokio::process::Child) {
+    let pid = child.id().expect("agent pid").to_string();
+    let st = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill");
+    assert!(st.success());
+    let out = tokio::time::timeout(Duration::from_secs(40), child.wait())
+        .await
+        .expect("the agent stops on SIGTERM")
+        .expect("wait");
+    assert!(out.success(), "{out:?}");
+}
+
+async fn enroll(s: &Srv, name: &str) -> (String, std::path::PathBuf) {
+    let r = s
+        .a(Method::POST, "/admin/v1/nodes", Some(json!({"name": name})))
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = r.body["token"].as_str().expect("token").to_string();
+    let file = s.dir.path().join(format!("{name}.token"));
+    std::fs::write(&file, format!("{token}\n")).expect("token file");
+    (token, file)
+}
+
+async fn node(s: &Srv, name: &str) -> serde_json::Value {
+    let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
+    r.body["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == name).cloned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
+    let Some(guest) = guest() else { return };
+    let s = Srv::start_with(|c| c.node_name = "host-a".into()).await;
+    let a = s.org("acme").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &a,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/images"),
+            &a,
+            Some(json!({"name": "guest"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .http
+        .put(format!("{}{BASE}/images/guest/file", s.tenant))
+        .bearer_auth(&a)
+        .body(std::fs::read(&guest).expect("read the test guest"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(into_resp(r).await.status, 200);
+
+    // The server's own node takes nothing more; edge-1 joins.
+    let r = s
+        .a(
+            Method::PATCH,
+            "/admin/v1/nodes/host-a",
+            Some(json!({"memory_overcommit": 0.001})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let (_, edge1_file) = enroll(&s, "edge-1").await;
+    let (edge2, _) = enroll(&s, "edge-2").await;
+    let mut child = agent(&s, &edge1_file);
+    for _ in 0..300 {
+        if node(&s, "edge-1").await["live"] == true {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let n = node(&s, "edge-1").await;
+    assert_eq!(
+        (n["live"].clone(), n["state"].clone()),
+        (json!(true), json!("ready")),
+        "{n}"
+    );
+
+    // With edge-1's agent stopped (its node still live for a while), an
+    // instance placed there waits: only that agent runs it.
+    sigterm(&mut child).await;
+
+    // Placed on edge-1, started by its agent, with its seed.
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/instances"),
+            &a,
+            Some(
+                json!({"name": "vm1", "image": "guest", "vcpus": 1, "memory": "256M",
+                        "ssh_keys": [SSH_KEY]}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(node(&s, "edge-1").await["used_memory_mib"], 256);
+    assert_eq!(node(&s, "host-a").await["used_memory_mib"], 0);
+    let inst = format!("{BASE}/instances/vm1");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let r = s.t(Method::GET, &inst, &a, None).await;
+    assert_eq!(r.body["state"], "creating", "{}", r.text);
+    let mut child = agent(&s, &edge1_file);
+    wait_for(&s, &a, &inst, 90, |b| b["state"] == "running").await;
+    let run_dir = s.data_dir.join("compute/vm").join(&id);
+    let pid: i32 = std::fs::read_to_string(run_dir.join("qemu.pid"))
+        .expect("edge-1 runs the VM")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid));
+    let out = console_until(&s, &a, "vm1", 120, "nuage-guest: ready").await;
+    assert!(
+        out.contains(&format!("nuage-guest: instance-id={id}")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("nuage-guest: ssh-key={SSH_FP}")),
+        "{out}"
+    );
+
+    // The keys went to edge-1 alone, and the audit log says so.
+    let r = s
+        .a(
+            Method::GET,
+            "/admin/v1/audit/entries?action=compute.node_keys",
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["items"].as_array().cloned().unwrap_or_default();
+    assert!(!entries.is_empty(), "key releases not audited: {}", r.text);
+    assert!(
+        entries
+            .iter()
+            .all(|e| e.to_string().contains("node:edge-1")),
+        "{}",
+        r.text
+    );
+    let agent_url = |p: &str| format!("{}{p}", s.admin);
+    let r = s
+        .req(
+            Method::POST,
+            &agent_url(&format!("/agent/v1/instances/{id}/keys")),
+            Some(&edge2),
+            Some(json!({"volumes": [], "seed": true})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "another node got the keys: {}", r.text);
+    let r = s
+        .req(
+            Method::POST,
+            &agent_url(&format!("/agent/v1/instances/{id}/report")),
+            Some(&edge2),
+            Some(json!({"kind": "state", "state": "failed", "message": "x"})),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    let r = s
+        .req(
+            Method::GET,
+            &agent_url("/agent/v1/work"),
+            Some(&edge2),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["instances"], json!([]), "{}", r.text);
+    let r = s.t(Method::GET, &inst, &a, None).await;
+    assert_eq!(r.body["state"], "running", "{}", r.text);
+
+    // A node with instances stays.
+    let r = s.a(Method::DELETE, "/admin/v1/nodes/edge-1", None).await;
+    assert_eq!((r.status, r.code()), (409, "node_in_use"), "{}", r.text);
+
+    // Live operations that need QMP from the control plane: a clear no.
+    let r = s.t(Method::POST, &format!("{inst}/reboot"), &a, None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "instance_on_remote_node"),
+        "{}",
+        r.text
+    );
+
+    // A volume plugged while it runs, then unplugged, by edge-1's agent.
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/volumes"),
+            &a,
+            Some(json!({"name": "data", "size": "64M"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let vol_id = r.body["id"].as_str().expect("vol id").to_string();
+    let serial = &vol_id[vol_id.len() - 20..];
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{inst}/volumes"),
+            &a,
+            Some(json!({"volume": "data"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &format!("{BASE}/volumes/data"), 60, |b| {
+        b["state"] == "attached"
+    })
+    .await;
+    console_until(&s, &a, "vm1", 60, &format!("serial={serial} wrote-marker=")).await;
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/snapshots"),
+            &a,
+            Some(json!({"name": "s1", "volume": "data"})),
+        )
+        .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "instance_on_remote_node"),
+        "{}",
+        r.text
+    );
+    let r = s
+        .t(Method::DELETE, &format!("{inst}/volumes/data"), &a, None)
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &format!("{BASE}/volumes/data"), 60, |b| {
+        b["state"] == "available"
+    })
+    .await;
+
+    // The agent restarts; the VM does not.
+    sigterm(&mut child).await;
+    assert!(alive(pid), "stopping the agent killed the VM");
+    let mut child = agent(&s, &edge1_file);
+
+    // Stop (ACPI) → stopped; start → running again on edge-1.
+    let r = s.t(Method::POST, &format!("{inst}/stop"), &a, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &inst, 90, |b| b["state"] == "stopped").await;
+    assert!(!alive(pid), "the VM outlived its stop");
+    let r = s.t(Method::POST, &format!("{inst}/start"), &a, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &inst, 90, |b| b["state"] == "running").await;
+    let pid2: i32 = std::fs::read_to_string(run_dir.join("qemu.pid"))
+        .expect("pid file")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(alive(pid2));
+
+    // Delete: the VM, its run directory and its boot volume go.
+    let r = s.t(Method::DELETE, &inst, &a, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &inst, 60, |b| b["code"] == "not_found").await;
+    assert!(!alive(pid2), "the VM outlived its instance");
+    assert!(!run_dir.exists(), "run directory left behind");
+    assert_eq!(node(&s, "edge-1").await["used_memory_mib"], 0);
+    let vols: Vec<_> = std::fs::read_dir(s.data_dir.join("compute/volumes"))
+        .expect("volumes dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .collect();
+    assert!(
+        vols.iter().all(|f| f.starts_with(&vol_id)),
+        "only the data volume's files remain: {vols:?}"
+    );
+    sigterm(&mut child).await;
+    s.shutdown().await;
+}
