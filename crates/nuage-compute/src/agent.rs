@@ -33,6 +33,7 @@ use zeroize::Zeroizing;
 
 use crate::link::{DiskKeys, InstanceReport, KeyedLayer, KeysRequest, Link, LocalLink, Work};
 use crate::service::{io_err, qemu_err, Compute, ComputeConfig};
+use crate::tasks::NodeTask;
 
 /// Volumes one instance may hold, boot volume included (a VM has eight
 /// hot-plug slots and the seed takes one).
@@ -245,8 +246,61 @@ impl Host {
                     link.report(&w.id, &state("failed", &e.detail)).await?;
                 }
             }
+            for t in &w.tasks {
+                if !link.task(&t.id, "running", "").await? {
+                    continue;
+                }
+                let (to, message) = match self.run_task(link, &w, &t.task).await {
+                    Ok(()) => ("done", String::new()),
+                    Err(e) => ("failed", e.detail),
+                };
+                link.task(&t.id, to, &message).await?;
+            }
         }
         Ok(())
+    }
+
+    /// Does what a request asked of instance `w`'s running VM.
+    async fn run_task<L: Link>(&self, link: &L, w: &Work, task: &NodeTask) -> ApiResult<()> {
+        let status = machine::dir_status(&self.vm_dir(&w.id));
+        if !matches!(status.state, VmState::Running | VmState::Paused) {
+            return Err(ApiError::conflict(
+                "instance_not_running",
+                format!("instance {} is not running", w.name),
+            ));
+        }
+        let vm = self.vm(&w.id).await?;
+        match task {
+            NodeTask::Reboot => vm
+                .qmp()
+                .execute("system_reset", serde_json::json!({}))
+                .await
+                .map(|_| ())
+                .map_err(qemu_err),
+            NodeTask::Snapshot { volume_id, disk } => {
+                let keys = link
+                    .keys(
+                        &w.id,
+                        &KeysRequest {
+                            volumes: vec![volume_id.clone()],
+                            seed: false,
+                        },
+                    )
+                    .await?;
+                let top = keys
+                    .disks
+                    .first()
+                    .and_then(|d| d.layers.first())
+                    .ok_or_else(|| ApiError::internal("no new top file for the snapshot"))?;
+                vm.snapshot_disk(disk, &self.layer(top)?)
+                    .await
+                    .map(|_| ())
+                    .map_err(qemu_err)
+            }
+            NodeTask::Resize { disk, size_bytes } => {
+                vm.resize_disk(disk, *size_bytes).await.map_err(qemu_err)
+            }
+        }
     }
 
     async fn reconcile_one<L: Link>(&self, link: &L, w: &Work) -> ApiResult<()> {

@@ -293,9 +293,12 @@ impl Compute {
                 format!("instance {} is {}, not running", i.name, i.state),
             ));
         }
-        let vm = self
-            .local_vm(i, "stop and start it instead of a reset")
-            .await?;
+        if self.on_local_node(i, "").is_err() {
+            return self
+                .run_on_node(i, &crate::tasks::NodeTask::Reboot, "reset its guest")
+                .await;
+        }
+        let vm = self.0.host.vm(&i.id).await?;
         vm.qmp()
             .execute("system_reset", serde_json::json!({}))
             .await

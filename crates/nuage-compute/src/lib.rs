@@ -15,6 +15,8 @@
 //!   file), and growing volumes.
 //! - [`spares`]: empty encrypted disks made ahead of need, so a new disk
 //!   does not wait for QEMU's LUKS key-derivation benchmark.
+//! - [`tasks`]: what a request needs the agent of a node of its own to do
+//!   to a running VM (reset, live snapshot, live resize), and its outcome.
 //! - [`spool`]: an upload held sealed under a memory-only key while QEMU's
 //!   tools inspect and import it over NBD, so no disk image ever touches
 //!   the disk in clear.
@@ -29,6 +31,7 @@ pub mod service;
 pub mod snapshots;
 pub(crate) mod spares;
 pub mod spool;
+pub mod tasks;
 
 pub use service::{Compute, ComputeConfig};
 

@@ -27,6 +27,7 @@ use utoipa::ToSchema;
 
 use crate::instances::open_user_data;
 use crate::service::{Compute, LayerRef};
+use crate::tasks::TaskWork;
 
 /// The conversation of one node's agent with the control plane.
 pub trait Link: Send + Sync {
@@ -44,6 +45,14 @@ pub trait Link: Send + Sync {
         volume_id: &str,
         state: &str,
     ) -> impl Future<Output = ApiResult<()>> + Send;
+    /// Claims (`running`) or finishes (`done`, `failed`) a task; false
+    /// when it was cancelled or taken meanwhile.
+    fn task(
+        &self,
+        id: &str,
+        state: &str,
+        message: &str,
+    ) -> impl Future<Output = ApiResult<bool>> + Send;
     /// The keys to open an instance's volumes, and its user-data.
     fn keys(
         &self,
@@ -81,6 +90,9 @@ pub struct Work {
     pub boot_volume_id: String,
     pub ssh_keys: Vec<String>,
     pub volumes: Vec<WorkVolume>,
+    /// Requests waiting for the agent to act on the running VM.
+    #[serde(default)]
+    pub tasks: Vec<TaskWork>,
 }
 
 /// A volume an instance holds (boot volume included).
@@ -190,10 +202,14 @@ impl Compute {
     /// The instances placed on `node_id`, with their volumes.
     pub async fn work_for(&self, node_id: &str) -> ApiResult<Vec<Work>> {
         let now = now_ms();
+        let mut tasks = self.pending_tasks(node_id).await?;
         let mut out = Vec::new();
         for i in self.0.store.instances_on_node(node_id).await? {
             let volumes = self.0.store.instance_volumes(&i.id).await?;
+            let (mine, rest): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(id, _)| *id == i.id);
+            tasks = rest;
             out.push(Work {
+                tasks: mine.into_iter().map(|(_, t)| t).collect(),
                 ssh_keys: serde_json::from_str(&i.ssh_keys).unwrap_or_default(),
                 volumes: volumes
                     .into_iter()
@@ -404,6 +420,12 @@ impl Link for LocalLink {
     async fn attachment(&self, volume_id: &str, state: &str) -> ApiResult<()> {
         self.compute
             .take_attachment(&self.node_id, volume_id, state)
+            .await
+    }
+
+    async fn task(&self, id: &str, state: &str, message: &str) -> ApiResult<bool> {
+        self.compute
+            .take_task_step(&self.node_id, id, state, message)
             .await
     }
 

@@ -225,16 +225,6 @@ impl Compute {
         ))
     }
 
-    /// The QMP handle of instance `i`'s VM, on this server's node.
-    pub(crate) async fn local_vm(
-        &self,
-        i: &InstanceRow,
-        what: &str,
-    ) -> ApiResult<Arc<nuage_qemu::Vm>> {
-        self.on_local_node(i, what)?;
-        self.0.host.vm(&i.id).await
-    }
-
     pub fn store(&self) -> &Store {
         &self.0.store
     }

@@ -19,6 +19,7 @@ use nuage_store::{InstanceRow, SnapshotRow, VolumeRow};
 
 use crate::model::parse_size;
 use crate::service::{qemu_err, Compute, LayerRef};
+use crate::tasks::NodeTask;
 
 pub(crate) fn layers_of(json: &str) -> ApiResult<Vec<LayerRef>> {
     serde_json::from_str(json)
@@ -30,13 +31,21 @@ fn encode(layers: &[LayerRef]) -> ApiResult<String> {
         .map_err(|e| ApiError::internal(format!("layers do not encode: {e}")))
 }
 
+/// Who has volume `v` open, for a change of its files.
+enum Holder {
+    /// Nobody: the files change with qemu-img.
+    Nobody,
+    /// A VM on this server's node, through its QMP handle, as disk `.1`.
+    Local(std::sync::Arc<nuage_qemu::Vm>, String),
+    /// A running VM on a node of its own: its agent does it, as a task.
+    Remote(Box<InstanceRow>, String),
+}
+
 impl Compute {
-    /// The running VM that holds `v`, with the name of its disk there.
-    /// A VM on a node of its own is out of reach of QMP from here: its
-    /// volumes change only while it is stopped.
-    async fn holder(&self, v: &VolumeRow, what: &str) -> ApiResult<Option<(InstanceRow, String)>> {
+    /// Who holds `v`, with the name of its disk in that VM.
+    async fn holder(&self, v: &VolumeRow) -> ApiResult<Holder> {
         let Some(instance_id) = &v.instance_id else {
-            return Ok(None);
+            return Ok(Holder::Nobody);
         };
         let i = self
             .0
@@ -44,28 +53,31 @@ impl Compute {
             .instance_by_id(instance_id)
             .await?
             .ok_or_else(|| ApiError::internal("the volume's instance is gone"))?;
-        if self.on_local_node(&i, what).is_err() {
-            if i.state == "stopped" && i.desired == "stopped" {
-                return Ok(None);
-            }
-            return Err(ApiError::conflict(
-                "instance_on_remote_node",
-                format!(
-                    "volume {} is held by instance {}, which runs on a node of its own: {what}",
-                    v.name, i.name
-                ),
-            ));
-        }
-        let status = machine::dir_status(&self.0.host.vm_dir(instance_id));
-        if !matches!(status.state, VmState::Running | VmState::Paused) {
-            return Ok(None);
-        }
         let disk = if i.boot_volume_id == v.id {
             "boot".to_string()
         } else {
             crate::agent::disk_name(&v.id)
         };
-        Ok(Some((i, disk)))
+        if self.on_local_node(&i, "").is_err() {
+            // The VM's process is on another host: its state says.
+            return match (i.state.as_str(), i.desired.as_str()) {
+                ("stopped", "stopped") => Ok(Holder::Nobody),
+                ("running", "running") => Ok(Holder::Remote(Box::new(i), disk)),
+                (state, _) => Err(ApiError::conflict(
+                    "instance_busy",
+                    format!(
+                        "volume {} is held by instance {}, which is {state}; try again when it \
+                         settles",
+                        v.name, i.name
+                    ),
+                )),
+            };
+        }
+        let status = machine::dir_status(&self.0.host.vm_dir(instance_id));
+        if !matches!(status.state, VmState::Running | VmState::Paused) {
+            return Ok(Holder::Nobody);
+        }
+        Ok(Holder::Local(self.0.host.vm(&i.id).await?, disk))
     }
 
     /// Snapshots volume `v` as `name`.
@@ -137,18 +149,31 @@ impl Compute {
             .snapshot_create(&snap, &encode(&now_layers)?)
             .await?;
         let path = self.path(&file);
-        const LIVE: &str = "stop it to snapshot its volumes";
-        let switched = match self.holder(&v, LIVE).await? {
-            Some((i, disk)) => {
-                let vm = self.local_vm(&i, LIVE).await?;
-                vm.snapshot_disk(&disk, &Layer::new(&path, key))
-                    .await
-                    .map(|_| ())
+        let switched = match self.holder(&v).await {
+            Ok(Holder::Local(vm, disk)) => vm
+                .snapshot_disk(&disk, &Layer::new(&path, key))
+                .await
+                .map(|_| ())
+                .map_err(qemu_err),
+            Ok(Holder::Remote(i, disk)) => {
+                let task = NodeTask::Snapshot {
+                    volume_id: v.id.clone(),
+                    disk,
+                };
+                match self.run_on_node(&i, &task, "snapshot a volume").await {
+                    // Claimed but not finished: the agent may still switch
+                    // to the new file, so the rows stay as they are.
+                    Err(e) if e.code == "node_task_timeout" => return Err(e),
+                    other => other,
+                }
             }
-            None => {
+            Ok(Holder::Nobody) => {
                 let size = u64::try_from(v.size_bytes).unwrap_or(0);
-                nuage_qemu::disk::create_overlay(&path, &self.path(&top.file), size, &key).await
+                nuage_qemu::disk::create_overlay(&path, &self.path(&top.file), size, &key)
+                    .await
+                    .map_err(qemu_err)
             }
+            Err(e) => Err(e),
         };
         if let Err(e) = switched {
             self.0.store.snapshot_delete(&snap.id).await?;
@@ -157,7 +182,7 @@ impl Compute {
                 .volume_set_state(&v.id, &v.state, &v.status_message, &v.layers, v.size_bytes)
                 .await?;
             let _ = std::fs::remove_file(&path);
-            return Err(qemu_err(e));
+            return Err(e);
         }
         Ok(snap)
     }
@@ -205,13 +230,18 @@ impl Compute {
             return Ok(());
         }
         let _one = self.0.host.reconciling.lock().await;
-        const LIVE: &str = "stop it to grow its volumes";
-        match self.holder(v, LIVE).await? {
-            Some((i, disk)) => {
-                let vm = self.local_vm(&i, LIVE).await?;
+        match self.holder(v).await? {
+            Holder::Local(vm, disk) => {
                 vm.resize_disk(&disk, size).await.map_err(qemu_err)?;
             }
-            None => {
+            Holder::Remote(i, disk) => {
+                let task = NodeTask::Resize {
+                    disk,
+                    size_bytes: size,
+                };
+                self.run_on_node(&i, &task, "grow a volume").await?;
+            }
+            Holder::Nobody => {
                 let (chain, _) = self.chain(&layers_of(&v.layers)?, why).await?;
                 nuage_qemu::disk::resize(&chain, size)
                     .await

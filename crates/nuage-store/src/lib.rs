@@ -22,6 +22,7 @@ mod groups;
 mod idempotency;
 mod instances;
 mod kms;
+mod node_tasks;
 mod nodes;
 mod objects;
 mod oidc;
@@ -50,6 +51,7 @@ pub use group_commit::CommitStats;
 pub use idempotency::StoredResponse;
 pub use instances::InstanceRow;
 pub use kms::{DataKeyRow, KeyRow, KeyVersionRow, ManagerRow, RootRow};
+pub use node_tasks::NodeTaskRow;
 pub use nodes::{InstanceTypeRow, NodeRow, NodeUsage};
 pub use objects::{
     key_hex, BucketRow, Completed, ObjectRow, PartRow, Replaced, UploadRow, WriteIf,

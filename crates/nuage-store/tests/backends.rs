@@ -720,3 +720,73 @@ async fn bucket_reads_see_every_change_at_once() {
         store.close().await;
     }
 }
+
+/// A node task is claimed once, finished once, and cancelled only while
+/// nobody claimed it: an agent and a request that gave up never both win.
+#[tokio::test]
+async fn node_tasks_move_one_step_at_a_time() {
+    for e in engines().await {
+        let (store, _, _) = seeded(&e.url).await;
+        let task = |id: &str| nuage_store::NodeTaskRow {
+            id: id.into(),
+            node_id: "node_a".into(),
+            instance_id: "ins_1".into(),
+            task: r#"{"kind":"reboot"}"#.into(),
+            state: "pending".into(),
+            message: String::new(),
+            created_at: 1,
+            updated_at: 1,
+        };
+        store.node_task_create(&task("t1")).await.unwrap();
+        store.node_task_create(&task("t2")).await.unwrap();
+        assert!(store.node_task_create(&task("t1")).await.is_err());
+        let pending = store.node_tasks_pending("node_a").await.unwrap();
+        assert_eq!(pending.len(), 2, "{}", e.name);
+        assert!(store.node_tasks_pending("node_b").await.unwrap().is_empty());
+
+        // Another node cannot claim it; its own node can, once.
+        assert!(!store
+            .node_task_step("t1", "node_b", "pending", "running", "")
+            .await
+            .unwrap());
+        assert!(store
+            .node_task_step("t1", "node_a", "pending", "running", "")
+            .await
+            .unwrap());
+        assert!(!store
+            .node_task_step("t1", "node_a", "pending", "running", "")
+            .await
+            .unwrap());
+        // Claimed: the request can no longer cancel it.
+        assert!(!store
+            .node_task_step("t1", "node_a", "pending", "cancelled", "")
+            .await
+            .unwrap());
+        assert!(store
+            .node_task_step("t1", "node_a", "running", "failed", "no VM")
+            .await
+            .unwrap());
+        assert!(!store
+            .node_task_step("t1", "node_a", "running", "done", "")
+            .await
+            .unwrap());
+        let t1 = store.node_task_get("t1").await.unwrap().unwrap();
+        assert_eq!(
+            (t1.state.as_str(), t1.message.as_str()),
+            ("failed", "no VM")
+        );
+
+        // Cancelled while pending: the agent cannot claim it any more.
+        assert!(store
+            .node_task_step("t2", "node_a", "pending", "cancelled", "")
+            .await
+            .unwrap());
+        assert!(!store
+            .node_task_step("t2", "node_a", "pending", "running", "")
+            .await
+            .unwrap());
+        assert!(store.node_tasks_pending("node_a").await.unwrap().is_empty());
+        store.node_task_delete("t2").await.unwrap();
+        assert!(store.node_task_get("t2").await.unwrap().is_none());
+    }
+}

@@ -228,6 +228,9 @@ impl HttpLink {
 /// Whether an instance is between states (or a volume being plugged):
 /// the agent looks again without waiting for a tenant's change.
 fn in_flight(w: &Work) -> bool {
+    if !w.tasks.is_empty() {
+        return true;
+    }
     let settled = match w.desired.as_str() {
         "running" => w.state == "running",
         "stopped" => w.state == "stopped",
@@ -271,6 +274,18 @@ impl Link for HttpLink {
                 .json(&serde_json::json!({ "state": state })),
         )
         .await
+    }
+
+    async fn task(&self, id: &str, state: &str, message: &str) -> ApiResult<bool> {
+        let url = self.url(&format!("/agent/v1/tasks/{id}"));
+        let v: serde_json::Value = self
+            .send(
+                self.http
+                    .put(url)
+                    .json(&serde_json::json!({ "state": state, "message": message })),
+            )
+            .await?;
+        Ok(v["taken"] == true)
     }
 
     async fn keys(&self, instance_id: &str, req: &KeysRequest) -> ApiResult<Keys> {

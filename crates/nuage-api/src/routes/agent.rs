@@ -141,3 +141,44 @@ pub async fn instance_keys(
     ctx.record_detail("data_keys", &all("data_key"));
     Ok(Json(keys))
 }
+
+/// A step of a task, as the agent takes it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TaskStep {
+    /// `running` (the agent claims it), `done` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// Whether the step was taken.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TaskStepTaken {
+    /// False when the task was cancelled (its request gave up) or another
+    /// pass took it: the agent leaves it alone.
+    pub taken: bool,
+}
+
+/// The agent claims a task of its node (`running`), then says how it
+/// ended (`done` or `failed`).
+#[utoipa::path(put, path = "/agent/v1/tasks/{task}", tag = "agent",
+    request_body = TaskStep,
+    params(("task" = String, Path, description = "Task id")),
+    responses((status = 200, body = TaskStepTaken), (status = 400, body = Problem)))]
+pub async fn task_step(
+    ctx: NodeCtx,
+    Path(task): Path<String>,
+    Body(b): Body<TaskStep>,
+) -> HandlerResult<Json<TaskStepTaken>> {
+    ctx.allow_self("compute.node_task");
+    ctx.record_detail("task", &task);
+    ctx.record_detail("state", &b.state);
+    let taken = ctx
+        .state
+        .compute
+        .take_task_step(&ctx.node.id, &task, &b.state, &b.message)
+        .await?;
+    Ok(Json(TaskStepTaken { taken }))
+}

@@ -223,6 +223,7 @@ fn agent_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::report_instance))
         .routes(routes!(agent::settle_attachment))
         .routes(routes!(agent::instance_keys))
+        .routes(routes!(agent::task_step))
 }
 
 /// The operator OpenAPI document, without starting anything.

@@ -1,10 +1,10 @@
 //! A node of its own, end to end: a real `nuage agent` process, enrolled
 //! by the operator and sharing the control plane's compute directory,
 //! runs a VM under TCG with the real QEMU and the test guest — create →
-//! running with its seed → a volume plugged and unplugged → the agent
-//! restarts and the VM keeps running → stop (ACPI) → start → delete
-//! leaves nothing. Another node learns nothing of that VM and gets none
-//! of its keys; what needs QMP from the control plane is refused clearly.
+//! running with its seed → reset → a volume plugged, grown and
+//! snapshotted while it runs, unplugged → the agent restarts and the VM
+//! keeps running → stop (ACPI) → start → delete leaves nothing. Another
+//! node learns nothing of that VM and gets none of its keys.
 
 use std::path::Path;
 use std::time::Duration;
@@ -225,14 +225,16 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
     let r = s.a(Method::DELETE, "/admin/v1/nodes/edge-1", None).await;
     assert_eq!((r.status, r.code()), (409, "node_in_use"), "{}", r.text);
 
-    // Live operations that need QMP from the control plane: a clear no.
+    // A reset goes to edge-1's agent as a task: the guest boots again.
     let r = s.t(Method::POST, &format!("{inst}/reboot"), &a, None).await;
-    assert_eq!(
-        (r.status, r.code()),
-        (409, "instance_on_remote_node"),
-        "{}",
-        r.text
-    );
+    assert_eq!(r.status, 202, "{}", r.text);
+    let path = format!("{BASE}/instances/vm1/console-log");
+    wait_for(&s, &a, &path, 120, |b| {
+        b["output"]
+            .as_str()
+            .is_some_and(|o| o.matches("nuage-guest: ready").count() >= 2)
+    })
+    .await;
 
     // A volume plugged while it runs, then unplugged, by edge-1's agent.
     let r = s
@@ -260,6 +262,19 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
     })
     .await;
     console_until(&s, &a, "vm1", 60, &format!("serial={serial} wrote-marker=")).await;
+
+    // Grown and snapshotted while the VM runs there (tasks of its agent);
+    // a copy of the snapshot, plugged in, holds the marker.
+    let r = s
+        .t(
+            Method::PATCH,
+            &format!("{BASE}/volumes/data"),
+            &a,
+            Some(json!({"size": "128M"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["size_bytes"], 128 << 20, "{}", r.text);
     let r = s
         .t(
             Method::POST,
@@ -268,12 +283,7 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
             Some(json!({"name": "s1", "volume": "data"})),
         )
         .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (409, "instance_on_remote_node"),
-        "{}",
-        r.text
-    );
+    assert_eq!(r.status, 201, "{}", r.text);
     let r = s
         .t(Method::DELETE, &format!("{inst}/volumes/data"), &a, None)
         .await;
@@ -282,6 +292,31 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
         b["state"] == "available"
     })
     .await;
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/volumes"),
+            &a,
+            Some(json!({"name": "copy", "snapshot": "s1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let copy_id = r.body["id"].as_str().expect("copy id").to_string();
+    let copy_serial = copy_id[copy_id.len() - 20..].to_string();
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{inst}/volumes"),
+            &a,
+            Some(json!({"volume": "copy"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let out = console_until(&s, &a, "vm1", 60, &format!("serial={copy_serial} marker=")).await;
+    assert!(
+        out.contains(&format!("serial={copy_serial} marker={id} {serial}")),
+        "the snapshot's copy holds the marker written on the original: {out}"
+    );
 
     // The agent restarts; the VM does not.
     sigterm(&mut child).await;
@@ -316,8 +351,9 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
         .map(|e| e.file_name().to_string_lossy().to_string())
         .collect();
     assert!(
-        vols.iter().all(|f| f.starts_with(&vol_id)),
-        "only the data volume's files remain: {vols:?}"
+        vols.iter()
+            .all(|f| f.starts_with(&vol_id) || f.starts_with(&copy_id)),
+        "only the detached volumes' files remain: {vols:?}"
     );
     sigterm(&mut child).await;
     s.shutdown().await;
