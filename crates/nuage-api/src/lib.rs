@@ -10,6 +10,7 @@ pub mod metrics;
 pub mod observe;
 pub mod openapi;
 pub mod problem;
+pub mod relay;
 pub mod routes;
 pub mod server;
 pub mod state;

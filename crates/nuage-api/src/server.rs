@@ -422,8 +422,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let (agent_stop, agent_stop_rx) = tokio::sync::watch::channel(false);
     let agent_task = tokio::spawn(nuage_compute::agent::run(compute.clone(), agent_stop_rx));
     let heartbeat = tokio::spawn(heartbeats(store.clone(), node.id.clone()));
+    let consoles = Arc::new(crate::relay::Relays::default());
     let state = |realm| {
         AppState::new(AppStateInner {
+            consoles: consoles.clone(),
             store: store.clone(),
             authn: authn.clone(),
             authz: authz.clone(),

@@ -44,4 +44,7 @@ pub struct AppStateInner {
     /// Which realm's tokens this listener accepts.
     pub realm: Realm,
     pub max_body_bytes: usize,
+    /// Consoles of VMs on nodes of their own, waiting for their agent
+    /// (shared by the tenant and admin listeners).
+    pub consoles: Arc<crate::relay::Relays>,
 }

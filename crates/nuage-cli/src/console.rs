@@ -17,7 +17,7 @@ use std::io::{IsTerminal, Read, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use futures::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -33,42 +33,65 @@ use crate::client::{error_from_body, Api, Query};
 const ESCAPE: u8 = 0x1d;
 
 /// A byte stream a WebSocket runs over: plain TCP or TLS.
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// Opens the WebSocket at `path` of the API, with the API's token.
-async fn connect(api: &Api, path: &[&str]) -> Result<WebSocketStream<Box<dyn Io>>> {
-    let mut url = api.url(path, &Query::new())?;
+/// Why a WebSocket did not open.
+#[derive(Debug)]
+pub enum WsError {
+    /// The server was not reached, or the handshake broke.
+    Unreachable(String),
+    /// The server answered with `status` and `body` (a problem document)
+    /// instead of switching to WebSocket.
+    Refused(u16, Vec<u8>),
+    /// The request could not be made (bad URL, token).
+    Invalid(String),
+}
+
+/// Opens the WebSocket at `url` (http or https), with `bearer` if given,
+/// trusting the webpki roots plus `ca_pem` — the CLI's console, and the
+/// agent's end of a console relay.
+pub async fn open_websocket(
+    mut url: reqwest::Url,
+    bearer: Option<&str>,
+    ca_pem: Option<&[u8]>,
+    user_agent: &'static str,
+) -> std::result::Result<WebSocketStream<Box<dyn Io>>, WsError> {
     let tls = match url.scheme() {
         "https" => true,
         "http" => false,
-        other => bail!("cannot open a console over {other}://"),
+        other => {
+            return Err(WsError::Invalid(format!(
+                "cannot open a WebSocket over {other}://"
+            )))
+        }
     };
     let host = url
         .host_str()
-        .ok_or_else(|| anyhow!("the server URL has no host"))?
+        .ok_or_else(|| WsError::Invalid("the server URL has no host".into()))?
         .trim_start_matches('[')
         .trim_end_matches(']')
         .to_string();
     let port = url
         .port_or_known_default()
-        .ok_or_else(|| anyhow!("the server URL has no port"))?;
+        .ok_or_else(|| WsError::Invalid("the server URL has no port".into()))?;
     let tcp = tokio::time::timeout(
         Duration::from_secs(10),
         TcpStream::connect((host.as_str(), port)),
     )
     .await
-    .map_err(|_| api.unreachable_because("timed out".into()))?
-    .map_err(|e| api.unreachable_because(e.to_string()))?;
+    .map_err(|_| WsError::Unreachable("timed out".into()))?
+    .map_err(|e| WsError::Unreachable(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
     let stream: Box<dyn Io> = if tls {
-        let config = tls_config(api.ca_pem())?;
-        let name = rustls::pki_types::ServerName::try_from(host.clone())
-            .with_context(|| format!("{host:?} is not a server name TLS can check"))?;
+        let config = tls_config(ca_pem).map_err(|e| WsError::Invalid(format!("{e:#}")))?;
+        let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|_| {
+            WsError::Invalid(format!("{host:?} is not a server name TLS can check"))
+        })?;
         let stream = tokio_rustls::TlsConnector::from(config)
             .connect(name, tcp)
             .await
-            .map_err(|e| api.unreachable_because(format!("TLS: {e}")))?;
+            .map_err(|e| WsError::Unreachable(format!("TLS: {e}")))?;
         Box::new(stream)
     } else {
         Box::new(tcp)
@@ -77,26 +100,40 @@ async fn connect(api: &Api, path: &[&str]) -> Result<WebSocketStream<Box<dyn Io>
     let mut req = url
         .as_str()
         .into_client_request()
-        .context("could not build the console request")?;
-    if let Some(token) = api.token() {
+        .map_err(|e| WsError::Invalid(format!("could not build the request: {e}")))?;
+    if let Some(token) = bearer {
         let value = HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("the token cannot be sent in a header")?;
+            .map_err(|_| WsError::Invalid("the token cannot be sent in a header".into()))?;
         req.headers_mut().insert(header::AUTHORIZATION, value);
     }
-    req.headers_mut().insert(
-        header::USER_AGENT,
-        HeaderValue::from_static(concat!("nuage-cli/", env!("CARGO_PKG_VERSION"))),
-    );
+    req.headers_mut()
+        .insert(header::USER_AGENT, HeaderValue::from_static(user_agent));
     match tokio_tungstenite::client_async(req, stream).await {
         Ok((ws, _)) => Ok(ws),
+        Err(tungstenite::Error::Http(resp)) => Err(WsError::Refused(
+            resp.status().as_u16(),
+            resp.body().clone().unwrap_or_default(),
+        )),
+        Err(e) => Err(WsError::Unreachable(format!("WebSocket: {e}"))),
+    }
+}
+
+/// Opens the WebSocket at `path` of the API, with the API's token.
+async fn connect(api: &Api, path: &[&str]) -> Result<WebSocketStream<Box<dyn Io>>> {
+    let url = api.url(path, &Query::new())?;
+    let agent = concat!("nuage-cli/", env!("CARGO_PKG_VERSION"));
+    match open_websocket(url, api.token(), api.ca_pem(), agent).await {
+        Ok(ws) => Ok(ws),
         // Refusals (not running, not found, no permission) come as the
         // usual problem body instead of the switch to WebSocket.
-        Err(tungstenite::Error::Http(resp)) => {
-            let body = resp.body().as_deref().unwrap_or_default();
+        Err(WsError::Refused(status, body)) => {
             let shown = api.url(path, &Query::new())?;
-            Err(error_from_body(&shown, resp.status(), body))
+            let status = tungstenite::http::StatusCode::from_u16(status)
+                .unwrap_or(tungstenite::http::StatusCode::BAD_GATEWAY);
+            Err(error_from_body(&shown, status, &body))
         }
-        Err(e) => Err(api.unreachable_because(format!("WebSocket: {e}"))),
+        Err(WsError::Unreachable(reason)) => Err(api.unreachable_because(reason)),
+        Err(WsError::Invalid(reason)) => bail!("{reason}"),
     }
 }
 

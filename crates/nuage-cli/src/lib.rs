@@ -8,6 +8,7 @@ mod client;
 mod commands;
 mod config;
 mod console;
+pub use console::{open_websocket, Io, WsError};
 mod context;
 mod output;
 mod progress;

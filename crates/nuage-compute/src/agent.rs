@@ -300,6 +300,17 @@ impl Host {
             NodeTask::Resize { disk, size_bytes } => {
                 vm.resize_disk(disk, *size_bytes).await.map_err(qemu_err)
             }
+            NodeTask::Console { session } => {
+                let serial = tokio::net::UnixStream::connect(self.console_socket(&w.id))
+                    .await
+                    .map_err(|e| {
+                        ApiError::conflict(
+                            "console_busy",
+                            format!("the console is not available: {e}"),
+                        )
+                    })?;
+                link.console(session, serial).await
+            }
         }
     }
 

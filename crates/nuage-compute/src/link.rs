@@ -53,6 +53,13 @@ pub trait Link: Send + Sync {
         state: &str,
         message: &str,
     ) -> impl Future<Output = ApiResult<bool>> + Send;
+    /// Dials back to console relay `session` and bridges it to `serial`
+    /// (in the background, until either side closes).
+    fn console(
+        &self,
+        session: &str,
+        serial: tokio::net::UnixStream,
+    ) -> impl Future<Output = ApiResult<()>> + Send;
     /// The keys to open an instance's volumes, and its user-data.
     fn keys(
         &self,
@@ -427,6 +434,12 @@ impl Link for LocalLink {
         self.compute
             .take_task_step(&self.node_id, id, state, message)
             .await
+    }
+
+    async fn console(&self, _session: &str, _serial: tokio::net::UnixStream) -> ApiResult<()> {
+        Err(ApiError::internal(
+            "the consoles of this server's own node are opened directly",
+        ))
     }
 
     async fn keys(&self, instance_id: &str, req: &KeysRequest) -> ApiResult<Keys> {

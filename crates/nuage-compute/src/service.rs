@@ -213,10 +213,15 @@ impl Compute {
         self.0.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
+    /// Whether instance `i` is placed on this server's own node.
+    pub fn is_local(&self, i: &InstanceRow) -> bool {
+        i.node_id.is_some() && i.node_id.as_deref() == self.local_node()
+    }
+
     /// Instance `i` runs on this server's own node, or a 409 saying that
     /// `what` needs it to (QMP and the console are local to a node).
     pub(crate) fn on_local_node(&self, i: &InstanceRow, what: &str) -> ApiResult<()> {
-        if i.node_id.is_some() && i.node_id.as_deref() == self.local_node() {
+        if self.is_local(i) {
             return Ok(());
         }
         Err(ApiError::conflict(

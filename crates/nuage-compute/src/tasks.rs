@@ -28,6 +28,9 @@ pub enum NodeTask {
     Snapshot { volume_id: String, disk: String },
     /// Grow disk `disk` to `size_bytes`.
     Resize { disk: String, size_bytes: u64 },
+    /// Dial back to console relay `session` and bridge it to the VM's
+    /// serial console.
+    Console { session: String },
 }
 
 /// A task waiting for the agent.
@@ -38,7 +41,7 @@ pub struct TaskWork {
 }
 
 /// How long a task waits for its agent to claim it.
-const CLAIM_WITHIN: Duration = Duration::from_secs(30);
+pub const CLAIM_WITHIN: Duration = Duration::from_secs(30);
 /// How long a claimed task may take before the request stops waiting.
 const DONE_WITHIN: Duration = Duration::from_secs(120);
 const LOOK_EVERY: Duration = Duration::from_millis(100);
@@ -54,6 +57,48 @@ impl Compute {
         task: &NodeTask,
         what: &str,
     ) -> ApiResult<()> {
+        let (id, node_id) = self.post_task(i, task).await?;
+        let store = &self.0.store;
+        let start = Instant::now();
+        loop {
+            tokio::time::sleep(LOOK_EVERY).await;
+            let t = store
+                .node_task_get(&id)
+                .await?
+                .ok_or_else(|| ApiError::internal("the node task vanished"))?;
+            match t.state.as_str() {
+                "done" => {
+                    store.node_task_delete(&id).await?;
+                    return Ok(());
+                }
+                "failed" => {
+                    store.node_task_delete(&id).await?;
+                    return Err(ApiError::conflict(
+                        "node_task_failed",
+                        format!("instance {}: could not {what}: {}", i.name, t.message),
+                    ));
+                }
+                "pending"
+                    if start.elapsed() > CLAIM_WITHIN && self.drop_task(&id, &node_id).await? =>
+                {
+                    return Err(node_unresponsive(i, what));
+                }
+                "running" if start.elapsed() > CLAIM_WITHIN + DONE_WITHIN => {
+                    return Err(ApiError::unavailable(format!(
+                        "the node running instance {} took the request to {what} but has not \
+                         finished it; look at the instance again later",
+                        i.name
+                    ))
+                    .with_code("node_task_timeout"));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Asks the agent of instance `i`'s node to do `task`, without waiting:
+    /// the task's id and node.
+    pub async fn post_task(&self, i: &InstanceRow, task: &NodeTask) -> ApiResult<(String, String)> {
         let node_id = i
             .node_id
             .clone()
@@ -70,54 +115,22 @@ impl Compute {
             created_at: now,
             updated_at: now,
         };
-        let store = &self.0.store;
-        store.node_task_create(&row).await?;
+        self.0.store.node_task_create(&row).await?;
         self.wake_agent();
-        let start = Instant::now();
-        loop {
-            tokio::time::sleep(LOOK_EVERY).await;
-            let t = store
-                .node_task_get(&row.id)
-                .await?
-                .ok_or_else(|| ApiError::internal("the node task vanished"))?;
-            match t.state.as_str() {
-                "done" => {
-                    store.node_task_delete(&row.id).await?;
-                    return Ok(());
-                }
-                "failed" => {
-                    store.node_task_delete(&row.id).await?;
-                    return Err(ApiError::conflict(
-                        "node_task_failed",
-                        format!("instance {}: could not {what}: {}", i.name, t.message),
-                    ));
-                }
-                "pending"
-                    if start.elapsed() > CLAIM_WITHIN
-                        && store
-                            .node_task_step(&row.id, &node_id, "pending", "cancelled", "")
-                            .await? =>
-                {
-                    store.node_task_delete(&row.id).await?;
-                    return Err(ApiError::unavailable(format!(
-                        "the node running instance {} did not take the request to {what} \
-                         within {} s; nothing changed",
-                        i.name,
-                        CLAIM_WITHIN.as_secs()
-                    ))
-                    .with_code("node_unresponsive"));
-                }
-                "running" if start.elapsed() > CLAIM_WITHIN + DONE_WITHIN => {
-                    return Err(ApiError::unavailable(format!(
-                        "the node running instance {} took the request to {what} but has not \
-                         finished it; look at the instance again later",
-                        i.name
-                    ))
-                    .with_code("node_task_timeout"));
-                }
-                _ => {}
-            }
+        Ok((row.id, node_id))
+    }
+
+    /// Withdraws task `id` if no agent claimed it yet (true), or leaves it
+    /// to the agent that did (false).
+    pub async fn drop_task(&self, id: &str, node_id: &str) -> ApiResult<bool> {
+        let store = &self.0.store;
+        let dropped = store
+            .node_task_step(id, node_id, "pending", "cancelled", "")
+            .await?;
+        if dropped {
+            store.node_task_delete(id).await?;
         }
+        Ok(dropped)
     }
 
     /// The pending tasks of `node_id`, by instance.
@@ -158,4 +171,16 @@ impl Compute {
             .node_task_step(id, node_id, from, state, &message)
             .await
     }
+}
+
+/// 503 `node_unresponsive`: the agent of `i`'s node did not take the
+/// request in time; nothing changed.
+pub fn node_unresponsive(i: &InstanceRow, what: &str) -> ApiError {
+    ApiError::unavailable(format!(
+        "the node running instance {} did not take the request to {what} within {} s; \
+         nothing changed",
+        i.name,
+        CLAIM_WITHIN.as_secs()
+    ))
+    .with_code("node_unresponsive")
 }

@@ -288,8 +288,68 @@ impl Link for HttpLink {
         Ok(v["taken"] == true)
     }
 
+    async fn console(&self, session: &str, serial: tokio::net::UnixStream) -> ApiResult<()> {
+        let url = reqwest::Url::parse(&self.url(&format!("/agent/v1/consoles/{session}")))
+            .map_err(|e| ApiError::internal(format!("console relay URL: {e}")))?;
+        let ws = nuage_cli::open_websocket(url, Some(&self.token), None, AGENT)
+            .await
+            .map_err(|e| ApiError::internal(format!("console relay: {e:?}")))?;
+        tokio::spawn(relay_console(ws, serial));
+        Ok(())
+    }
+
     async fn keys(&self, instance_id: &str, req: &KeysRequest) -> ApiResult<Keys> {
         let url = self.url(&format!("/agent/v1/instances/{instance_id}/keys"));
         self.send(self.http.post(url).json(req)).await
+    }
+}
+
+const AGENT: &str = concat!("nuage-agent/", env!("CARGO_PKG_VERSION"));
+
+/// Copies a VM's serial console to the relay's WebSocket and back until
+/// either side closes.
+async fn relay_console(
+    ws: tokio_tungstenite::WebSocketStream<Box<dyn nuage_cli::Io>>,
+    serial: tokio::net::UnixStream,
+) {
+    use futures::{SinkExt, StreamExt};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let (mut ws_tx, mut ws_rx) = ws.split();
+    let (mut serial_rx, mut serial_tx) = serial.into_split();
+    let down = async {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            match serial_rx.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if ws_tx
+                        .send(Message::Binary(buf[..n].to_vec().into()))
+                        .await
+                        .is_err()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+        let _ = ws_tx.send(Message::Close(None)).await;
+    };
+    let up = async {
+        while let Some(Ok(msg)) = ws_rx.next().await {
+            let data: Vec<u8> = match msg {
+                Message::Binary(b) => b.to_vec(),
+                Message::Text(t) => t.as_bytes().to_vec(),
+                Message::Close(_) => break,
+                _ => continue,
+            };
+            if serial_tx.write_all(&data).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = down => {}
+        _ = up => {}
     }
 }

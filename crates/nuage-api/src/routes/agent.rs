@@ -5,11 +5,15 @@
 //! volumes are a 404. Every call is in the audit log as `node:<name>`,
 //! key releases with the keys used.
 
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::Path;
+use axum::response::Response;
 use axum::Json;
 use http::StatusCode;
 use nuage_compute::link::{InstanceReport, Keys, KeysRequest, WorkList};
 use nuage_compute::nodes::{self, Node, NodeReport};
+use nuage_core::ApiError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
@@ -181,4 +185,32 @@ pub async fn task_step(
         .take_task_step(&ctx.node.id, &task, &b.state, &b.message)
         .await?;
     Ok(Json(TaskStepTaken { taken }))
+}
+
+/// The agent's end of a console relay: a WebSocket carrying the serial
+/// console of a VM of the calling node to the tenant who opened it.
+#[utoipa::path(get, path = "/agent/v1/consoles/{session}", tag = "agent",
+    description = "A WebSocket: binary messages carry the console's bytes both ways.",
+    params(("session" = String, Path, description = "Relay session from a console task")),
+    responses((status = 101), (status = 400, body = Problem), (status = 404, body = Problem)))]
+pub async fn console_relay(
+    ctx: NodeCtx,
+    Path(session): Path<String>,
+    ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> HandlerResult<Response> {
+    ctx.allow_self("compute.node_console");
+    let ws = ws.map_err(|e| {
+        ApiError::bad_request(
+            "websocket_required",
+            format!("the console is a WebSocket: {e}"),
+        )
+    })?;
+    let tenant = ctx
+        .state
+        .consoles
+        .take(&session, &ctx.node.id)
+        .ok_or_else(|| ApiError::not_found("console session", &session))?;
+    Ok(ws.on_upgrade(move |socket| async move {
+        let _ = tenant.send(socket);
+    }))
 }

@@ -314,6 +314,9 @@ pub async fn console(
         )
         .into());
     }
+    if !ctx.state.compute.is_local(&row) {
+        return relayed_console(&ctx, &row, ws).await;
+    }
     let socket = ctx.state.compute.console_socket(&row)?;
     let serial = tokio::net::UnixStream::connect(&socket)
         .await
@@ -322,6 +325,62 @@ pub async fn console(
         })?;
     ctx.record_detail("console", "opened");
     Ok(ws.on_upgrade(move |ws| bridge(ws, serial)))
+}
+
+/// The console of a VM on a node of its own: its agent dials back (a node
+/// task) and the two WebSockets are bridged here.
+async fn relayed_console(
+    ctx: &Ctx,
+    row: &InstanceRow,
+    ws: WebSocketUpgrade,
+) -> HandlerResult<Response> {
+    let compute = &ctx.state.compute;
+    let node_id = row.node_id.clone().unwrap_or_default();
+    let (session, agent) = ctx.state.consoles.open(&node_id);
+    let task = nuage_compute::tasks::NodeTask::Console {
+        session: session.clone(),
+    };
+    let (task_id, _) = match compute.post_task(row, &task).await {
+        Ok(t) => t,
+        Err(e) => {
+            ctx.state.consoles.close(&session);
+            return Err(e.into());
+        }
+    };
+    // The agent's WebSocket, unless it could not reach the console (its
+    // task failed) or never took the task.
+    let mut agent = agent;
+    let start = std::time::Instant::now();
+    let answered = loop {
+        tokio::select! {
+            a = &mut agent => break a.ok(),
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                let failed = compute
+                    .store()
+                    .node_task_get(&task_id)
+                    .await?
+                    .is_some_and(|t| t.state == "failed");
+                if failed || start.elapsed() > nuage_compute::tasks::CLAIM_WITHIN {
+                    break None;
+                }
+            }
+        }
+    };
+    ctx.state.consoles.close(&session);
+    let Some(agent) = answered else {
+        let task = compute.store().node_task_get(&task_id).await?;
+        let _ = compute.drop_task(&task_id, &node_id).await?;
+        compute.store().node_task_delete(&task_id).await?;
+        return Err(match task {
+            Some(t) if t.state == "failed" => ApiError::conflict("console_busy", t.message),
+            _ => nuage_compute::tasks::node_unresponsive(row, "open its console"),
+        }
+        .into());
+    };
+    compute.store().node_task_delete(&task_id).await?;
+    ctx.record_detail("console", "opened");
+    ctx.record_detail("relayed_by", &node_id);
+    Ok(ws.on_upgrade(move |ws| crate::relay::bridge(ws, agent)))
 }
 
 /// Copies bytes both ways until either side closes; when the VM's side

@@ -224,6 +224,7 @@ fn agent_routes() -> OpenApiRouter<AppState> {
         .routes(routes!(agent::settle_attachment))
         .routes(routes!(agent::instance_keys))
         .routes(routes!(agent::task_step))
+        .routes(routes!(agent::console_relay))
 }
 
 /// The operator OpenAPI document, without starting anything.

@@ -236,6 +236,48 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
     })
     .await;
 
+    // The interactive console, relayed: edge-1's agent dials back and the
+    // guest's shell runs the line; the opening is audited.
+    let url = reqwest::Url::parse(&format!("{}{inst}/console", s.tenant)).expect("url");
+    let mut ws = nuage_cli::open_websocket(url.clone(), Some(&a), None, "test")
+        .await
+        .expect("the relayed console opens");
+    {
+        use futures::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message;
+        ws.send(Message::Binary(b"\necho relay-$((40+2))\n".to_vec().into()))
+            .await
+            .expect("send");
+        let mut seen = String::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while !seen.contains("relay-42") {
+            match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(Message::Binary(b)))) => seen.push_str(&String::from_utf8_lossy(&b)),
+                Ok(Some(Ok(_))) => {}
+                other => panic!("the console ended before the answer: {other:?}; saw {seen:?}"),
+            }
+        }
+        let _ = ws.close(None).await;
+    }
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/audit/entries?action=compute.console",
+            &a,
+            None,
+        )
+        .await;
+    assert!(r.text.contains("relayed_by"), "{}", r.text);
+    // Another tenant's token does not open it.
+    let b = s.org("globex").await;
+    match nuage_cli::open_websocket(url, Some(&b), None, "test").await {
+        Err(nuage_cli::WsError::Refused(404, _)) => {}
+        other => panic!(
+            "another tenant reached the console: {:?}",
+            other.map(|_| ())
+        ),
+    }
+
     // A volume plugged while it runs, then unplugged, by edge-1's agent.
     let r = s
         .t(
