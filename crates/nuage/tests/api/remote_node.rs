@@ -3,7 +3,8 @@
 //! runs a VM under TCG with the real QEMU and the test guest — create →
 //! running with its seed → reset → a volume plugged, grown and
 //! snapshotted while it runs, unplugged → the agent restarts and the VM
-//! keeps running → stop (ACPI) → start → delete leaves nothing. Another
+//! keeps running → stop (ACPI) → start → delete leaves nothing → the
+//! volume moves to a VM on the server's own node with its data. Another
 //! node learns nothing of that VM and gets none of its keys.
 
 use std::path::Path;
@@ -397,6 +398,49 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
             .all(|f| f.starts_with(&vol_id) || f.starts_with(&copy_id)),
         "only the detached volumes' files remain: {vols:?}"
     );
+
+    // The volume moves to a VM on the other machine, with what the first
+    // VM wrote on it.
+    for (node, ratio) in [("edge-1", 0.001), ("host-a", 1.0)] {
+        let r = s
+            .a(
+                Method::PATCH,
+                &format!("/admin/v1/nodes/{node}"),
+                Some(json!({"memory_overcommit": ratio})),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{BASE}/instances"),
+            &a,
+            Some(json!({"name": "vm2", "image": "guest", "vcpus": 1, "memory": "256M"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(node(&s, "host-a").await["used_memory_mib"], 256);
+    let inst2 = format!("{BASE}/instances/vm2");
+    wait_for(&s, &a, &inst2, 90, |b| b["state"] == "running").await;
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{inst2}/volumes"),
+            &a,
+            Some(json!({"volume": "data"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let out = console_until(&s, &a, "vm2", 120, &format!("serial={serial} marker=")).await;
+    assert!(
+        out.contains(&format!("serial={serial} marker={id} {serial}")),
+        "the moved volume holds what the VM on edge-1 wrote: {out}"
+    );
+    let r = s.t(Method::DELETE, &inst2, &a, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    wait_for(&s, &a, &inst2, 60, |b| b["code"] == "not_found").await;
+
     sigterm(&mut child).await;
     s.shutdown().await;
 }
