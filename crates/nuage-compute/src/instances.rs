@@ -293,7 +293,7 @@ impl Compute {
                 format!("instance {} is {}, not running", i.name, i.state),
             ));
         }
-        if self.on_local_node(i, "").is_err() {
+        if !self.is_local(i) {
             return self
                 .run_on_node(i, &crate::tasks::NodeTask::Reboot, "reset its guest")
                 .await;
@@ -372,12 +372,9 @@ impl Compute {
     }
 
     /// The Unix socket of the instance's serial console, on this server's
-    /// node (relaying the console of a node of its own is not done yet).
+    /// node (the console of a node of its own is relayed by its agent).
     pub fn console_socket(&self, i: &InstanceRow) -> ApiResult<std::path::PathBuf> {
-        self.on_local_node(
-            i,
-            "its interactive console is not relayed yet; console-log shows its output",
-        )?;
+        self.on_local_node(i, "its console is relayed by its node's agent")?;
         Ok(self.0.host.console_socket(&i.id))
     }
 

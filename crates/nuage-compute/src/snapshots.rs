@@ -58,7 +58,7 @@ impl Compute {
         } else {
             crate::agent::disk_name(&v.id)
         };
-        if self.on_local_node(&i, "").is_err() {
+        if !self.is_local(&i) {
             // The VM's process is on another host: its state says.
             return match (i.state.as_str(), i.desired.as_str()) {
                 ("stopped", "stopped") => Ok(Holder::Nobody),
