@@ -211,8 +211,15 @@ impl Compute {
         let now = now_ms();
         let mut tasks = self.pending_tasks(node_id).await?;
         let mut out = Vec::new();
+        // Three reads per pass, however many instances the node runs.
+        let mut volumes_of: std::collections::HashMap<String, Vec<VolumeRow>> =
+            std::collections::HashMap::new();
+        for v in self.0.store.node_volumes(node_id).await? {
+            let held_by = v.instance_id.clone().unwrap_or_default();
+            volumes_of.entry(held_by).or_default().push(v);
+        }
         for i in self.0.store.instances_on_node(node_id).await? {
-            let volumes = self.0.store.instance_volumes(&i.id).await?;
+            let volumes = volumes_of.remove(&i.id).unwrap_or_default();
             let (mine, rest): (Vec<_>, Vec<_>) = tasks.into_iter().partition(|(id, _)| *id == i.id);
             tasks = rest;
             out.push(Work {

@@ -296,6 +296,17 @@ impl Store {
             .await
     }
 
+    /// The volumes held by the instances of node `node_id`, in one read:
+    /// by instance, each instance's in [`Store::instance_volumes`] order.
+    pub async fn node_volumes(&self, node_id: &str) -> ApiResult<Vec<VolumeRow>> {
+        self.volumes_where(
+            "instance_id IN (SELECT id FROM instances WHERE node_id = $1) \
+             ORDER BY instance_id, updated_at, id",
+            node_id,
+        )
+        .await
+    }
+
     /// Marks `volume_id` as being attached to `instance_id`, if it is still
     /// free (`conflict` otherwise).
     pub async fn volume_attach(&self, volume_id: &str, instance_id: &str) -> ApiResult<()> {
