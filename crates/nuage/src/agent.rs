@@ -44,6 +44,10 @@ pub struct AgentArgs {
         default_value = "/var/lib/nuage/compute"
     )]
     compute_dir: PathBuf,
+    /// PEM file of a CA to trust for the control plane's TLS certificate,
+    /// besides the public roots (a private CA).
+    #[arg(long, env = "NUAGE_CA_CERT")]
+    ca_cert: Option<PathBuf>,
     /// Seconds between heartbeats.
     #[arg(long, default_value_t = HEARTBEAT_EVERY.as_secs())]
     heartbeat_seconds: u64,
@@ -73,14 +77,22 @@ async fn serve(a: AgentArgs) -> Result<(), String> {
     }
     // Fails early, with the reason, on a directory that is not shared.
     nuage_compute::service::read_compute_id(&a.compute_dir).map_err(|e| e.detail)?;
-    let http = reqwest::Client::builder()
-        .timeout(MAX_WAIT + Duration::from_secs(30))
-        .build()
-        .map_err(|e| e.to_string())?;
+    let ca_pem = match &a.ca_cert {
+        Some(f) => Some(std::fs::read(f).map_err(|e| format!("{}: {e}", f.display()))?),
+        None => None,
+    };
+    let mut http = reqwest::Client::builder().timeout(MAX_WAIT + Duration::from_secs(30));
+    if let Some(pem) = &ca_pem {
+        let ca = reqwest::Certificate::from_pem(pem)
+            .map_err(|e| format!("--ca-cert: not a PEM certificate: {e}"))?;
+        http = http.add_root_certificate(ca);
+    }
+    let http = http.build().map_err(|e| e.to_string())?;
     let link = HttpLink {
         http,
         base: a.control_plane.trim_end_matches('/').to_string(),
         token,
+        ca_pem,
         after: Mutex::new(None),
         busy: AtomicBool::new(true),
     };
@@ -185,6 +197,9 @@ struct HttpLink {
     http: reqwest::Client,
     base: String,
     token: String,
+    /// The private CA given with `--ca-cert`, for the console relay's
+    /// WebSocket too.
+    ca_pem: Option<Vec<u8>>,
     /// The generation of the last work list: the next one waits for a
     /// change after it.
     after: Mutex<Option<u64>>,
@@ -291,7 +306,7 @@ impl Link for HttpLink {
     async fn console(&self, session: &str, serial: tokio::net::UnixStream) -> ApiResult<()> {
         let url = reqwest::Url::parse(&self.url(&format!("/agent/v1/consoles/{session}")))
             .map_err(|e| ApiError::internal(format!("console relay URL: {e}")))?;
-        let ws = nuage_cli::open_websocket(url, Some(&self.token), None, AGENT)
+        let ws = nuage_cli::open_websocket(url, Some(&self.token), self.ca_pem.as_deref(), AGENT)
             .await
             .map_err(|e| ApiError::internal(format!("console relay: {e:?}")))?;
         tokio::spawn(relay_console(ws, serial));

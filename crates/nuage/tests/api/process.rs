@@ -494,6 +494,7 @@ async fn tls_is_served_and_plain_http_stays_on_loopback() {
         ],
     );
     p.tenant = p.tenant.replace("http://", "https://");
+    let ca_file = ca.clone();
     let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap();
     let c = reqwest::Client::builder()
         .add_root_certificate(ca)
@@ -511,6 +512,69 @@ async fn tls_is_served_and_plain_http_stays_on_loopback() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    // A node of its own joins over TLS, trusting the private CA it is
+    // given (`--ca-cert`).
+    let admin = p.admin.replace("http://", "https://");
+    let bootstrap = std::fs::read_to_string(data.join("bootstrap-token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let r = c
+        .post(format!("{admin}/admin/v1/nodes"))
+        .bearer_auth(&bootstrap)
+        .json(&json!({"name": "edge-tls"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let enrolled: serde_json::Value = r.json().await.unwrap();
+    let token_file = d.join("edge.token");
+    std::fs::write(&token_file, enrolled["token"].as_str().expect("token")).unwrap();
+    let mut agent = tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args([
+            "agent",
+            "--control-plane",
+            &admin,
+            "--heartbeat-seconds",
+            "1",
+        ])
+        .arg("--ca-cert")
+        .arg(&ca_file)
+        .arg("--token-file")
+        .arg(&token_file)
+        .arg("--compute-dir")
+        .arg(data.join("compute"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    loop {
+        let nodes: serde_json::Value = c
+            .get(format!("{admin}/admin/v1/nodes"))
+            .bearer_auth(&bootstrap)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let live = nodes["items"].as_array().is_some_and(|a| {
+            a.iter()
+                .any(|n| n["name"] == "edge-tls" && n["live"] == true)
+        });
+        if live {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the agent never reported over TLS: {nodes}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let _ = agent.kill().await;
+
     // plain HTTP to the TLS port fails
     let plain = reqwest::Client::new()
         .get(p.tenant.replace("https://", "http://") + "/healthz")
