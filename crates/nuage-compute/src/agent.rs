@@ -50,12 +50,14 @@ pub async fn run(compute: Compute, stop: watch::Receiver<bool>) {
         return;
     };
     let spares = tokio::spawn(crate::spares::fill(compute.clone(), stop.clone()));
+    let sweep = tokio::spawn(crate::tasks::sweep(compute.clone(), stop.clone()));
     let link = LocalLink {
         compute: compute.clone(),
         node_id,
     };
     drive(compute.host(), &link, stop).await;
     let _ = spares.await;
+    let _ = sweep.await;
 }
 
 /// Reconciles through `link` every [`PASS_EVERY`] (or when woken) until

@@ -45,6 +45,28 @@ pub const CLAIM_WITHIN: Duration = Duration::from_secs(30);
 /// How long a claimed task may take before the request stops waiting.
 const DONE_WITHIN: Duration = Duration::from_secs(120);
 const LOOK_EVERY: Duration = Duration::from_millis(100);
+/// Tasks untouched for this long are swept: no request waits for them.
+const SWEEP_AFTER: Duration = Duration::from_secs(600);
+
+/// Removes, every minute until `stop`, the tasks whose requests died while
+/// waiting (a server killed mid-request leaves its task behind).
+pub(crate) async fn sweep(compute: Compute, mut stop: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        let before = now_ms() - i64::try_from(SWEEP_AFTER.as_millis()).unwrap_or(i64::MAX);
+        match compute.0.store.node_tasks_sweep(before).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(tasks = n, "abandoned node tasks removed"),
+            Err(e) => tracing::warn!(error = %e.detail, "sweeping node tasks failed"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
+    }
+}
 
 impl Compute {
     /// Has the agent of instance `i`'s node do `task`; `what` says what it

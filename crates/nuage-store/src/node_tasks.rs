@@ -109,6 +109,17 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
+    /// Removes the tasks last changed before `before_ms` (their requests
+    /// stopped waiting long ago); how many.
+    pub async fn node_tasks_sweep(&self, before_ms: i64) -> ApiResult<u64> {
+        let r = sqlx::query("DELETE FROM node_tasks WHERE updated_at < $1")
+            .bind(before_ms)
+            .execute(&self.write)
+            .await
+            .map_err(db_err)?;
+        Ok(r.rows_affected())
+    }
+
     pub async fn node_task_delete(&self, id: &str) -> ApiResult<()> {
         sqlx::query("DELETE FROM node_tasks WHERE id = $1")
             .bind(id)

@@ -788,5 +788,29 @@ async fn node_tasks_move_one_step_at_a_time() {
         assert!(store.node_tasks_pending("node_a").await.unwrap().is_empty());
         store.node_task_delete("t2").await.unwrap();
         assert!(store.node_task_get("t2").await.unwrap().is_none());
+
+        // Old tasks go; recent ones stay.
+        let mut fresh = task("t3");
+        fresh.updated_at = i64::MAX / 2;
+        store.node_task_create(&fresh).await.unwrap();
+        let an_hour_on = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+            + 3_600_000;
+        assert_eq!(
+            store.node_tasks_sweep(1_000).await.unwrap(),
+            0,
+            "{}",
+            e.name
+        );
+        assert_eq!(
+            store.node_tasks_sweep(an_hour_on).await.unwrap(),
+            1,
+            "{}",
+            e.name
+        );
+        assert!(store.node_task_get("t1").await.unwrap().is_none());
+        assert!(store.node_task_get("t3").await.unwrap().is_some());
     }
 }
