@@ -9,8 +9,9 @@
 //! write calls [`Store::sync_committed`](crate::Store::sync_committed):
 //! it returns once an fsync of the WAL that *started after the call* has
 //! finished, so everything committed before the call is on disk. Callers
-//! that arrive while an fsync runs share the next one, and the write
-//! connection commits the next transactions while the disk works.
+//! that arrive while an fsync runs start a second one at once (up to
+//! [`MAX_RUNNING`]) and later ones share it, and the write connection
+//! commits the next transactions while the disk works.
 //!
 //! Every acknowledged API request waits for its audit entry, which is
 //! committed after the request's own writes on the same connection, so the
@@ -20,8 +21,16 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use nuage_core::{ApiError, ApiResult};
+use tokio::sync::Notify;
+
+/// fsyncs that may run at once. A caller that arrives while one runs does
+/// not wait for it to finish before starting its own (which would cost it
+/// up to two fsync times when the disk is slow): it starts a second one at
+/// once, unless this many already run.
+const MAX_RUNNING: usize = 2;
 
 #[derive(Default)]
 pub(crate) struct WalSync {
@@ -32,8 +41,18 @@ pub(crate) struct WalSync {
     requested: AtomicU64,
     /// Highest ticket covered by a finished fsync.
     synced: AtomicU64,
-    /// One fsync at a time; waiters behind it share the next one.
-    running: tokio::sync::Mutex<Option<(u64, u64)>>,
+    state: Mutex<State>,
+    /// Woken whenever an fsync finishes.
+    finished: Notify,
+}
+
+#[derive(Default)]
+struct State {
+    /// Highest ticket covered by an fsync started so far (running or done).
+    started: u64,
+    running: usize,
+    /// `(device, inode)` of the WAL file whose directory entry was synced.
+    last_file: Option<(u64, u64)>,
 }
 
 impl WalSync {
@@ -46,28 +65,62 @@ impl WalSync {
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub(crate) async fn sync(&self) -> ApiResult<()> {
         let Some(path) = &self.wal else {
             return Ok(());
         };
         let ticket = self.requested.fetch_add(1, Ordering::AcqRel) + 1;
-        let mut last_file = self.running.lock().await;
-        if self.synced.load(Ordering::Acquire) >= ticket {
-            return Ok(());
+        loop {
+            let finished = self.finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let run = {
+                let mut st = self.state();
+                if self.synced.load(Ordering::Acquire) >= ticket {
+                    return Ok(());
+                }
+                if st.started < ticket && st.running < MAX_RUNNING {
+                    // Every ticket up to `upto` was taken after its commit
+                    // and before this fsync starts, so it covers them all.
+                    let upto = self.requested.load(Ordering::Acquire);
+                    st.started = st.started.max(upto);
+                    st.running += 1;
+                    Some((upto, st.last_file))
+                } else {
+                    None
+                }
+            };
+            let Some((upto, seen)) = run else {
+                // An fsync that covers this ticket runs, or too many do.
+                finished.await;
+                continue;
+            };
+            let path = path.clone();
+            let result = tokio::task::spawn_blocking(move || fsync_wal(&path, seen))
+                .await
+                .map_err(|e| ApiError::internal(format!("WAL sync task failed: {e}")))
+                .and_then(|r| r);
+            {
+                let mut st = self.state();
+                st.running -= 1;
+                match &result {
+                    Ok(file) => {
+                        if file.is_some() {
+                            st.last_file = *file;
+                        }
+                        self.synced.fetch_max(upto, Ordering::AcqRel);
+                    }
+                    // Whoever waited on this fsync starts another.
+                    Err(_) => st.started = self.synced.load(Ordering::Acquire),
+                }
+            }
+            self.finished.notify_waiters();
+            return result.map(|_| ());
         }
-        // Every ticket up to `upto` was taken after its commit and before
-        // this fsync starts, so this fsync covers all of them.
-        let upto = self.requested.load(Ordering::Acquire);
-        let path = path.clone();
-        let seen = *last_file;
-        let file = tokio::task::spawn_blocking(move || fsync_wal(&path, seen))
-            .await
-            .map_err(|e| ApiError::internal(format!("WAL sync task failed: {e}")))??;
-        if file.is_some() {
-            *last_file = file;
-        }
-        self.synced.fetch_max(upto, Ordering::AcqRel);
-        Ok(())
     }
 }
 
@@ -124,7 +177,8 @@ mod tests {
             c.await.expect("task").expect("sync");
         }
         assert_eq!(sync.synced.load(Ordering::Acquire), 17);
-        assert!(sync.running.lock().await.is_some(), "the WAL file was seen");
+        assert!(sync.state().last_file.is_some(), "the WAL file was seen");
+        assert_eq!(sync.state().running, 0);
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 }

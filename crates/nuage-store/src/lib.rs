@@ -15,6 +15,7 @@
 mod access_keys;
 mod audit;
 pub mod cache;
+mod checkpoint;
 mod compute;
 mod durable;
 mod group_commit;
@@ -158,16 +159,24 @@ impl Store {
                 } else {
                     durable::WalSync::default()
                 };
-                const PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                // Checkpoints run on a connection of their own (see
+                // `checkpoint`); the writer's threshold is a safety net.
+                let pragmas = format!(
+                    "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
                      PRAGMA busy_timeout = 10000; PRAGMA foreign_keys = ON; \
-                     PRAGMA secure_delete = ON;";
+                     PRAGMA secure_delete = ON; PRAGMA wal_autocheckpoint = {};",
+                    checkpoint::WRITER_CHECKPOINT_PAGES
+                );
+                let pragmas: Arc<str> = pragmas.into();
                 let pool = |max: u32| {
+                    let pragmas = pragmas.clone();
                     AnyPoolOptions::new()
                         .max_connections(max)
                         .acquire_timeout(Duration::from_secs(30))
                         .after_connect(move |conn, _| {
+                            let pragmas = pragmas.clone();
                             Box::pin(async move {
-                                conn.execute(PRAGMAS).await?;
+                                conn.execute(&*pragmas).await?;
                                 Ok(())
                             })
                         })
@@ -177,9 +186,11 @@ impl Store {
                     .await
                     .map_err(|e| StoreError::Open(e.to_string()))?;
                 let read = pool(opts.sqlite_readers.max(1))
-                    .connect_with(connect)
+                    .connect_with(connect.clone())
                     .await
                     .map_err(|e| StoreError::Open(e.to_string()))?;
+                let wal_sync = Arc::new(wal_sync);
+                checkpoint::spawn(connect, Arc::downgrade(&wal_sync));
                 Store {
                     read,
                     write,
@@ -188,7 +199,7 @@ impl Store {
                     commits: Default::default(),
                     projects: Arc::default(),
                     buckets: Arc::default(),
-                    wal_sync: Arc::new(wal_sync),
+                    wal_sync,
                     audit_heads: Arc::default(),
                 }
             }
