@@ -36,8 +36,10 @@ use nuage_kms::aead::{self, SecretKey};
 use nuage_kms::stream::{self, StreamEncryptor, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
 use nuage_kms::{KeyUse, Kms, Purpose};
 use nuage_store::{BucketRow, ObjectRow, PartRow, Replaced, Store, UploadRow, WriteIf};
+use rustix::fs::{fadvise, Advice};
 use serde::{Deserialize, Serialize};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use std::os::unix::fs::FileExt;
+use tokio::io::AsyncWriteExt;
 
 use crate::checksum::{self, BodyCheck, Mismatch};
 use crate::sse_c::{self, CustomerKey, SseC};
@@ -47,6 +49,8 @@ pub use versioning::{valid_version_id, Found, VersionListing};
 
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
+/// Read windows of a streamed body the kernel is asked to fetch ahead.
+const READ_AHEAD: u64 = 2;
 
 /// Bodies up to this size are gathered in memory and written in one
 /// blocking task; larger ones stream.
@@ -965,7 +969,7 @@ impl Engine {
             key: Result<SecretKey, (String, String)>,
         }
         enum Source {
-            File(tokio::fs::File),
+            File(std::sync::Arc<std::fs::File>),
             Memory(Bytes),
         }
         struct Cur {
@@ -1056,10 +1060,18 @@ impl Engine {
                         (Source::Memory(b.clone()), h.to_vec())
                     }
                     None => {
-                        let mut file = tokio::fs::File::open(&seg.path).await?;
-                        let mut h = vec![0u8; HEADER_LEN];
-                        file.read_exact(&mut h).await?;
-                        (Source::File(file), h)
+                        let path = seg.path.clone();
+                        let (file, h) = tokio::task::spawn_blocking(move || {
+                            let file = std::fs::File::open(&path)?;
+                            // The kernel then reads further ahead of us.
+                            let _ = fadvise(&file, 0, None, Advice::Sequential);
+                            let mut h = vec![0u8; HEADER_LEN];
+                            file.read_exact_at(&mut h, 0)?;
+                            std::io::Result::Ok((file, h))
+                        })
+                        .await
+                        .map_err(std::io::Error::other)??;
+                        (Source::File(std::sync::Arc::new(file)), h)
                     }
                 };
                 let parsed = stream::Header::parse(&h).map_err(std::io::Error::other)?;
@@ -1088,12 +1100,19 @@ impl Engine {
                     .ok_or_else(|| std::io::Error::other("the stored body is truncated"))?
                     .to_vec(),
                 Source::File(file) => {
-                    let mut fetched =
-                        vec![0u8; (span.ciphertext.end - span.ciphertext.start) as usize];
-                    file.seek(std::io::SeekFrom::Start(span.ciphertext.start))
-                        .await?;
-                    file.read_exact(&mut fetched).await?;
-                    fetched
+                    let file = file.clone();
+                    let (start, end) = (span.ciphertext.start, span.ciphertext.end);
+                    tokio::task::spawn_blocking(move || {
+                        let mut fetched = vec![0u8; (end - start) as usize];
+                        file.read_exact_at(&mut fetched, start)?;
+                        // Start reading the next windows from disk while
+                        // this one is decrypted and sent.
+                        let ahead = std::num::NonZeroU64::new((end - start) * READ_AHEAD);
+                        let _ = fadvise(&*file, end, ahead, Advice::WillNeed);
+                        std::io::Result::Ok(fetched)
+                    })
+                    .await
+                    .map_err(std::io::Error::other)??
                 }
             };
             let plain = stream::decrypt_range(
@@ -1138,7 +1157,6 @@ impl Engine {
             return Some(decrypt_sealed(&dek, &aad, b, size, offset, len));
         }
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<Bytes> {
-            use std::os::unix::fs::FileExt;
             let file = std::fs::File::open(&path)?;
             let mut header = vec![0u8; HEADER_LEN];
             file.read_exact_at(&mut header, 0)?;
