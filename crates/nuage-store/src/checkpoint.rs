@@ -13,7 +13,10 @@
 use std::sync::Weak;
 use std::time::Duration;
 
+use tokio::task::JoinHandle;
+
 use sqlx::any::AnyConnectOptions;
+use sqlx::AnyPool;
 use sqlx::{Connection, Executor, Row};
 
 /// The write connection's own checkpoint threshold (`wal_autocheckpoint`),
@@ -24,9 +27,14 @@ pub(crate) const WRITER_CHECKPOINT_PAGES: u32 = 16_384;
 const PERIOD: Duration = Duration::from_millis(250);
 
 /// Runs `PASSIVE` checkpoints every [`PERIOD`] on a connection of its own
-/// until `alive` can no longer be upgraded (every clone of the store is
-/// gone).
-pub(crate) fn spawn<T: Send + Sync + 'static>(connect: AnyConnectOptions, alive: Weak<T>) {
+/// until the store's write pool closes ([`Store::close`](crate::Store::close)
+/// waits for the returned task) or `alive` can no longer be upgraded
+/// (every clone of the store is gone).
+pub(crate) fn spawn<T: Send + Sync + 'static>(
+    connect: AnyConnectOptions,
+    alive: Weak<T>,
+    write: AnyPool,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut conn = match sqlx::AnyConnection::connect_with(&connect).await {
             Ok(c) => c,
@@ -40,8 +48,16 @@ pub(crate) fn spawn<T: Send + Sync + 'static>(connect: AnyConnectOptions, alive:
         }
         let mut tick = tokio::time::interval(PERIOD);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let closed = write.close_event();
+        tokio::pin!(closed);
+        // Only the close event is kept: the pool itself must not outlive
+        // the store's last clone because of this task.
+        drop(write);
         loop {
-            tick.tick().await;
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = &mut closed => break,
+            }
             if alive.strong_count() == 0 {
                 break;
             }
@@ -63,5 +79,5 @@ pub(crate) fn spawn<T: Send + Sync + 'static>(connect: AnyConnectOptions, alive:
             }
         }
         let _ = conn.close().await;
-    });
+    })
 }

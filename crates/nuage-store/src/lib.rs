@@ -128,6 +128,8 @@ pub struct Store {
     /// SQLite: each audit log's `(size, frontier)` as this process last
     /// committed it.
     audit_heads: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, String)>>>,
+    /// SQLite: the WAL checkpointer, awaited by [`Store::close`].
+    checkpointer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
 
 impl Store {
@@ -190,7 +192,8 @@ impl Store {
                     .await
                     .map_err(|e| StoreError::Open(e.to_string()))?;
                 let wal_sync = Arc::new(wal_sync);
-                checkpoint::spawn(connect, Arc::downgrade(&wal_sync));
+                let checkpointer =
+                    checkpoint::spawn(connect, Arc::downgrade(&wal_sync), write.clone());
                 Store {
                     read,
                     write,
@@ -201,6 +204,7 @@ impl Store {
                     buckets: Arc::default(),
                     wal_sync,
                     audit_heads: Arc::default(),
+                    checkpointer: Arc::new(std::sync::Mutex::new(Some(checkpointer))),
                 }
             }
             Backend::Postgres => {
@@ -220,6 +224,7 @@ impl Store {
                     buckets: Arc::default(),
                     wal_sync: Arc::default(),
                     audit_heads: Arc::default(),
+                    checkpointer: Arc::default(),
                 }
             }
         };
@@ -275,9 +280,18 @@ impl Store {
         Ok(())
     }
 
+    /// Closes every connection, the WAL checkpointer's included.
     pub async fn close(&self) {
         self.write.close().await;
         self.read.close().await;
+        let checkpointer = self
+            .checkpointer
+            .lock()
+            .map(|mut g| g.take())
+            .unwrap_or_else(|p| p.into_inner().take());
+        if let Some(task) = checkpointer {
+            let _ = task.await;
+        }
     }
 }
 
