@@ -117,6 +117,9 @@ pub const DISK_WORK_NICE: i32 = 10;
 /// CPU niceness of spares, made ahead of need: only when the CPU is idle.
 pub const SPARE_NICE: i32 = 15;
 
+/// Attempts of a disk creation whose LUKS benchmark keeps misreading.
+const MISREAD_ATTEMPTS: u64 = 30;
+
 /// Runs a qemu-img command that creates the encrypted file `dest` (which
 /// did not exist), removing it if the command fails. QEMU 7.2 times its
 /// LUKS PBKDF benchmark with getrusage(); where CPU time is accounted in
@@ -135,9 +138,13 @@ async fn creating(dest: &Path, build: impl Fn() -> Result<Tool>) -> Result<()> {
         }
         match result {
             Err(Error::Tool { stderr, .. })
-                if attempt < 12 && stderr.contains("Unable to get accurate CPU usage") =>
+                if attempt < MISREAD_ATTEMPTS
+                    && stderr.contains("Unable to get accurate CPU usage") =>
             {
                 tracing::debug!("qemu-img LUKS benchmark misread the CPU time; retrying");
+                // Under heavy CPU contention the misreads come in runs: the
+                // next attempt lands on other scheduler ticks.
+                tokio::time::sleep(std::time::Duration::from_millis(20 * attempt)).await;
             }
             other => return other.map(|_| ()),
         }
