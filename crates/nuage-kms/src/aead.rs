@@ -5,8 +5,7 @@
 //! however many messages one key wraps — nonce uniqueness by construction
 //! rather than by counting. Associated data binds a ciphertext to its owner.
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Key, Nonce};
+use aws_lc_rs::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use hkdf::Hkdf;
 use rand::RngCore;
 use sha2::Sha256;
@@ -59,31 +58,38 @@ pub fn derive_from_both(a: &SecretKey, b: &SecretKey, info: &[u8]) -> SecretKey 
 #[error("decryption failed: wrong key, wrong owner or altered data")]
 pub struct OpenError;
 
-fn one_time_cipher(key: &SecretKey, salt: &[u8]) -> Aes256Gcm {
+/// The AES-256-GCM key of one message, derived from `key` and its salt;
+/// `None` only if the implementation refused a 32-byte key.
+fn one_time_cipher(key: &SecretKey, salt: &[u8]) -> Option<LessSafeKey> {
     let hk = Hkdf::<Sha256>::new(Some(salt), key.expose());
     let mut okm = Zeroizing::new([0u8; KEY_LEN]);
     // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
     let _ = hk.expand(b"nuage aead v1", okm.as_mut());
-    Aes256Gcm::new(Key::<Aes256Gcm>::from_slice(okm.as_ref()))
+    UnboundKey::new(&AES_256_GCM, okm.as_ref())
+        .ok()
+        .map(LessSafeKey::new)
+}
+
+/// The key is used once, so a fixed nonce is unique for it.
+fn one_time_nonce() -> Nonce {
+    Nonce::assume_unique_for_key([0u8; 12])
 }
 
 /// Encrypts `plaintext` under `key`, bound to `aad`: `salt ‖ ciphertext ‖ tag`.
+/// Empty only if the AES-GCM implementation failed (plaintexts over
+/// 64 GiB, which callers never pass); [`unwrap`] rejects that.
 pub fn wrap(key: &SecretKey, aad: &[u8], plaintext: &[u8]) -> Vec<u8> {
     let mut salt = [0u8; SALT_LEN];
     rand::rngs::OsRng.fill_bytes(&mut salt);
-    let cipher = one_time_cipher(key, &salt);
-    let nonce = Nonce::from_slice(&[0u8; 12]);
+    let Some(cipher) = one_time_cipher(key, &salt) else {
+        return Vec::new();
+    };
     let mut out = Vec::with_capacity(plaintext.len() + OVERHEAD);
     out.extend_from_slice(&salt);
-    // Encryption only fails for plaintexts over 64 GiB, which callers never pass.
-    match cipher.encrypt(
-        nonce,
-        Payload {
-            msg: plaintext,
-            aad,
-        },
-    ) {
-        Ok(ct) => out.extend_from_slice(&ct),
+    out.extend_from_slice(plaintext);
+    match cipher.seal_in_place_separate_tag(one_time_nonce(), Aad::from(aad), &mut out[SALT_LEN..])
+    {
+        Ok(tag) => out.extend_from_slice(tag.as_ref()),
         Err(_) => out.clear(),
     }
     out
@@ -98,12 +104,15 @@ pub fn unwrap(
     if wrapped.len() < OVERHEAD {
         return Err(OpenError);
     }
-    let (salt, ct) = wrapped.split_at(SALT_LEN);
-    let cipher = one_time_cipher(key, salt);
-    cipher
-        .decrypt(Nonce::from_slice(&[0u8; 12]), Payload { msg: ct, aad })
-        .map(Zeroizing::new)
-        .map_err(|_| OpenError)
+    let (salt, sealed) = wrapped.split_at(SALT_LEN);
+    let cipher = one_time_cipher(key, salt).ok_or(OpenError)?;
+    let mut buf = Zeroizing::new(sealed.to_vec());
+    let len = cipher
+        .open_in_place(one_time_nonce(), Aad::from(aad), buf.as_mut_slice())
+        .map_err(|_| OpenError)?
+        .len();
+    buf.truncate(len);
+    Ok(buf)
 }
 
 /// Wraps a key; the result unwraps with [`unwrap_key`].
@@ -135,6 +144,37 @@ mod tests {
         bad[40] ^= 1;
         assert_eq!(unwrap(&k, b"project-a/obj-1", &bad), Err(OpenError));
         assert_eq!(unwrap(&k, b"", &w[..10]), Err(OpenError));
+    }
+
+    /// Keys wrapped before aws-lc-rs (by RustCrypto's AES-GCM) and after
+    /// share one format: `salt ‖ AES-256-GCM(HKDF(salt, key), zero nonce)`.
+    #[test]
+    fn wraps_are_plain_aes_gcm_under_the_derived_key() {
+        use aes_gcm::aead::{Aead, KeyInit, Payload};
+        let k = SecretKey::generate();
+        let w = wrap(&k, b"owner", b"secret bytes");
+        let mut okm = [0u8; KEY_LEN];
+        Hkdf::<Sha256>::new(Some(&w[..SALT_LEN]), k.expose())
+            .expand(b"nuage aead v1", &mut okm)
+            .unwrap();
+        let other = aes_gcm::Aes256Gcm::new(aes_gcm::Key::<aes_gcm::Aes256Gcm>::from_slice(&okm));
+        let nonce = aes_gcm::Nonce::from_slice(&[0u8; 12]);
+        let payload = Payload {
+            msg: &w[SALT_LEN..],
+            aad: b"owner",
+        };
+        assert_eq!(other.decrypt(nonce, payload).unwrap(), b"secret bytes");
+        let resealed = other
+            .encrypt(
+                nonce,
+                Payload {
+                    msg: b"older wrap",
+                    aad: b"owner",
+                },
+            )
+            .unwrap();
+        let older = [&w[..SALT_LEN], &resealed[..]].concat();
+        assert_eq!(&unwrap(&k, b"owner", &older).unwrap()[..], b"older wrap");
     }
 
     #[test]
