@@ -36,7 +36,6 @@ use nuage_kms::aead::{self, SecretKey};
 use nuage_kms::stream::{self, StreamEncryptor, DEFAULT_CHUNK_SIZE, HEADER_LEN, TAG_LEN};
 use nuage_kms::{KeyUse, Kms, Purpose};
 use nuage_store::{BucketRow, ObjectRow, PartRow, Replaced, Store, UploadRow, WriteIf};
-use rustix::fs::{fadvise, Advice};
 use serde::{Deserialize, Serialize};
 use std::os::unix::fs::FileExt;
 use tokio::io::AsyncWriteExt;
@@ -44,13 +43,13 @@ use tokio::io::AsyncWriteExt;
 use crate::checksum::{self, BodyCheck, Mismatch};
 use crate::sse_c::{self, CustomerKey, SseC};
 
+mod body_file;
 mod versioning;
+use body_file::BodyFile;
 pub use versioning::{valid_version_id, Found, VersionListing};
 
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).
 const READ_CHUNKS: u64 = 16;
-/// Read windows of a streamed body the kernel is asked to fetch ahead.
-const READ_AHEAD: u64 = 2;
 
 /// Bodies up to this size are gathered in memory and written in one
 /// blocking task; larger ones stream.
@@ -969,7 +968,8 @@ impl Engine {
             key: Result<SecretKey, (String, String)>,
         }
         enum Source {
-            File(std::sync::Arc<std::fs::File>),
+            /// The file and the read buffer, reused window after window.
+            File(std::sync::Arc<BodyFile>, Vec<u8>),
             Memory(Bytes),
         }
         struct Cur {
@@ -1061,17 +1061,16 @@ impl Engine {
                     }
                     None => {
                         let path = seg.path.clone();
-                        let (file, h) = tokio::task::spawn_blocking(move || {
-                            let file = std::fs::File::open(&path)?;
-                            // The kernel then reads further ahead of us.
-                            let _ = fadvise(&file, 0, None, Advice::Sequential);
-                            let mut h = vec![0u8; HEADER_LEN];
-                            file.read_exact_at(&mut h, 0)?;
-                            std::io::Result::Ok((file, h))
+                        let (file, buf, h) = tokio::task::spawn_blocking(move || {
+                            let file = BodyFile::open(&path)?;
+                            let mut buf = Vec::new();
+                            let at = file.read(0, HEADER_LEN as u64, &mut buf)?;
+                            let h = buf[at].to_vec();
+                            std::io::Result::Ok((file, buf, h))
                         })
                         .await
                         .map_err(std::io::Error::other)??;
-                        (Source::File(std::sync::Arc::new(file)), h)
+                        (Source::File(std::sync::Arc::new(file), buf), h)
                     }
                 };
                 let parsed = stream::Header::parse(&h).map_err(std::io::Error::other)?;
@@ -1094,36 +1093,43 @@ impl Engine {
             let piece_len = piece_end - local;
             let span = stream::chunk_span(seg.len, cur.chunk_size as usize, local, piece_len)
                 .map_err(std::io::Error::other)?;
-            let fetched = match &mut cur.src {
-                Source::Memory(b) => b
-                    .get(span.ciphertext.start as usize..span.ciphertext.end as usize)
-                    .ok_or_else(|| std::io::Error::other("the stored body is truncated"))?
-                    .to_vec(),
-                Source::File(file) => {
+            let (start, end) = (span.ciphertext.start, span.ciphertext.end);
+            let plain = match &mut cur.src {
+                Source::Memory(b) => {
+                    let fetched = b
+                        .get(start as usize..end as usize)
+                        .ok_or_else(|| std::io::Error::other("the stored body is truncated"))?;
+                    stream::decrypt_range(
+                        &cur.dek,
+                        &seg.aad,
+                        &cur.header,
+                        seg.len,
+                        fetched,
+                        local,
+                        piece_len,
+                    )
+                }
+                Source::File(file, buf) => {
                     let file = file.clone();
-                    let (start, end) = (span.ciphertext.start, span.ciphertext.end);
-                    tokio::task::spawn_blocking(move || {
-                        let mut fetched = vec![0u8; (end - start) as usize];
-                        file.read_exact_at(&mut fetched, start)?;
-                        // Start reading the next windows from disk while
-                        // this one is decrypted and sent.
-                        let ahead = std::num::NonZeroU64::new((end - start) * READ_AHEAD);
-                        let _ = fadvise(&*file, end, ahead, Advice::WillNeed);
-                        std::io::Result::Ok(fetched)
+                    let mut taken = std::mem::take(buf);
+                    let (taken, at) = tokio::task::spawn_blocking(move || {
+                        let at = file.read(start, end, &mut taken)?;
+                        std::io::Result::Ok((taken, at))
                     })
                     .await
-                    .map_err(std::io::Error::other)??
+                    .map_err(std::io::Error::other)??;
+                    *buf = taken;
+                    stream::decrypt_range(
+                        &cur.dek,
+                        &seg.aad,
+                        &cur.header,
+                        seg.len,
+                        &buf[at],
+                        local,
+                        piece_len,
+                    )
                 }
-            };
-            let plain = stream::decrypt_range(
-                &cur.dek,
-                &seg.aad,
-                &cur.header,
-                seg.len,
-                &fetched,
-                local,
-                piece_len,
-            )
+            }
             .map_err(std::io::Error::other)?;
             st.pos += piece_len;
             Ok(Some((Bytes::from(plain), st)))
