@@ -10,7 +10,8 @@
 //!   each (bodies generated on the fly, streamed), then GETs of the same
 //!   objects, first with the object files evicted from the page cache, then
 //!   warm; baseline: one file of the same total size written sequentially
-//!   (fsync at the end) and read back, evicted and cached;
+//!   (fsync at the end) and read back, evicted, with direct I/O (how the
+//!   GET reads large bodies) and cached;
 //! - small objects (4 KiB): PUT, GET, HEAD and ListObjectsV2 (max-keys 100)
 //!   with `--clients-small` concurrent clients for `--seconds` each;
 //! - memory: the process's RSS and peak RSS around the large-object phase
@@ -341,9 +342,20 @@ fn evict_tree(dir: &Path) -> std::io::Result<usize> {
     Ok(n)
 }
 
+/// Times of the raw baseline.
+struct RawIo {
+    write: Duration,
+    /// Read through the page cache, the file evicted from it first.
+    cold: Duration,
+    /// Read with direct I/O; None where the file system refuses it.
+    direct: Option<Duration>,
+    /// Read from the page cache.
+    warm: Duration,
+}
+
 /// Sequential raw write (1 MiB writes, fsync at the end) and read of
-/// `bytes`; the read is done once evicted and once cached.
-fn raw_io(path: &Path, bytes: u64) -> std::io::Result<(Duration, Duration, Duration)> {
+/// `bytes`; the read is done evicted, with direct I/O, and cached.
+fn raw_io(path: &Path, bytes: u64) -> std::io::Result<RawIo> {
     let data = block(MIB as usize, 7);
     let t = Instant::now();
     let mut f = std::fs::File::create(path)?;
@@ -375,9 +387,48 @@ fn raw_io(path: &Path, bytes: u64) -> std::io::Result<(Duration, Duration, Durat
     };
     evict(path)?;
     let cold = read(path)?;
+    let direct = direct_read(path, bytes)?;
     let warm = read(path)?;
     std::fs::remove_file(path)?;
-    Ok((write, cold, warm))
+    Ok(RawIo {
+        write,
+        cold,
+        direct,
+        warm,
+    })
+}
+
+/// Sequential read of `path` in 1 MiB direct reads (`dd iflag=direct
+/// bs=1M`): the disk without the page cache, as the S3 GET reads large
+/// bodies. None where the file system refuses direct I/O.
+fn direct_read(path: &Path, bytes: u64) -> std::io::Result<Option<Duration>> {
+    use rustix::fs::{Mode, OFlags};
+    use std::os::unix::fs::FileExt;
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECT;
+    let file = match rustix::fs::open(path, flags, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(rustix::io::Errno::INVAL) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    const ALIGN: usize = 4096;
+    let mut buf = vec![0u8; MIB as usize + ALIGN];
+    let skip = buf.as_ptr().align_offset(ALIGN);
+    let window = buf
+        .get_mut(skip..skip + MIB as usize)
+        .ok_or_else(|| std::io::Error::other("cannot align a direct-read buffer"))?;
+    let t = Instant::now();
+    let mut total = 0u64;
+    loop {
+        let n = file.read_at(window, total)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total != bytes {
+        return Err(std::io::Error::other("short direct read"));
+    }
+    Ok(Some(t.elapsed()))
 }
 
 /// Text between `<tag>` and `</tag>` in an XML answer.
@@ -594,11 +645,10 @@ pub async fn run(a: S3Args) -> Result<(), String> {
         data_dir.display()
     );
     let raw_path = data_dir.join("bench-raw.bin");
-    let (raw_write, raw_cold, raw_warm) =
-        tokio::task::spawn_blocking(move || raw_io(&raw_path, total))
-            .await
-            .map_err(|x| e(&x))?
-            .map_err(|x| format!("raw I/O: {x}"))?;
+    let raw = tokio::task::spawn_blocking(move || raw_io(&raw_path, total))
+        .await
+        .map_err(|x| e(&x))?
+        .map_err(|x| format!("raw I/O: {x}"))?;
 
     let (rss_before, _) = rss();
     // Resets VmHWM to the current RSS (Linux ≥ 4.0), so the peak below is
@@ -798,10 +848,13 @@ pub async fn run(a: S3Args) -> Result<(), String> {
     let put_mbs = mbs(total, put);
     let (cold_mbs, warm_mbs) = (mbs(total, get_cold), mbs(total, get_warm));
     let (rw, rc, rwarm) = (
-        mbs(total, raw_write),
-        mbs(total, raw_cold),
-        mbs(total, raw_warm),
+        mbs(total, raw.write),
+        mbs(total, raw.cold),
+        mbs(total, raw.warm),
     );
+    let rdirect = raw.direct.map(|d| mbs(total, d));
+    // The GET is held to the faster way of reading the disk.
+    let rread = rc.max(rdirect.unwrap_or(0.0));
     println!();
     println!(
         "large objects: {} × {} MiB = {} MiB (MB/s = 10^6 bytes/s)",
@@ -824,23 +877,27 @@ pub async fn run(a: S3Args) -> Result<(), String> {
     };
     row(
         "raw write, 1 MiB writes + fsync (baseline)",
-        raw_write,
+        raw.write,
         rw,
         rw,
     );
     row(
         "raw read, evicted from the page cache (baseline)",
-        raw_cold,
+        raw.cold,
         rc,
-        rc,
+        rread,
     );
-    row("raw read, page cache (baseline)", raw_warm, rwarm, rwarm);
+    match (raw.direct, rdirect) {
+        (Some(d), Some(v)) => row("raw read, direct I/O (baseline)", d, v, rread),
+        _ => println!("raw read, direct I/O: refused by this file system"),
+    }
+    row("raw read, page cache (baseline)", raw.warm, rwarm, rwarm);
     row("S3 PUT, encrypted, parallel", put, put_mbs, rw);
     row(
-        &format!("S3 GET, {evicted} object files evicted"),
+        &format!("S3 GET, {evicted} object files evicted (vs faster raw read)"),
         get_cold,
         cold_mbs,
-        rc,
+        rread,
     );
     row(
         "S3 GET, page cache (vs cached raw read)",
@@ -882,13 +939,13 @@ pub async fn run(a: S3Args) -> Result<(), String> {
 
     println!();
     let put_pct = put_mbs / rw * 100.0;
-    let get_pct = cold_mbs / rc * 100.0;
+    let get_pct = cold_mbs / rread * 100.0;
     println!(
         "goal large PUT ≥ 60 % of raw write: {put_pct:.1} %: {}",
         met(put_pct >= 60.0)
     );
     println!(
-        "goal large GET ≥ 70 % of raw read (both evicted from the page cache): {get_pct:.1} %: {}",
+        "goal large GET ≥ 70 % of raw read (the faster of evicted and direct): {get_pct:.1} %: {}",
         met(get_pct >= 70.0)
     );
     println!(
