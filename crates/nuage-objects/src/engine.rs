@@ -45,7 +45,7 @@ use crate::sse_c::{self, CustomerKey, SseC};
 
 mod body_file;
 mod versioning;
-use body_file::BodyFile;
+pub use body_file::BodyFile;
 pub use versioning::{valid_version_id, Found, VersionListing};
 
 /// Plaintext bytes decrypted per read of a GET (a multiple of the chunk size).

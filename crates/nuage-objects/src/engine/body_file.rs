@@ -23,13 +23,13 @@ const ALIGN: u64 = 4096;
 /// Read windows the kernel is asked to fetch ahead on the buffered path.
 const READ_AHEAD: u64 = 2;
 
-pub(super) struct BodyFile {
+pub struct BodyFile {
     file: File,
     direct: bool,
 }
 
 impl BodyFile {
-    pub(super) fn open(path: &Path) -> io::Result<Self> {
+    pub fn open(path: &Path) -> io::Result<Self> {
         let direct = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECT;
         match rustix::fs::open(path, direct, Mode::empty()) {
             Ok(fd) => Ok(BodyFile {
@@ -50,7 +50,12 @@ impl BodyFile {
 
     /// Reads bytes `start .. end` of the file into `buf` (grown as needed
     /// and reused between calls) and returns where they sit in it.
-    pub(super) fn read(&self, start: u64, end: u64, buf: &mut Vec<u8>) -> io::Result<Range<usize>> {
+    /// Whether reads bypass the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct
+    }
+
+    pub fn read(&self, start: u64, end: u64, buf: &mut Vec<u8>) -> io::Result<Range<usize>> {
         let len = usize::try_from(end.saturating_sub(start))
             .map_err(|_| io::Error::other("read window too large"))?;
         if !self.direct {

@@ -31,6 +31,7 @@ use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body::{Frame, SizeHint};
 use nuage_api::ServerConfig;
+use nuage_objects::engine::BodyFile;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -402,31 +403,18 @@ fn raw_io(path: &Path, bytes: u64) -> std::io::Result<RawIo> {
 /// bs=1M`): the disk without the page cache, as the S3 GET reads large
 /// bodies. None where the file system refuses direct I/O.
 fn direct_read(path: &Path, bytes: u64) -> std::io::Result<Option<Duration>> {
-    use rustix::fs::{Mode, OFlags};
-    use std::os::unix::fs::FileExt;
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC | OFlags::DIRECT;
-    let file = match rustix::fs::open(path, flags, Mode::empty()) {
-        Ok(fd) => std::fs::File::from(fd),
-        Err(rustix::io::Errno::INVAL) => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    const ALIGN: usize = 4096;
-    let mut buf = vec![0u8; MIB as usize + ALIGN];
-    let skip = buf.as_ptr().align_offset(ALIGN);
-    let window = buf
-        .get_mut(skip..skip + MIB as usize)
-        .ok_or_else(|| std::io::Error::other("cannot align a direct-read buffer"))?;
-    let t = Instant::now();
-    let mut total = 0u64;
-    loop {
-        let n = file.read_at(window, total)?;
-        if n == 0 {
-            break;
-        }
-        total += n as u64;
+    let file = BodyFile::open(path)?;
+    if !file.is_direct() {
+        return Ok(None);
     }
-    if total != bytes {
-        return Err(std::io::Error::other("short direct read"));
+    let mut buf = Vec::new();
+    let t = Instant::now();
+    let mut at = 0u64;
+    while at < bytes {
+        let end = (at + MIB).min(bytes);
+        let got = file.read(at, end, &mut buf)?;
+        std::hint::black_box(&buf[got]);
+        at = end;
     }
     Ok(Some(t.elapsed()))
 }
