@@ -51,6 +51,9 @@ struct State {
     /// Highest ticket covered by an fsync started so far (running or done).
     started: u64,
     running: usize,
+    /// Most fsyncs that ever ran at once, and how many ran in all.
+    peak_running: usize,
+    runs: u64,
     /// `(device, inode)` of the WAL file whose directory entry was synced.
     last_file: Option<(u64, u64)>,
 }
@@ -89,6 +92,8 @@ impl WalSync {
                     let upto = self.requested.load(Ordering::Acquire);
                     st.started = st.started.max(upto);
                     st.running += 1;
+                    st.peak_running = st.peak_running.max(st.running);
+                    st.runs += 1;
                     Some((upto, st.last_file))
                 } else {
                     None
@@ -180,5 +185,38 @@ mod tests {
         assert!(sync.state().last_file.is_some(), "the WAL file was seen");
         assert_eq!(sync.state().running, 0);
         std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    /// Callers share fsyncs, and no more than [`MAX_RUNNING`] run at once
+    /// however many callers arrive together.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn at_most_two_fsyncs_run_at_once_and_callers_share_them() {
+        let dir = tempfile::tempdir().expect("dir");
+        let sync = std::sync::Arc::new(WalSync::for_database(dir.path().join("db")));
+        std::fs::write(dir.path().join("db-wal"), vec![7u8; 1 << 20]).expect("wal");
+        for _ in 0..5 {
+            let calls: Vec<_> = (0..64)
+                .map(|_| {
+                    let sync = sync.clone();
+                    tokio::spawn(async move { sync.sync().await })
+                })
+                .collect();
+            for c in calls {
+                c.await.expect("task").expect("sync");
+            }
+        }
+        let st = sync.state();
+        assert_eq!(sync.synced.load(Ordering::Acquire), 5 * 64);
+        assert!(
+            (1..=MAX_RUNNING).contains(&st.peak_running),
+            "{} fsyncs ran at once",
+            st.peak_running
+        );
+        assert!(
+            st.runs >= 5 && st.runs < 5 * 64,
+            "{} fsyncs for 320 callers",
+            st.runs
+        );
+        assert_eq!(st.running, 0);
     }
 }

@@ -814,3 +814,27 @@ async fn node_tasks_move_one_step_at_a_time() {
         assert!(store.node_task_get("t3").await.unwrap().is_some());
     }
 }
+
+/// Closing a SQLite store closes every connection, the WAL checkpointer's
+/// included: the last one to close checkpoints the log and removes it, so
+/// a WAL file left behind means a connection (or the checkpointer task)
+/// outlived `close`.
+#[tokio::test]
+async fn closing_a_sqlite_store_stops_the_checkpointer_and_leaves_no_wal() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = dir.path().join("t.db");
+    let url = format!("sqlite://{}?mode=rwc", db.display());
+    let (store, _o, _u) = seeded(&url).await;
+    let wal = dir.path().join("t.db-wal");
+    assert!(wal.exists(), "a write goes through the WAL first");
+    tokio::time::timeout(std::time::Duration::from_secs(10), store.close())
+        .await
+        .expect("close returns: the checkpointer stopped");
+    assert!(!wal.exists(), "a connection was still open after close");
+    // The data survived the close and the store opens again.
+    let again = Store::open(&url, &StoreOptions::default())
+        .await
+        .expect("reopen");
+    assert!(again.org_get("acme").await.expect("read").is_some());
+    again.close().await;
+}
