@@ -164,15 +164,9 @@ fn fsync_wal(path: &std::path::Path, seen: Option<(u64, u64)>) -> ApiResult<Opti
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn concurrent_callers_all_return_once_the_wal_is_flushed() {
-        let dir = std::env::temp_dir().join(format!("nuage-walsync-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("dir");
-        let sync = std::sync::Arc::new(WalSync::for_database(dir.join("db")));
-        // No WAL file yet: nothing is pending.
-        sync.sync().await.expect("sync without a WAL");
-        std::fs::write(dir.join("db-wal"), b"frames").expect("wal");
-        let calls: Vec<_> = (0..16)
+    /// `n` callers of `sync` at once; every one must succeed.
+    async fn sync_together(sync: &std::sync::Arc<WalSync>, n: usize) {
+        let calls: Vec<_> = (0..n)
             .map(|_| {
                 let sync = sync.clone();
                 tokio::spawn(async move { sync.sync().await })
@@ -181,6 +175,17 @@ mod tests {
         for c in calls {
             c.await.expect("task").expect("sync");
         }
+    }
+
+    #[tokio::test]
+    async fn concurrent_callers_all_return_once_the_wal_is_flushed() {
+        let dir = std::env::temp_dir().join(format!("nuage-walsync-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let sync = std::sync::Arc::new(WalSync::for_database(dir.join("db")));
+        // No WAL file yet: nothing is pending.
+        sync.sync().await.expect("sync without a WAL");
+        std::fs::write(dir.join("db-wal"), b"frames").expect("wal");
+        sync_together(&sync, 16).await;
         assert_eq!(sync.synced.load(Ordering::Acquire), 17);
         assert!(sync.state().last_file.is_some(), "the WAL file was seen");
         assert_eq!(sync.state().running, 0);
@@ -195,15 +200,7 @@ mod tests {
         let sync = std::sync::Arc::new(WalSync::for_database(dir.path().join("db")));
         std::fs::write(dir.path().join("db-wal"), vec![7u8; 1 << 20]).expect("wal");
         for _ in 0..5 {
-            let calls: Vec<_> = (0..64)
-                .map(|_| {
-                    let sync = sync.clone();
-                    tokio::spawn(async move { sync.sync().await })
-                })
-                .collect();
-            for c in calls {
-                c.await.expect("task").expect("sync");
-            }
+            sync_together(&sync, 64).await;
         }
         let st = sync.state();
         assert_eq!(sync.synced.load(Ordering::Acquire), 5 * 64);
