@@ -3,12 +3,16 @@
 //! signs checkpoints in the background.
 //!
 //! Recording uses group commit: requests hand their entry to one writer task
-//! and wait; the writer appends everything queued in one transaction. Each
-//! request still waits for its own entry to be durable, but a burst of
-//! requests costs one commit instead of one each. A batch's requests wait
-//! for the store's group fsync (`Store::sync_committed`) while the writer
-//! already commits the next batch; since each request's own writes were
-//! committed before its entry, that fsync makes them durable too.
+//! and wait; the writer appends everything queued in one transaction, so a
+//! burst of requests costs one commit instead of one each. Every entry is
+//! committed before its request is answered (a killed process loses none).
+//! A request that may have changed something also waits for the store's
+//! group fsync (`Store::sync_committed`), which the writer starts after each
+//! batch while it already commits the next one; since the request's own
+//! writes were committed before its entry, that fsync makes them durable
+//! too. A read (`GET`, `HEAD`, `OPTIONS`) changed nothing a power loss could
+//! lose, so it is answered once its entry is committed, and the same fsync,
+//! started right away, makes the entry durable a few milliseconds later.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -33,7 +37,26 @@ const MAX_BATCH: usize = 2048;
 /// task, so the single writer only does the database work.
 struct Pending {
     append: AuditAppend,
+    ack: Ack,
     reply: oneshot::Sender<ApiResult<i64>>,
+}
+
+/// When a recorded entry is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ack {
+    /// Once committed: the entry of a read.
+    Committed,
+    /// Once on disk: the entry of anything that may have written.
+    Durable,
+}
+
+impl Ack {
+    fn of(record: &AuditRecord) -> Ack {
+        match record.method.as_str() {
+            "GET" | "HEAD" | "OPTIONS" => Ack::Committed,
+            _ => Ack::Durable,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -161,8 +184,10 @@ impl AuditLog {
         self.signer.verifier_string()
     }
 
-    /// Appends `record` to `log_id` and returns its index once durable.
+    /// Appends `record` to `log_id` and returns its index once committed
+    /// (a read's entry) or once on disk (any other entry).
     pub async fn record(&self, log_id: &str, record: AuditRecord) -> ApiResult<i64> {
+        let ack = Ack::of(&record);
         let body = canonical_text(&record)?;
         let append = AuditAppend {
             log_id: log_id.to_string(),
@@ -175,7 +200,7 @@ impl AuditLog {
         };
         let (reply, rx) = oneshot::channel();
         self.queue
-            .send(Pending { append, reply })
+            .send(Pending { append, ack, reply })
             .await
             .map_err(|_| ApiError::unavailable("the audit log is shutting down"))?;
         rx.await
@@ -440,8 +465,12 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
                 Err(_) => break,
             }
         }
-        let (appends, replies): (Vec<AuditAppend>, Vec<_>) =
-            batch.into_iter().map(|p| (p.append, p.reply)).unzip();
+        let mut appends = Vec::with_capacity(batch.len());
+        let mut replies = Vec::with_capacity(batch.len());
+        for p in batch {
+            appends.push(p.append);
+            replies.push((p.ack, p.reply));
+        }
         let mut advance = |_: &str, size: i64, frontier: &str, leaves: &[&str]| {
             let mut range: CompactRange = serde_json::from_str(frontier).map_err(bad_frontier)?;
             if range.size != size as u64 {
@@ -457,32 +486,48 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
             let text = serde_json::to_string(&range).map_err(bad_frontier)?;
             Ok((text, nodes))
         };
-        let result = store.audit_append(&appends, &empty, &mut advance).await;
-        // The batch is committed; its requests are answered once it is on
+        let indices = match store.audit_append(&appends, &empty, &mut advance).await {
+            Ok(indices) => indices,
+            Err(e) => {
+                tracing::error!(error = %e, "audit append failed");
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(not_recorded()));
+                }
+                continue;
+            }
+        };
+        // Committed: reads are answered now, the rest once the batch is on
         // disk, while this loop already commits the next batch.
+        let mut durable = Vec::new();
+        for ((ack, reply), idx) in replies.into_iter().zip(indices) {
+            match ack {
+                Ack::Committed => {
+                    let _ = reply.send(Ok(idx));
+                }
+                Ack::Durable => durable.push((reply, idx)),
+            }
+        }
         let store = store.clone();
         tokio::spawn(async move {
-            let result = match result {
-                Ok(indices) => store.sync_committed().await.map(|()| indices),
-                Err(e) => Err(e),
-            };
-            match result {
-                Ok(indices) => {
-                    for (reply, idx) in replies.into_iter().zip(indices) {
+            match store.sync_committed().await {
+                Ok(()) => {
+                    for (reply, idx) in durable {
                         let _ = reply.send(Ok(idx));
                     }
                 }
                 Err(e) => {
-                    tracing::error!(error = %e, "audit append failed");
-                    for reply in replies {
-                        let _ = reply.send(Err(ApiError::unavailable(
-                            "the audit log could not record this request",
-                        )));
+                    tracing::error!(error = %e, "audit entries committed but not synced to disk");
+                    for (reply, _) in durable {
+                        let _ = reply.send(Err(not_recorded()));
                     }
                 }
             }
         });
     }
+}
+
+fn not_recorded() -> ApiError {
+    ApiError::unavailable("the audit log could not record this request")
 }
 
 async fn sign_loop(handle: SignerHandle, cfg: AuditConfig, mut stop: watch::Receiver<bool>) {
@@ -521,6 +566,32 @@ mod tests {
     fn generic(record: &AuditRecord) -> Vec<u8> {
         let value = serde_json::to_value(record).unwrap_or_default();
         crate::verify::canonical_entry_bytes(&value)
+    }
+
+    #[test]
+    fn only_reads_are_answered_before_their_entry_is_on_disk() {
+        let with = |method: &str| AuditRecord {
+            time: 0,
+            request_id: String::new(),
+            principal: "usr_1".into(),
+            principal_name: String::new(),
+            source: String::new(),
+            method: method.into(),
+            path: "/".into(),
+            action: String::new(),
+            resource: String::new(),
+            decision: "allow".into(),
+            policies: Vec::new(),
+            status: 200,
+            details: BTreeMap::new(),
+        };
+        for m in ["GET", "HEAD", "OPTIONS"] {
+            assert_eq!(Ack::of(&with(m)), Ack::Committed, "{m}");
+        }
+        // Writes, unknown methods and the system's own entries (no method).
+        for m in ["POST", "PUT", "PATCH", "DELETE", "get", "PROPFIND", ""] {
+            assert_eq!(Ack::of(&with(m)), Ack::Durable, "{m:?}");
+        }
     }
 
     #[test]
