@@ -33,6 +33,11 @@ pub const PLATFORM_LOG: &str = "platform";
 
 const MAX_BATCH: usize = 2048;
 
+/// Interior nodes below this level are not stored: seven in eight interior
+/// nodes sit there, and a proof needs at most three of them, each rebuilt
+/// from at most eight leaf hashes.
+const FIRST_STORED_LEVEL: u32 = 4;
+
 /// An entry ready to append: serialised and hashed by the request's own
 /// task, so the single writer only does the database work.
 struct Pending {
@@ -247,15 +252,35 @@ impl AuditLog {
         log_id: &str,
         coords: Vec<(u32, u64)>,
     ) -> ApiResult<HashMap<(u32, u64), Hash>> {
-        let raw = self.store.audit_nodes(log_id, &coords).await?;
-        let mut out = HashMap::with_capacity(raw.len());
-        for (k, v) in raw {
-            out.insert(k, merkle::parse_hex_hash(&v).map_err(bad_frontier)?);
+        let mut wanted = Vec::with_capacity(coords.len());
+        for &(level, index) in &coords {
+            if is_stored(level) {
+                wanted.push((level, index));
+            } else {
+                wanted.extend(leaves_under(level, index).map(|leaf| (0, leaf)));
+            }
         }
-        if let Some(missing) = coords.iter().find(|c| !out.contains_key(c)) {
-            return Err(ApiError::internal(format!(
-                "audit tree node {missing:?} is missing from the store"
-            )));
+        wanted.sort_unstable();
+        wanted.dedup();
+        let raw = self.store.audit_nodes(log_id, &wanted).await?;
+        let mut stored = HashMap::with_capacity(raw.len());
+        for (k, v) in raw {
+            stored.insert(k, merkle::parse_hex_hash(&v).map_err(bad_frontier)?);
+        }
+        let mut out = HashMap::with_capacity(coords.len());
+        for (level, index) in coords {
+            let hash = if is_stored(level) {
+                stored.get(&(level, index)).copied()
+            } else {
+                subtree_hash(level, index, &stored)
+            };
+            let Some(hash) = hash else {
+                return Err(ApiError::internal(format!(
+                    "audit tree node {:?} is missing from the store",
+                    (level, index)
+                )));
+            };
+            out.insert((level, index), hash);
         }
         Ok(out)
     }
@@ -480,7 +505,9 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Pending>) {
             for leaf in leaves {
                 let h = merkle::parse_hex_hash(leaf).map_err(bad_frontier)?;
                 for (level, idx, hash) in range.append(h) {
-                    nodes.push((level, idx, hex::encode(hash)));
+                    if is_stored(level) {
+                        nodes.push((level, idx, hex::encode(hash)));
+                    }
                 }
             }
             let text = serde_json::to_string(&range).map_err(bad_frontier)?;
@@ -559,6 +586,33 @@ async fn sign_loop(handle: SignerHandle, cfg: AuditConfig, mut stop: watch::Rece
     }
 }
 
+/// Whether node `(level, _)` has a row: leaves and the levels from
+/// [`FIRST_STORED_LEVEL`] up.
+fn is_stored(level: u32) -> bool {
+    level == 0 || level >= FIRST_STORED_LEVEL
+}
+
+/// Indices of the leaves under the perfect subtree `(level, index)`.
+fn leaves_under(level: u32, index: u64) -> std::ops::Range<u64> {
+    let first = index << level;
+    first..first + (1 << level)
+}
+
+/// Hash of the perfect subtree `(level, index)` rebuilt from its leaves
+/// (`None` if one of them is missing from `leaves`).
+fn subtree_hash(level: u32, index: u64, leaves: &HashMap<(u32, u64), Hash>) -> Option<Hash> {
+    let mut row = leaves_under(level, index)
+        .map(|leaf| leaves.get(&(0, leaf)).copied())
+        .collect::<Option<Vec<Hash>>>()?;
+    while row.len() > 1 {
+        row = row
+            .chunks_exact(2)
+            .map(|pair| merkle::node_hash(&pair[0], &pair[1]))
+            .collect();
+    }
+    row.first().copied()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -566,6 +620,31 @@ mod tests {
     fn generic(record: &AuditRecord) -> Vec<u8> {
         let value = serde_json::to_value(record).unwrap_or_default();
         crate::verify::canonical_entry_bytes(&value)
+    }
+
+    #[test]
+    fn unstored_nodes_are_rebuilt_from_their_leaves_as_the_tree_built_them() {
+        let mut range = CompactRange::new();
+        let mut leaves = HashMap::new();
+        let mut built = Vec::new();
+        for i in 0..37u64 {
+            let leaf = merkle::leaf_hash(&i.to_be_bytes());
+            leaves.insert((0, i), leaf);
+            built.extend(range.append(leaf));
+        }
+        let unstored: Vec<_> = built.iter().filter(|(l, _, _)| !is_stored(*l)).collect();
+        // 18 + 9 + 4 nodes of levels 1 to 3 under 37 leaves.
+        assert_eq!(unstored.len(), 31);
+        for (level, index, hash) in unstored {
+            assert_eq!(
+                subtree_hash(*level, *index, &leaves),
+                Some(*hash),
+                "node ({level}, {index})"
+            );
+        }
+        leaves.remove(&(0, 5));
+        assert_eq!(subtree_hash(2, 1, &leaves), None);
+        assert!(subtree_hash(2, 0, &leaves).is_some());
     }
 
     #[test]

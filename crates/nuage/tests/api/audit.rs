@@ -5,7 +5,9 @@
 use std::io::Cursor;
 
 use http::Method;
-use nuage_audit::merkle::{parse_hex_hash, verify_inclusion};
+use nuage_audit::merkle::{
+    parse_hex_hash, verify_consistency, verify_inclusion, CompactRange, Hash,
+};
 use nuage_audit::note::NoteVerifier;
 use nuage_audit::verify::{verify_consistency_between, verify_export, Problem};
 use serde_json::{json, Value};
@@ -210,6 +212,92 @@ async fn checkpoints_are_signed_and_proofs_verify() {
         .await;
     assert_eq!((r.status, r.code()), (400, "invalid_proof_request"));
     s.shutdown().await;
+}
+
+fn hashes(body: &Value) -> Vec<Hash> {
+    body["hashes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| parse_hex_hash(h.as_str().unwrap()).unwrap())
+        .collect()
+}
+
+/// A log of more than 64 entries: proofs mix stored interior nodes (level 4
+/// and up) with the lower ones rebuilt from leaves, and all verify.
+#[tokio::test]
+async fn proofs_verify_in_a_log_deeper_than_the_unstored_levels() {
+    let s = Srv::start().await;
+    let a = s.org("alpha").await;
+    for i in 0..70 {
+        let r = s
+            .t(
+                Method::POST,
+                "/v1/orgs/alpha/projects",
+                &a,
+                Some(json!({"name": format!("p{i}")})),
+            )
+            .await;
+        assert_eq!(r.status, 201, "{}", r.text);
+    }
+    let log = entries(&s, "alpha", &a).await;
+    let size = log.len() as u64;
+    assert!(size >= 70, "{size}");
+    let leaves: Vec<Hash> = log
+        .iter()
+        .map(|e| parse_hex_hash(e["leaf_hash"].as_str().unwrap()).unwrap())
+        .collect();
+    let mut roots = vec![CompactRange::new().root()];
+    let mut range = CompactRange::new();
+    for leaf in &leaves {
+        range.append(*leaf);
+        roots.push(range.root());
+    }
+    for (index, leaf) in leaves.iter().enumerate() {
+        let r = s
+            .t(
+                Method::GET,
+                &format!("/v1/orgs/alpha/audit/proofs/inclusion?index={index}&size={size}"),
+                &a,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        verify_inclusion(
+            leaf,
+            index as u64,
+            size,
+            &hashes(&r.body),
+            &roots[size as usize],
+        )
+        .unwrap_or_else(|e| panic!("inclusion of {index}: {e}"));
+    }
+    for old in [1, 2, 3, 5, 8, 15, 16, 17, 31, 32, 33, 47, 63, 64, 65] {
+        let r = s
+            .t(
+                Method::GET,
+                &format!("/v1/orgs/alpha/audit/proofs/consistency?from={old}&to={size}"),
+                &a,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        let proof = hashes(&r.body);
+        verify_consistency(
+            old,
+            size,
+            &roots[old as usize],
+            &roots[size as usize],
+            &proof,
+        )
+        .unwrap_or_else(|e| panic!("consistency {old} -> {size}: {e}"));
+        let mut bad = proof.clone();
+        bad[0][0] ^= 1;
+        assert!(
+            verify_consistency(old, size, &roots[old as usize], &roots[size as usize], &bad)
+                .is_err()
+        );
+    }
 }
 
 #[tokio::test]
