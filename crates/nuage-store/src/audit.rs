@@ -142,13 +142,18 @@ impl Store {
             )?;
             sqlx::query(self.audit_insert_sql(InsertInto::Entries))
                 .bind(*log_id)
-                .bind(&rows.entries)
+                .bind(entries_json(entries, members, size)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
+            let nodes: Vec<_> = rows
+                .nodes
+                .iter()
+                .map(|(level, idx, hash)| serde_json::json!([level, idx, hash]))
+                .collect();
             sqlx::query(self.audit_insert_sql(InsertInto::Nodes))
                 .bind(*log_id)
-                .bind(&rows.nodes)
+                .bind(json_text(&nodes)?)
                 .execute(&mut *tx)
                 .await
                 .map_err(db_err)?;
@@ -172,16 +177,23 @@ impl Store {
 
     /// SQLite only, where this process is the file's only writer: appends
     /// to logs whose head it committed last, in one multi-statement
-    /// transaction, so one round trip to the write connection's thread
-    /// instead of six. `None` when a log's head is not known yet. If
-    /// another writer did touch a log, the entries' primary key refuses
-    /// the indices and the caller falls back to reading the heads.
+    /// transaction, so one round trip to the write connection's thread.
+    /// Entries are bound as plain parameters, [`ROWS_PER_INSERT`] to a
+    /// statement, because parsing them out of JSON cost more than the
+    /// inserts. `None` when a log's head is not known yet or the batch is
+    /// too large for one statement's parameters. If another writer did
+    /// touch a log, the entries' primary key refuses the indices and the
+    /// caller falls back to reading the heads.
     async fn audit_append_known(
         &self,
         entries: &[AuditAppend],
         by_log: &[(&str, Vec<usize>)],
         advance: &mut AdvanceFn<'_>,
     ) -> ApiResult<Option<Vec<i64>>> {
+        let inserts = entries.len().div_ceil(ROWS_PER_INSERT);
+        if inserts * ROWS_PER_INSERT * 8 + 1 + by_log.len() * 4 > MAX_SQLITE_PARAMS {
+            return Ok(None);
+        }
         let known: Vec<(i64, String)> = {
             let Ok(heads) = self.audit_heads.lock() else {
                 return Ok(None);
@@ -197,6 +209,7 @@ impl Store {
         };
         let mut indices = vec![0i64; entries.len()];
         let mut all = Vec::with_capacity(by_log.len());
+        let mut nodes = Vec::new();
         for ((log_id, members), (size, frontier)) in by_log.iter().zip(&known) {
             let rows = log_rows(
                 entries,
@@ -207,16 +220,36 @@ impl Store {
                 advance,
                 &mut indices,
             )?;
+            for (level, idx, hash) in &rows.nodes {
+                nodes.push(serde_json::json!([log_id, level, idx, hash]));
+            }
             all.push((log_id, *size, rows));
         }
-        let mut q = sqlx::query(append_known_sql(by_log.len()));
+        let nodes = json_text(&nodes)?;
+        let sql = append_known_sql(inserts, by_log.len());
+        let mut q = sqlx::query(&sql);
+        for (i, e) in entries.iter().enumerate() {
+            q = q
+                .bind(e.log_id.as_str())
+                .bind(indices[i])
+                .bind(e.leaf_hash.as_str())
+                .bind(e.body.as_str())
+                .bind(e.time)
+                .bind(e.principal.as_str())
+                .bind(e.action.as_str())
+                .bind(e.decision.as_str());
+        }
+        for _ in entries.len()..inserts * ROWS_PER_INSERT {
+            for _ in 0..8 {
+                q = q.bind(None::<i64>);
+            }
+        }
+        q = q.bind(nodes.as_str());
         for (log_id, old_size, rows) in &all {
             q = q
-                .bind(**log_id)
-                .bind(rows.entries.as_str())
-                .bind(rows.nodes.as_str())
                 .bind(rows.size)
                 .bind(rows.frontier.as_str())
+                .bind(**log_id)
                 .bind(*old_size);
         }
         let mut conn = self.write.acquire().await.map_err(db_err)?;
@@ -436,15 +469,14 @@ impl Store {
     }
 }
 
-/// A log's new rows, as the JSON arrays the `INSERT`s take, and its new
-/// head.
+/// A log's new interior nodes `(level, index, hex hash)` and its new head.
 struct LogRows {
-    entries: String,
-    nodes: String,
+    nodes: Vec<(u32, u64, String)>,
     size: i64,
     frontier: String,
 }
 
+/// Grows a log by its `members` and records each one's index.
 fn log_rows(
     entries: &[AuditAppend],
     members: &[usize],
@@ -459,69 +491,102 @@ fn log_rows(
         .map(|&i| entries[i].leaf_hash.as_str())
         .collect();
     let (new_frontier, nodes) = advance(log_id, size, frontier, &leaves)?;
-    let mut rows = Vec::with_capacity(members.len());
     for (offset, &i) in members.iter().enumerate() {
-        let e = &entries[i];
-        let idx = size + offset as i64;
-        indices[i] = idx;
-        rows.push(serde_json::json!([
-            idx,
-            e.leaf_hash,
-            e.body,
-            e.time,
-            e.principal,
-            e.action,
-            e.decision
-        ]));
+        indices[i] = size + offset as i64;
     }
-    let nodes: Vec<_> = nodes
-        .iter()
-        .map(|(level, idx, hash)| serde_json::json!([level, idx, hash]))
-        .collect();
     Ok(LogRows {
-        entries: json_text(&rows)?,
-        nodes: json_text(&nodes)?,
+        nodes,
         size: size + members.len() as i64,
         frontier: new_frontier,
     })
 }
 
-/// SQLite: one transaction appending to `logs` logs whose heads are known;
-/// six parameters per log (id, entries, nodes, new size, new frontier, old
-/// size), built once per number of logs.
-fn append_known_sql(logs: usize) -> &'static str {
-    use std::sync::{Mutex, OnceLock};
-    static BUILT: OnceLock<Mutex<HashMap<usize, &'static str>>> = OnceLock::new();
-    let build = |logs: usize| {
+/// A log's new entries as the JSON array [`Store::audit_insert_sql`] takes.
+fn entries_json(entries: &[AuditAppend], members: &[usize], size: i64) -> ApiResult<String> {
+    let rows: Vec<_> = members
+        .iter()
+        .enumerate()
+        .map(|(offset, &i)| {
+            let e = &entries[i];
+            serde_json::json!([
+                size + offset as i64,
+                e.leaf_hash,
+                e.body,
+                e.time,
+                e.principal,
+                e.action,
+                e.decision
+            ])
+        })
+        .collect();
+    json_text(&rows)
+}
+
+/// Entries per `INSERT` of the SQLite append; a batch's last statement is
+/// padded with rows of NULLs, which it skips, so the statement text depends
+/// only on the number of statements and stays in the prepared-statement
+/// cache.
+const ROWS_PER_INSERT: usize = 16;
+
+/// SQLite's default limit on a statement's parameters.
+const MAX_SQLITE_PARAMS: usize = 32_766;
+
+/// SQLite: the transaction of [`Store::audit_append_known`]: `inserts`
+/// statements of [`ROWS_PER_INSERT`] entries (eight parameters each: log
+/// id and the seven columns), one insert of every log's new nodes from a
+/// JSON array, then four parameters per log (new size, new frontier, id,
+/// old size) for its head.
+fn append_known_sql(inserts: usize, logs: usize) -> std::sync::Arc<str> {
+    use std::sync::{Arc, Mutex, OnceLock};
+    /// Statement texts by `(inserts, logs)`.
+    type Built = Mutex<HashMap<(usize, usize), Arc<str>>>;
+    static BUILT: OnceLock<Built> = OnceLock::new();
+    let build = || {
+        let mut n = 0usize;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
         let mut sql = String::from("BEGIN IMMEDIATE;");
-        for j in 0..logs {
-            let p = |n: usize| format!("${}", j * 6 + n);
+        for _ in 0..inserts {
+            let rows: Vec<String> = (0..ROWS_PER_INSERT)
+                .map(|_| {
+                    let params: Vec<String> = (0..8).map(|_| next()).collect();
+                    format!("({})", params.join(", "))
+                })
+                .collect();
             sql.push_str(&format!(
                 " INSERT INTO audit_entries (log_id, idx, leaf_hash, body, time, principal, action, decision) \
-                 SELECT {id}, json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                 json_extract(value, '$[2]'), json_extract(value, '$[3]'), json_extract(value, '$[4]'), \
-                 json_extract(value, '$[5]'), json_extract(value, '$[6]') FROM json_each({e});\
-                 INSERT INTO audit_nodes (log_id, level, idx, hash) \
-                 SELECT {id}, json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
-                 json_extract(value, '$[2]') FROM json_each({n});\
-                 UPDATE audit_heads SET size = {size}, frontier = {f} WHERE log_id = {id} AND size = {old};",
-                id = p(1),
-                e = p(2),
-                n = p(3),
-                size = p(4),
-                f = p(5),
-                old = p(6),
+                 SELECT column1, column2, column3, column4, column5, column6, column7, column8 \
+                 FROM (VALUES {}) WHERE column2 IS NOT NULL;",
+                rows.join(", ")
+            ));
+        }
+        let nodes = next();
+        sql.push_str(&format!(
+            " INSERT INTO audit_nodes (log_id, level, idx, hash) \
+             SELECT json_extract(value, '$[0]'), json_extract(value, '$[1]'), \
+             json_extract(value, '$[2]'), json_extract(value, '$[3]') FROM json_each({nodes});"
+        ));
+        for _ in 0..logs {
+            let (size, frontier, id, old) = (next(), next(), next(), next());
+            sql.push_str(&format!(
+                " UPDATE audit_heads SET size = {size}, frontier = {frontier} \
+                 WHERE log_id = {id} AND size = {old};"
             ));
         }
         sql.push_str(" COMMIT;");
-        sql
+        Arc::<str>::from(sql)
     };
-    let Some(mut built) = BUILT.get_or_init(Default::default).lock().ok() else {
-        return Box::leak(build(logs).into_boxed_str());
+    // Batches of up to 256 entries over up to 8 logs cover nearly every
+    // batch; rarer shapes are built each time rather than kept forever.
+    if inserts > 16 || logs > 8 {
+        return build();
+    }
+    let Ok(mut built) = BUILT.get_or_init(Default::default).lock() else {
+        return build();
     };
-    built
-        .entry(logs)
-        .or_insert_with(|| Box::leak(build(logs).into_boxed_str()))
+    built.entry((inserts, logs)).or_insert_with(build).clone()
 }
 
 #[derive(Clone, Copy)]

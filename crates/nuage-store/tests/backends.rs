@@ -8,8 +8,8 @@ use std::collections::{BTreeMap, HashSet};
 use nuage_core::model::{Org, Principal, PrincipalKind, PrincipalRef, Project, RoleBinding};
 use nuage_core::page::PageRequest;
 use nuage_store::{
-    AuditAppend, BucketRow, DataKeyRow, KeyRow, KeyVersionRow, ObjectRow, Store, StoreError,
-    StoreOptions, Versioning, WriteIf,
+    AuditAppend, AuditFilter, BucketRow, DataKeyRow, KeyRow, KeyVersionRow, ObjectRow, Store,
+    StoreError, StoreOptions, Versioning, WriteIf,
 };
 use sqlx::Connection;
 
@@ -388,6 +388,101 @@ async fn audit_appends_are_gap_free_under_concurrency() {
         let head = store.audit_head(&o.id).await.expect("head");
         assert_eq!(head, Some((243, "243".to_string())), "{}", e.name);
         other.close().await;
+        store.close().await;
+    }
+}
+
+/// Batches larger than a statement's rows, spread over several logs, one of
+/// them new: every entry lands in its own log at the index returned, with
+/// its columns intact, and the nodes and heads follow.
+#[tokio::test]
+async fn a_batch_over_several_logs_keeps_every_entry_in_its_own_log() {
+    for e in engines().await {
+        let (store, o, _) = seeded(&e.url).await;
+        let entry = |log: &str, n: usize| AuditAppend {
+            log_id: log.to_string(),
+            leaf_hash: format!("{log}-{n}"),
+            body: format!("{{\"n\": {n}, \"s\": \"quote \\\" é\"}}"),
+            time: n as i64,
+            principal: format!("p{n}"),
+            action: "a".into(),
+            decision: if n.is_multiple_of(2) { "allow" } else { "deny" }.into(),
+        };
+        let mut advance = |log: &str, size: i64, _: &str, leaves: &[&str]| {
+            let end = size + leaves.len() as i64;
+            let nodes = (size..end)
+                .map(|i| (4, i as u64, format!("{log}:{i}")))
+                .collect();
+            Ok((format!("{end}"), nodes))
+        };
+        let logs = [o.id.as_str(), "log_b", "log_c"];
+        store
+            .audit_append(&[entry(logs[0], 0), entry(logs[1], 0)], "0", &mut advance)
+            .await
+            .expect("first append");
+        // Both heads known (SQLite's bound-parameter path, three padded
+        // statements), then a batch that also opens a new log.
+        let first: Vec<AuditAppend> = (1..=40).map(|n| entry(logs[n % 2], n)).collect();
+        let second: Vec<AuditAppend> = (41..=60).map(|n| entry(logs[n % 3], n)).collect();
+        let mut indices = store
+            .audit_append(&first, "0", &mut advance)
+            .await
+            .expect("first batch");
+        indices.extend(
+            store
+                .audit_append(&second, "0", &mut advance)
+                .await
+                .expect("second batch"),
+        );
+        let batch: Vec<AuditAppend> = first.into_iter().chain(second).collect();
+        for (n, log) in logs.iter().enumerate() {
+            let rows = store
+                .audit_list(log, &AuditFilter::default(), None, 100)
+                .await
+                .expect("list");
+            let expected: Vec<&AuditAppend> = batch.iter().filter(|a| a.log_id == *log).collect();
+            let offset = if n < 2 { 1 } else { 0 };
+            assert_eq!(rows.len(), expected.len() + offset, "{}: {log}", e.name);
+            for (row, want) in rows[offset..].iter().zip(&expected) {
+                assert_eq!(row.leaf_hash, want.leaf_hash, "{}", e.name);
+                assert_eq!(row.body.as_deref(), Some(want.body.as_str()), "{}", e.name);
+                let at = batch.iter().position(|a| a.leaf_hash == want.leaf_hash);
+                assert_eq!(at.map(|i| indices[i]), Some(row.index), "{}", e.name);
+            }
+            let denied = store
+                .audit_list(
+                    log,
+                    &AuditFilter {
+                        decision: Some("deny".into()),
+                        since: Some(10),
+                        ..AuditFilter::default()
+                    },
+                    None,
+                    100,
+                )
+                .await
+                .expect("filtered list");
+            let want = expected
+                .iter()
+                .filter(|a| a.decision == "deny" && a.time >= 10)
+                .count();
+            assert_eq!(denied.len(), want, "{}: {log}", e.name);
+            let size = (expected.len() + offset) as i64;
+            assert_eq!(
+                store.audit_head(log).await.expect("head"),
+                Some((size, size.to_string())),
+                "{}",
+                e.name
+            );
+            let last = (4, size as u64 - 1);
+            let nodes = store.audit_nodes(log, &[last]).await.expect("nodes");
+            assert_eq!(
+                nodes.get(&last),
+                Some(&format!("{log}:{}", size - 1)),
+                "{}",
+                e.name
+            );
+        }
         store.close().await;
     }
 }
