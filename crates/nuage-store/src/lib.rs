@@ -6,7 +6,8 @@
 //! Every query is written once in portable SQL (`$n` placeholders work on both
 //! engines) and runs through sqlx's `Any` driver. On SQLite all writes go
 //! through a single connection, so writers queue in-process instead of failing
-//! with `SQLITE_BUSY`; reads use a pool of their own.
+//! with `SQLITE_BUSY`; reads use a pool of their own, and the one point read
+//! every S3 `GET` makes runs on the caller's thread (see `point_reads`).
 //!
 //! Methods are named noun first (`project_get`, `token_create`) and return the
 //! API's error type so a conflict or a missing row reaches the client with a
@@ -28,6 +29,7 @@ mod nodes;
 mod objects;
 mod oidc;
 mod orgs;
+mod point_reads;
 mod policies;
 mod principals;
 mod projects;
@@ -128,6 +130,8 @@ pub struct Store {
     /// SQLite: each audit log's `(size, frontier)` as this process last
     /// committed it.
     audit_heads: Arc<std::sync::Mutex<std::collections::HashMap<String, (i64, String)>>>,
+    /// SQLite on a file: the S3 read path's lookups on the caller's thread.
+    point_reads: Option<Arc<point_reads::PointReads>>,
     /// SQLite: the WAL checkpointer, awaited by [`Store::close`].
     checkpointer: Arc<std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
 }
@@ -152,11 +156,12 @@ impl Store {
             Backend::Sqlite => {
                 // `FULL` durability is [`Store::sync_committed`]'s group
                 // fsync, not a sync inside each commit (see `durable`).
+                let file = sqlx::sqlite::SqliteConnectOptions::from_str(url)
+                    .map_err(|e| StoreError::Open(e.to_string()))?
+                    .get_filename()
+                    .to_path_buf();
+                let point_reads = point_reads::PointReads::for_database(file.clone()).map(Arc::new);
                 let wal_sync = if opts.sqlite_sync_full {
-                    let file = sqlx::sqlite::SqliteConnectOptions::from_str(url)
-                        .map_err(|e| StoreError::Open(e.to_string()))?
-                        .get_filename()
-                        .to_path_buf();
                     durable::WalSync::for_database(file)
                 } else {
                     durable::WalSync::default()
@@ -204,6 +209,7 @@ impl Store {
                     buckets: Arc::default(),
                     wal_sync,
                     audit_heads: Arc::default(),
+                    point_reads,
                     checkpointer: Arc::new(std::sync::Mutex::new(Some(checkpointer))),
                 }
             }
@@ -224,6 +230,7 @@ impl Store {
                     buckets: Arc::default(),
                     wal_sync: Arc::default(),
                     audit_heads: Arc::default(),
+                    point_reads: None,
                     checkpointer: Arc::default(),
                 }
             }
@@ -281,7 +288,16 @@ impl Store {
     }
 
     /// Closes every connection, the WAL checkpointer's included.
+    /// How many reads [`point_reads`] answered on the caller's thread (0 on
+    /// PostgreSQL and in-memory SQLite).
+    pub fn point_reads_served(&self) -> u64 {
+        self.point_reads.as_ref().map_or(0, |p| p.served())
+    }
+
     pub async fn close(&self) {
+        if let Some(p) = &self.point_reads {
+            p.close();
+        }
         self.write.close().await;
         self.read.close().await;
         let checkpointer = self

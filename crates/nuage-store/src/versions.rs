@@ -14,6 +14,7 @@
 //! bucket was unversioned or suspended (`null_version`).
 
 use nuage_core::ApiResult;
+use rusqlite::OptionalExtension;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 
@@ -114,6 +115,41 @@ impl RemovedVersion {
 }
 
 const FLAG_COLS: &str = "is_current, is_marker, null_version, seq";
+
+/// The latest version of `(bucket_id = $1, key_hex = $2)`.
+fn latest_sql() -> &'static str {
+    static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SQL.get_or_init(|| {
+        format!(
+            "SELECT {OBJECT_COLS}, {FLAG_COLS} FROM objects WHERE bucket_id = $1 \
+             AND key_hex = $2 AND is_current <> 0"
+        )
+    })
+}
+
+/// [`row_to_version`] for a row of [`latest_sql`] read by
+/// [`crate::point_reads`]: the columns by position.
+fn point_row_to_version(r: &rusqlite::Row<'_>) -> rusqlite::Result<VersionRow> {
+    let flag = |i: usize| r.get::<_, i64>(i).map(|v| v != 0);
+    Ok(VersionRow {
+        row: ObjectRow {
+            version_id: r.get(0)?,
+            bucket_id: r.get(1)?,
+            key: r.get(2)?,
+            size: r.get(3)?,
+            etag: r.get(4)?,
+            data_key_id: r.get(5)?,
+            sealed_meta: r.get(6)?,
+            created_at: r.get(7)?,
+            part_count: r.get(8)?,
+            inline_body: r.get(9)?,
+        },
+        latest: flag(10)?,
+        marker: flag(11)?,
+        null: flag(12)?,
+        seq: r.get(13)?,
+    })
+}
 
 fn row_to_version(r: &AnyRow) -> Result<VersionRow, sqlx::Error> {
     let current: i64 = r.try_get("is_current")?;
@@ -445,15 +481,23 @@ impl Store {
         bucket_id: &str,
         key: &str,
     ) -> ApiResult<Option<VersionRow>> {
-        let row = sqlx::query(&format!(
-            "SELECT {OBJECT_COLS}, {FLAG_COLS} FROM objects WHERE bucket_id = $1 \
-             AND key_hex = $2 AND is_current <> 0"
-        ))
-        .bind(bucket_id)
-        .bind(key_hex(key))
-        .fetch_optional(&self.read)
-        .await
-        .map_err(db_err)?;
+        let sql = latest_sql();
+        let key_hex = key_hex(key);
+        if let Some(found) = self.point_reads.as_ref().and_then(|p| {
+            p.with(|c| {
+                c.prepare_cached(sql)?
+                    .query_row((bucket_id, key_hex.as_str()), point_row_to_version)
+                    .optional()
+            })
+        }) {
+            return Ok(found);
+        }
+        let row = sqlx::query(sql)
+            .bind(bucket_id)
+            .bind(key_hex)
+            .fetch_optional(&self.read)
+            .await
+            .map_err(db_err)?;
         row.map(|r| row_to_version(&r)).transpose().map_err(db_err)
     }
 

@@ -683,6 +683,37 @@ async fn grouped_puts_in_a_versioned_bucket_keep_every_version_and_inline_bodies
             .find(|(_, r)| r.version_id == latest.version_id)
             .expect("the latest is one of the puts");
         assert_eq!(latest.inline_body, want.inline_body, "{}", e.name);
+        // On SQLite the latest version is read on the caller's thread; it
+        // must be the very row the pool reads by id.
+        let served = store.point_reads_served();
+        let via_latest = store
+            .version_latest(&b.id, "same")
+            .await
+            .expect("latest")
+            .expect("a latest version");
+        let via_id = store
+            .version_get(&b.id, "same", &latest.version_id)
+            .await
+            .expect("by id")
+            .expect("the version");
+        assert_eq!(via_latest, via_id, "{}", e.name);
+        assert!(via_latest.latest && !via_latest.marker, "{}", e.name);
+        assert_eq!(
+            store
+                .version_latest(&b.id, "absent")
+                .await
+                .expect("latest of a missing key"),
+            None,
+            "{}",
+            e.name
+        );
+        let point_reads = store.point_reads_served() - served;
+        assert_eq!(
+            point_reads,
+            if e.name == "sqlite" { 2 } else { 0 },
+            "{}: reads on the caller's thread",
+            e.name
+        );
     }
 }
 
