@@ -1108,14 +1108,25 @@ impl Kms {
         self.0.store.kms_data_key_delete(id).await
     }
 
+    /// The key `key` (name or id) of `project_id`. Asked by id — as every
+    /// object PUT asks for its bucket's key — it comes from the same cache
+    /// as [`Kms::unwrap`]'s: this process's own changes to the key drop it
+    /// at once, another server's are seen within the cache's lifetime.
     async fn project_key(&self, project_id: &str, key: &str) -> ApiResult<Arc<KeyRow>> {
-        let k = self
-            .0
-            .store
-            .kms_key_get(project_id, key)
-            .await?
-            .ok_or_else(|| ApiError::not_found("key", key))?;
-        Ok(Arc::new(k))
+        if let Some(k) = self.0.keys.get(&key.to_string()) {
+            if k.project_id == project_id {
+                return Ok(k);
+            }
+        }
+        let k = Arc::new(
+            self.0
+                .store
+                .kms_key_get(project_id, key)
+                .await?
+                .ok_or_else(|| ApiError::not_found("key", key))?,
+        );
+        self.0.keys.put(k.id.clone(), k.clone());
+        Ok(k)
     }
 
     /// Encrypts a small secret for `owner` with a data key of its own:

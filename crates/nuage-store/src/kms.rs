@@ -80,7 +80,7 @@ const KEY_COLS: &str = "id, org_id, project_id, name, description, manager_id, s
      primary_version, justifications, destroy_at, generation, created_at, updated_at";
 const VERSION_COLS: &str =
     "key_id, version, state, material, external_ref, created_at, destroyed_at";
-const DEK_COLS: &str = "id, key_id, key_version, owner, wrapped, created_at";
+pub(crate) const DEK_COLS: &str = "id, key_id, key_version, owner, wrapped, created_at";
 
 fn row_to_manager(r: &AnyRow) -> Result<ManagerRow, sqlx::Error> {
     Ok(ManagerRow {

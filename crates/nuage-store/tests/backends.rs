@@ -799,6 +799,125 @@ async fn concurrent_object_puts_commit_in_groups_and_fail_alone() {
     }
 }
 
+/// In a bucket without versioning or quotas a group is written with a few
+/// multi-row statements: new keys, overwrites (the replaced row comes back
+/// for its body and key to go), conditions judged against the rows as they
+/// were, the bucket's usage kept exact — and a group that repeats a key is
+/// applied in order, the last PUT winning.
+#[tokio::test(flavor = "current_thread")]
+async fn grouped_puts_to_distinct_keys_replace_and_account_exactly() {
+    for e in engines().await {
+        let (store, o, u) = seeded(&e.url).await;
+        let b = bucket_with_key(&store, &o, &u, 0).await;
+        for key in ["old-a", "old-b", "old-c"] {
+            let (dek, row) = version(&b, key, 0);
+            store
+                .object_put(Some(&dek), &row, &WriteIf::Always)
+                .await
+                .expect("seed put");
+        }
+        let before = store.object_commit_stats();
+        let mut jobs = Vec::new();
+        for n in 1..=40 {
+            let (dek, mut row) = version(&b, &format!("new-{n:02}"), n);
+            row.size = n as i64;
+            jobs.push((dek, row, WriteIf::Always));
+        }
+        let (dek, row) = version(&b, "old-a", 41);
+        jobs.push((dek, row, WriteIf::Always));
+        let (dek, row) = version(&b, "old-b", 42);
+        jobs.push((dek, row, WriteIf::ETag("etag-0".into())));
+        let (dek, row) = version(&b, "old-c", 43);
+        jobs.push((dek, row, WriteIf::Absent));
+        let (dek, row) = version(&b, "missing", 44);
+        jobs.push((dek, row, WriteIf::ETag("etag-0".into())));
+        let results = futures::future::join_all(
+            jobs.iter()
+                .map(|(dek, row, cond)| store.object_put(Some(dek), row, cond)),
+        )
+        .await;
+        let after = store.object_commit_stats();
+        assert!(
+            after.transactions - before.transactions < 4,
+            "{}: 44 concurrent puts took {} transactions",
+            e.name,
+            after.transactions - before.transactions
+        );
+        for ((dek, row, _), r) in jobs.iter().zip(&results) {
+            let stored_dek = store.kms_data_key_get(&dek.id).await.expect("dek get");
+            let current = store.object_get(&b.id, &row.key).await.expect("get");
+            match row.key.as_str() {
+                "old-c" | "missing" => {
+                    let err = r.as_ref().expect_err("a failed condition is refused");
+                    let want = if row.key == "old-c" { 412 } else { 404 };
+                    assert_eq!(err.status.as_u16(), want, "{}: {err:?}", e.name);
+                    assert!(stored_dek.is_none(), "{}: refused put kept its key", e.name);
+                    assert_ne!(
+                        current.map(|c| c.version_id),
+                        Some(row.version_id.clone()),
+                        "{}",
+                        e.name
+                    );
+                }
+                key => {
+                    let placed = r.as_ref().expect("put");
+                    assert_eq!(placed.version_id, None, "{}: unversioned", e.name);
+                    assert_eq!(current.as_ref(), Some(row), "{}: {key}", e.name);
+                    assert!(stored_dek.is_some(), "{}: {key} lost its key", e.name);
+                    let replaced = placed.replaced.as_ref().map(|r| r.row.version_id.as_str());
+                    if key.starts_with("old-") {
+                        assert_eq!(
+                            replaced,
+                            Some(format!("obv_{key}_0").as_str()),
+                            "{}",
+                            e.name
+                        );
+                    } else {
+                        assert_eq!(replaced, None, "{}: {key}", e.name);
+                    }
+                }
+            }
+        }
+        let usage = |b: Option<BucketRow>| b.map(|b| (b.used_bytes, b.used_objects));
+        // 40 new keys of 1..=40 bytes, and the three seeded keys of 10.
+        assert_eq!(
+            usage(store.bucket_get(&b.name).await.expect("bucket")),
+            Some(((1..=40).sum::<i64>() + 30, 43)),
+            "{}: usage",
+            e.name
+        );
+
+        // A repeated key in one group: both PUTs succeed, in order.
+        let (d1, r1) = version(&b, "twice", 1);
+        let (d2, r2) = version(&b, "twice", 2);
+        let (a, z) = futures::future::join(
+            store.object_put(Some(&d1), &r1, &WriteIf::Always),
+            store.object_put(Some(&d2), &r2, &WriteIf::Always),
+        )
+        .await;
+        assert!(a.expect("first").replaced.is_none(), "{}", e.name);
+        assert_eq!(
+            z.expect("second").replaced.map(|r| r.row.version_id),
+            Some(r1.version_id.clone()),
+            "{}",
+            e.name
+        );
+        let current = store.object_get(&b.id, "twice").await.expect("get");
+        assert_eq!(
+            current.map(|c| c.version_id),
+            Some(r2.version_id),
+            "{}",
+            e.name
+        );
+        assert_eq!(
+            usage(store.bucket_get(&b.name).await.expect("bucket")),
+            Some(((1..=40).sum::<i64>() + 40, 44)),
+            "{}: usage after the repeat",
+            e.name
+        );
+    }
+}
+
 /// Every S3 request reads its bucket through the store's cache: a change
 /// made through the store is seen by the next read, a deletion at once.
 #[tokio::test]
