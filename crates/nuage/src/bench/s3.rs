@@ -3,8 +3,11 @@
 //!
 //! A real server starts in-process on a temporary data directory; an
 //! organization, a project, a bucket and an access key are made through the
-//! REST API; then an S3 client (reqwest with SigV4 header signing,
-//! `UNSIGNED-PAYLOAD`) drives the S3 listener over loopback TCP:
+//! REST API; then S3 clients with SigV4 header signing (`UNSIGNED-PAYLOAD`)
+//! drive the S3 listener over loopback TCP: reqwest for large objects, and
+//! for small ones one keep-alive connection per client driven by hyper's
+//! connection API, so that the client, which shares the two CPUs with the
+//! server, costs as little as a `wrk`-style load generator:
 //!
 //! - large objects: `--clients-large` concurrent PUTs of `--large-mib` MiB
 //!   each (bodies generated on the fly, streamed), then GETs of the same
@@ -30,6 +33,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hmac::{Hmac, Mac};
 use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Full};
 use nuage_api::ServerConfig;
 use nuage_objects::engine::BodyFile;
 use serde_json::json;
@@ -63,12 +67,14 @@ const BUCKET: &str = "bench-s3";
 
 // ---------------------------------------------------------------- SigV4
 
-/// SigV4 header signing with an unsigned payload, region us-east-1.
+/// SigV4 header signing with an unsigned payload, region us-east-1. The
+/// signing key derived from the secret is kept for its day, as AWS SDKs do.
 struct Signer {
     access_key: String,
     secret: String,
     host: String,
     base: String,
+    day_key: std::sync::Mutex<Option<(String, [u8; 32])>>,
 }
 
 /// RFC 3986 percent-encoding as SigV4 wants it (`/` kept when `path`).
@@ -110,16 +116,44 @@ fn amz_date() -> String {
     )
 }
 
+/// A request signed by [`Signer::sign`].
+struct Signed {
+    /// `path?query`, encoded.
+    target: String,
+    date: String,
+    authorization: String,
+}
+
 impl Signer {
-    /// A signed request: `path` is `/bucket/key` (unencoded), `query` pairs
-    /// unencoded.
-    fn request(
-        &self,
-        http: &reqwest::Client,
-        method: reqwest::Method,
-        path: &str,
-        query: &[(&str, &str)],
-    ) -> reqwest::RequestBuilder {
+    fn new(access_key: String, secret: String, addr: SocketAddr) -> Signer {
+        Signer {
+            access_key,
+            secret,
+            host: addr.to_string(),
+            base: format!("http://{addr}"),
+            day_key: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The signing key of `day` (`YYYYMMDD`).
+    fn key_of(&self, day: &str) -> [u8; 32] {
+        let mut cached = self.day_key.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((d, k)) = cached.as_ref() {
+            if d == day {
+                return *k;
+            }
+        }
+        let mut key = hmac(format!("AWS4{}", self.secret).as_bytes(), day.as_bytes());
+        for part in ["us-east-1", "s3", "aws4_request"] {
+            key = hmac(&key, part.as_bytes());
+        }
+        *cached = Some((day.to_string(), key));
+        key
+    }
+
+    /// Signs `method` on `path` (`/bucket/key`, unencoded) with `query`
+    /// pairs (unencoded).
+    fn sign(&self, method: &str, path: &str, query: &[(&str, &str)]) -> Signed {
         let date = amz_date();
         let path = uri_encode(path, true);
         let mut q: Vec<(String, String)> = query
@@ -141,29 +175,93 @@ impl Signer {
             "AWS4-HMAC-SHA256\n{date}\n{scope}\n{}",
             hex::encode(Sha256::digest(canonical.as_bytes()))
         );
-        let mut key = hmac(
-            format!("AWS4{}", self.secret).as_bytes(),
-            &date.as_bytes()[..8],
-        );
-        for part in ["us-east-1", "s3", "aws4_request"] {
-            key = hmac(&key, part.as_bytes());
+        let signature = hex::encode(hmac(&self.key_of(&date[..8]), to_sign.as_bytes()));
+        Signed {
+            target: if query.is_empty() {
+                path
+            } else {
+                format!("{path}?{query}")
+            },
+            authorization: format!(
+                "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={signature}",
+                self.access_key
+            ),
+            date,
         }
-        let signature = hex::encode(hmac(&key, to_sign.as_bytes()));
-        let url = if query.is_empty() {
-            format!("{}{path}", self.base)
-        } else {
-            format!("{}{path}?{query}", self.base)
-        };
-        http.request(method, url)
-            .header("x-amz-date", date)
+    }
+
+    /// A signed reqwest request.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: reqwest::Method,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> reqwest::RequestBuilder {
+        let s = self.sign(method.as_str(), path, query);
+        http.request(method, format!("{}{}", self.base, s.target))
+            .header("x-amz-date", s.date)
             .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-            .header(
-                "authorization",
-                format!(
-                    "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders=host;x-amz-content-sha256;x-amz-date, Signature={signature}",
-                    self.access_key
-                ),
-            )
+            .header("authorization", s.authorization)
+    }
+
+    /// A signed request for a [`Conn`], with `body`.
+    fn raw(
+        &self,
+        method: http::Method,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<http::Request<Full<Bytes>>, http::Error> {
+        let s = self.sign(method.as_str(), path, query);
+        http::Request::builder()
+            .method(method)
+            .uri(s.target)
+            .header(http::header::HOST, self.host.as_str())
+            .header("x-amz-date", s.date)
+            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+            .header(http::header::AUTHORIZATION, s.authorization)
+            .body(Full::new(body))
+    }
+}
+
+/// One keep-alive HTTP/1.1 connection of a small-object client.
+struct Conn {
+    send: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+}
+
+impl Conn {
+    async fn open(addr: SocketAddr) -> Result<Conn, String> {
+        let tcp = tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| format!("connect {addr}: {e}"))?;
+        tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+        let (send, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+            .await
+            .map_err(|e| format!("HTTP handshake with {addr}: {e}"))?;
+        tokio::spawn(conn);
+        Ok(Conn { send })
+    }
+
+    /// True when the answer has `status` and its body arrived whole.
+    async fn call(
+        &mut self,
+        req: Result<http::Request<Full<Bytes>>, http::Error>,
+        status: u16,
+    ) -> bool {
+        let Ok(req) = req else {
+            return false;
+        };
+        if self.send.ready().await.is_err() {
+            return false;
+        }
+        match self.send.send_request(req).await {
+            Ok(r) => {
+                let right = r.status().as_u16() == status;
+                r.into_body().collect().await.is_ok() && right
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -275,14 +373,6 @@ where
         p99: percentile(&all, 0.99),
     };
     (f, counts)
-}
-
-/// True when the answer has the expected status and its body arrived whole.
-async fn ok_body(r: reqwest::Result<reqwest::Response>, status: u16) -> bool {
-    match r {
-        Ok(r) if r.status().as_u16() == status => r.bytes().await.is_ok(),
-        _ => false,
-    }
 }
 
 fn ms(d: Duration) -> String {
@@ -610,18 +700,17 @@ pub async fn run(a: S3Args) -> Result<(), String> {
         json!({"description": "nuage bench s3"}),
     )
     .await?;
-    let signer = Arc::new(Signer {
-        access_key: key["access_key"]["id"]
+    let signer = Arc::new(Signer::new(
+        key["access_key"]["id"]
             .as_str()
             .ok_or_else(|| format!("no access key: {key}"))?
             .to_string(),
-        secret: key["secret_access_key"]
+        key["secret_access_key"]
             .as_str()
             .ok_or("no secret access key")?
             .to_string(),
-        host: server.s3_addr.to_string(),
-        base: format!("http://{}", server.s3_addr),
-    });
+        server.s3_addr,
+    ));
 
     // ------------------------------------------------ large objects
     let large = a.large_mib * MIB;
@@ -762,74 +851,69 @@ pub async fn run(a: S3Args) -> Result<(), String> {
         a.clients_small, a.seconds
     );
     let small = block(SMALL, 99);
+    let mut conns = Vec::with_capacity(a.clients_small);
+    for _ in 0..a.clients_small {
+        conns.push(tokio::sync::Mutex::new(Conn::open(server.s3_addr).await?));
+    }
+    let conns = Arc::new(conns);
     let mut results = Vec::new();
     let (f, counts) = {
-        let (h, s, body) = (http.clone(), signer.clone(), small.clone());
+        let (conns, s, body) = (conns.clone(), signer.clone(), small.clone());
         load("PUT 4 KiB", a.clients_small, a.seconds, move |c, i| {
-            let (h, s, body) = (h.clone(), s.clone(), body.clone());
-            async move {
-                let r = s
-                    .request(
-                        &h,
-                        reqwest::Method::PUT,
-                        &format!("/{BUCKET}/small/{c:03}/{i:08}"),
-                        &[],
-                    )
-                    .body(body)
-                    .send()
-                    .await;
-                ok_body(r, 200).await
-            }
+            let (conns, s) = (conns.clone(), s.clone());
+            let req = s.raw(
+                http::Method::PUT,
+                &format!("/{BUCKET}/small/{c:03}/{i:08}"),
+                &[],
+                body.clone(),
+            );
+            async move { conns[c].lock().await.call(req, 200).await }
         })
         .await
     };
     results.push(f);
     let counts = Arc::new(counts);
     for (name, method) in [
-        ("GET 4 KiB", reqwest::Method::GET),
-        ("HEAD 4 KiB", reqwest::Method::HEAD),
+        ("GET 4 KiB", http::Method::GET),
+        ("HEAD 4 KiB", http::Method::HEAD),
     ] {
-        let (h, s, counts) = (http.clone(), signer.clone(), counts.clone());
+        let (conns, s, counts) = (conns.clone(), signer.clone(), counts.clone());
         let (f, _) = load(name, a.clients_small, a.seconds, move |c, i| {
-            let (h, s, m) = (h.clone(), s.clone(), method.clone());
+            let conns = conns.clone();
             let k = i % counts[c].max(1);
-            async move {
-                let r = s
-                    .request(&h, m, &format!("/{BUCKET}/small/{c:03}/{k:08}"), &[])
-                    .send()
-                    .await;
-                ok_body(r, 200).await
-            }
+            let req = s.raw(
+                method.clone(),
+                &format!("/{BUCKET}/small/{c:03}/{k:08}"),
+                &[],
+                Bytes::new(),
+            );
+            async move { conns[c].lock().await.call(req, 200).await }
         })
         .await;
         results.push(f);
     }
     {
-        let (h, s) = (http.clone(), signer.clone());
+        let (conns, s) = (conns.clone(), signer.clone());
         let (f, _) = load(
             "LIST v2, 100 keys",
             a.clients_small,
             a.seconds,
             move |c, _| {
-                let (h, s) = (h.clone(), s.clone());
-                async move {
-                    let prefix = format!("small/{c:03}/");
-                    let r = s
-                        .request(
-                            &h,
-                            reqwest::Method::GET,
-                            &format!("/{BUCKET}"),
-                            &[("list-type", "2"), ("max-keys", "100"), ("prefix", &prefix)],
-                        )
-                        .send()
-                        .await;
-                    ok_body(r, 200).await
-                }
+                let conns = conns.clone();
+                let prefix = format!("small/{c:03}/");
+                let req = s.raw(
+                    http::Method::GET,
+                    &format!("/{BUCKET}"),
+                    &[("list-type", "2"), ("max-keys", "100"), ("prefix", &prefix)],
+                    Bytes::new(),
+                );
+                async move { conns[c].lock().await.call(req, 200).await }
             },
         )
         .await;
         results.push(f);
     }
+    drop(conns);
     server.shutdown().await;
 
     // ------------------------------------------------ report
