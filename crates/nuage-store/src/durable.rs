@@ -68,6 +68,11 @@ impl WalSync {
         }
     }
 
+    /// fsyncs started since the store opened.
+    pub(crate) fn runs(&self) -> u64 {
+        self.state().runs
+    }
+
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -274,6 +274,12 @@ impl Store {
         self.wal_sync.sync().await
     }
 
+    /// fsyncs of the WAL started by [`Store::sync_committed`] since the
+    /// store opened (0 where commits are durable by themselves).
+    pub fn wal_syncs(&self) -> u64 {
+        self.wal_sync.runs()
+    }
+
     pub fn backend(&self) -> Backend {
         self.backend
     }
