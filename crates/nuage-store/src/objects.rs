@@ -106,6 +106,23 @@ pub enum WriteIf {
     ETag(String),
 }
 
+impl WriteIf {
+    /// Why a PUT of `key` is refused when its current object has `etag`
+    /// (`None`: no current object), if it is.
+    fn refusal(&self, key: &str, etag: Option<&str>) -> Option<ApiError> {
+        match (self, etag) {
+            (WriteIf::Absent, Some(_)) => Some(ApiError::precondition_failed(
+                "the key already has an object (If-None-Match: *)",
+            )),
+            (WriteIf::ETag(_), None) => Some(ApiError::not_found("object", key)),
+            (WriteIf::ETag(want), Some(have)) if want != have => Some(
+                ApiError::precondition_failed("the object's ETag differs from If-Match"),
+            ),
+            _ => None,
+        }
+    }
+}
+
 /// A version that lost its place, with the parts of its body.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Replaced {
@@ -298,23 +315,34 @@ pub(crate) async fn take_current(
         .execute(&mut *conn)
         .await?;
     account(conn, bucket_id, -row.size, -1).await?;
-    let mut parts = Vec::new();
-    if row.part_count > 0 {
-        parts = sqlx::query(&format!(
-            "SELECT {PART_COLS} FROM multipart_parts WHERE version_id = $1 ORDER BY part_number"
-        ))
-        .bind(&row.version_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(row_to_part)
-        .collect::<Result<_, _>>()?;
-        sqlx::query("DELETE FROM multipart_parts WHERE version_id = $1")
-            .bind(&row.version_id)
-            .execute(&mut *conn)
-            .await?;
-    }
+    let parts = if row.part_count > 0 {
+        take_parts(conn, &row.version_id).await?
+    } else {
+        Vec::new()
+    };
     Ok(Some(Replaced { row, parts }))
+}
+
+/// Removes the part rows of a version's body, returning them (their files
+/// and data keys go after the commit).
+async fn take_parts(
+    conn: &mut sqlx::AnyConnection,
+    version_id: &str,
+) -> Result<Vec<PartRow>, sqlx::Error> {
+    let parts = sqlx::query(&format!(
+        "SELECT {PART_COLS} FROM multipart_parts WHERE version_id = $1 ORDER BY part_number"
+    ))
+    .bind(version_id)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(row_to_part)
+    .collect::<Result<_, _>>()?;
+    sqlx::query("DELETE FROM multipart_parts WHERE version_id = $1")
+        .bind(version_id)
+        .execute(&mut *conn)
+        .await?;
+    Ok(parts)
 }
 
 pub(crate) async fn insert_object(
@@ -1074,17 +1102,7 @@ pub(crate) async fn put_on(
         .bind(&hex)
         .fetch_optional(&mut *conn)
         .await?;
-        let refused = match (cond, etag) {
-            (WriteIf::Absent, Some(_)) => Some(ApiError::precondition_failed(
-                "the key already has an object (If-None-Match: *)",
-            )),
-            (WriteIf::ETag(_), None) => Some(ApiError::not_found("object", &o.key)),
-            (WriteIf::ETag(want), Some(have)) if *want != have => Some(
-                ApiError::precondition_failed("the object's ETag differs from If-Match"),
-            ),
-            _ => None,
-        };
-        if let Some(e) = refused {
+        if let Some(e) = cond.refusal(&o.key, etag.as_deref()) {
             return Ok(Err(e));
         }
     }
@@ -1175,19 +1193,7 @@ pub(crate) async fn put_batch_on(
     let mut out: Vec<Option<ApiResult<Placed>>> = (0..puts.len()).map(|_| None).collect();
     for (i, p) in puts.iter().enumerate() {
         let have = current.get(&(p.row.bucket_id.as_str(), p.row.key.as_str()));
-        let refused = match (p.cond, have) {
-            (WriteIf::Always, _) => None,
-            (WriteIf::Absent, Some(_)) => Some(ApiError::precondition_failed(
-                "the key already has an object (If-None-Match: *)",
-            )),
-            (WriteIf::Absent, None) => None,
-            (WriteIf::ETag(_), None) => Some(ApiError::not_found("object", &p.row.key)),
-            (WriteIf::ETag(want), Some(h)) if *want != h.etag => Some(
-                ApiError::precondition_failed("the object's ETag differs from If-Match"),
-            ),
-            (WriteIf::ETag(_), Some(_)) => None,
-        };
-        if let Some(e) = refused {
+        if let Some(e) = p.cond.refusal(&p.row.key, have.map(|h| h.etag.as_str())) {
             out[i] = Some(Err(e));
         }
     }
@@ -1230,19 +1236,7 @@ pub(crate) async fn put_batch_on(
         q.execute(&mut *conn).await?;
     }
     for r in replaced.values_mut().filter(|r| r.row.part_count > 0) {
-        r.parts = sqlx::query(&format!(
-            "SELECT {PART_COLS} FROM multipart_parts WHERE version_id = $1 ORDER BY part_number"
-        ))
-        .bind(&r.row.version_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(row_to_part)
-        .collect::<Result<_, _>>()?;
-        sqlx::query("DELETE FROM multipart_parts WHERE version_id = $1")
-            .bind(&r.row.version_id)
-            .execute(&mut *conn)
-            .await?;
+        r.parts = take_parts(conn, &r.row.version_id).await?;
     }
 
     // The new data keys and versions.
