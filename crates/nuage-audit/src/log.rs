@@ -669,6 +669,25 @@ mod tests {
         assert!(subtree_hash(2, 0, &leaves).is_some());
     }
 
+    /// An allowed request of `method` at `time`.
+    fn request(method: &str, time: i64) -> AuditRecord {
+        AuditRecord {
+            time,
+            request_id: String::new(),
+            principal: "usr_1".into(),
+            principal_name: String::new(),
+            source: String::new(),
+            method: method.into(),
+            path: "/".into(),
+            action: String::new(),
+            resource: String::new(),
+            decision: "allow".into(),
+            policies: Vec::new(),
+            status: 200,
+            details: BTreeMap::new(),
+        }
+    }
+
     /// On SQLite `FULL`, a run of reads shares one delayed fsync instead
     /// of one per batch, and still reaches the disk soon after; a write
     /// is answered only after an fsync of its own.
@@ -686,21 +705,7 @@ mod tests {
         };
         let signer = NoteSigner::generate("test/audit").expect("signer");
         let (log, tasks) = AuditLog::start(store.clone(), signer, cfg);
-        let with = |method: &str| AuditRecord {
-            time: now_ms(),
-            request_id: String::new(),
-            principal: "usr_1".into(),
-            principal_name: String::new(),
-            source: String::new(),
-            method: method.into(),
-            path: "/".into(),
-            action: "s3.get_object".into(),
-            resource: String::new(),
-            decision: "allow".into(),
-            policies: Vec::new(),
-            status: 200,
-            details: BTreeMap::new(),
-        };
+        let with = |method: &str| request(method, now_ms());
         let before = store.wal_syncs();
         // One at a time: forty batches.
         for _ in 0..40 {
@@ -726,21 +731,7 @@ mod tests {
 
     #[test]
     fn only_reads_are_answered_before_their_entry_is_on_disk() {
-        let with = |method: &str| AuditRecord {
-            time: 0,
-            request_id: String::new(),
-            principal: "usr_1".into(),
-            principal_name: String::new(),
-            source: String::new(),
-            method: method.into(),
-            path: "/".into(),
-            action: String::new(),
-            resource: String::new(),
-            decision: "allow".into(),
-            policies: Vec::new(),
-            status: 200,
-            details: BTreeMap::new(),
-        };
+        let with = |method: &str| request(method, 0);
         for m in ["GET", "HEAD", "OPTIONS"] {
             assert_eq!(Ack::of(&with(m)), Ack::Committed, "{m}");
         }

@@ -325,7 +325,7 @@ pub(crate) async fn take_current(
 
 /// Removes the part rows of a version's body, returning them (their files
 /// and data keys go after the commit).
-async fn take_parts(
+pub(crate) async fn take_parts(
     conn: &mut sqlx::AnyConnection,
     version_id: &str,
 ) -> Result<Vec<PartRow>, sqlx::Error> {
@@ -350,25 +350,38 @@ pub(crate) async fn insert_object(
     o: &ObjectRow,
     hex: &str,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "INSERT INTO objects (version_id, bucket_id, object_key, key_hex, is_current, size, \
+    bind_object(
+        sqlx::query(
+            "INSERT INTO objects (version_id, bucket_id, object_key, key_hex, is_current, size, \
          etag, data_key_id, sealed_meta, created_at, part_count, inline_body) \
          VALUES ($1, $2, $3, $4, 1, $5, $6, $7, $8, $9, $10, $11)",
+        ),
+        o,
+        hex,
     )
-    .bind(&o.version_id)
-    .bind(&o.bucket_id)
-    .bind(&o.key)
-    .bind(hex)
-    .bind(o.size)
-    .bind(&o.etag)
-    .bind(&o.data_key_id)
-    .bind(&o.sealed_meta)
-    .bind(o.created_at)
-    .bind(o.part_count)
-    .bind(&o.inline_body)
     .execute(&mut *conn)
     .await?;
     account(conn, &o.bucket_id, o.size, 1).await
+}
+
+/// Binds the columns of an `objects` row after `is_current`'s place:
+/// version, bucket, key, key hex, then size to inline body.
+fn bind_object<'q>(
+    q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
+    o: &'q ObjectRow,
+    hex: &'q str,
+) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    q.bind(&o.version_id)
+        .bind(&o.bucket_id)
+        .bind(&o.key)
+        .bind(hex)
+        .bind(o.size)
+        .bind(&o.etag)
+        .bind(&o.data_key_id)
+        .bind(&o.sealed_meta)
+        .bind(o.created_at)
+        .bind(o.part_count)
+        .bind(&o.inline_body)
 }
 
 /// The sort key of an object key: its bytes in lowercase hex.
@@ -1271,19 +1284,7 @@ pub(crate) async fn put_batch_on(
         );
         let mut q = sqlx::query(&sql);
         for &i in chunk {
-            let o = puts[i].row;
-            q = q
-                .bind(&o.version_id)
-                .bind(&o.bucket_id)
-                .bind(&o.key)
-                .bind(hexes[i].as_str())
-                .bind(o.size)
-                .bind(&o.etag)
-                .bind(&o.data_key_id)
-                .bind(&o.sealed_meta)
-                .bind(o.created_at)
-                .bind(o.part_count)
-                .bind(&o.inline_body);
+            q = bind_object(q, puts[i].row, &hexes[i]);
         }
         q.execute(&mut *conn).await?;
     }

@@ -19,8 +19,8 @@ use sqlx::any::AnyRow;
 use sqlx::Row;
 
 use crate::objects::{
-    account, insert_object, row_to_bucket, row_to_object, row_to_part, take_current, BUCKET_COLS,
-    OBJECT_COLS, OBJECT_LIST_COLS, PART_COLS,
+    account, insert_object, row_to_bucket, row_to_object, take_current, take_parts, BUCKET_COLS,
+    OBJECT_COLS, OBJECT_LIST_COLS,
 };
 use crate::{db_err, is_unique_violation, key_hex, BucketRow, ObjectRow, PartRow, Replaced, Store};
 
@@ -268,22 +268,11 @@ async fn remove_row(
         .execute(&mut *conn)
         .await?;
     account(conn, &v.row.bucket_id, -v.row.size, -1).await?;
-    let mut parts = Vec::new();
-    if v.row.part_count > 0 {
-        parts = sqlx::query(&format!(
-            "SELECT {PART_COLS} FROM multipart_parts WHERE version_id = $1 ORDER BY part_number"
-        ))
-        .bind(&v.row.version_id)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(row_to_part)
-        .collect::<Result<_, _>>()?;
-        sqlx::query("DELETE FROM multipart_parts WHERE version_id = $1")
-            .bind(&v.row.version_id)
-            .execute(&mut *conn)
-            .await?;
-    }
+    let parts = if v.row.part_count > 0 {
+        take_parts(conn, &v.row.version_id).await?
+    } else {
+        Vec::new()
+    };
     Ok(RemovedVersion { version: v, parts })
 }
 
