@@ -205,38 +205,10 @@ impl Authorizer {
         &self.registry
     }
 
-    /// Parses a custom policy text; the error names the problem so the
-    /// author can fix it. Returns the policies with their final ids.
+    /// Parses a custom policy text (see [`nuage_policy::parse_custom`]):
+    /// bounded before Cedar sees it, parsed where depth cannot crash.
     pub fn parse_custom(name: &str, body: &str) -> ApiResult<Vec<Policy>> {
-        let set = PolicySet::from_str(body).map_err(|e| {
-            ApiError::bad_request("invalid_policy", format!("policy does not parse: {e}"))
-        })?;
-        if set.templates().next().is_some() {
-            return Err(ApiError::bad_request(
-                "invalid_policy",
-                "policy templates (with ?principal or ?resource) are not supported",
-            ));
-        }
-        let policies: Vec<&Policy> = set.policies().collect();
-        if policies.is_empty() {
-            return Err(ApiError::bad_request(
-                "invalid_policy",
-                "the policy text holds no policy",
-            ));
-        }
-        let single = policies.len() == 1;
-        Ok(policies
-            .into_iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let id = if single {
-                    format!("policy:{name}")
-                } else {
-                    format!("policy:{name}#{}", i + 1)
-                };
-                p.new_id(PolicyId::new(id))
-            })
-            .collect())
+        nuage_policy::parse_custom(name, body)
     }
 
     fn uid(&self, kind: &'static str, id: &str) -> ApiResult<EntityUid> {

@@ -13,3 +13,4 @@ pub mod totp;
 pub use actions::{ActionDef, Level, Registry, ROLES};
 pub use authn::{Authenticator, LoginPolicy, Realm, Subject};
 pub use authz::{Authorizer, Decision, Env, Target};
+pub use nuage_policy::TestResource;

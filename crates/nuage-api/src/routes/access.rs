@@ -12,12 +12,10 @@ use nuage_core::model::{
 use nuage_core::page::{Page, PageParams};
 use nuage_core::time::now_ms;
 use nuage_core::{name, ApiError};
-use nuage_iam::{Authorizer, Env, Subject, Target, ROLES};
+use nuage_iam::{Authorizer, Env, Subject, Target, TestResource, ROLES};
 
 use crate::ctx::{Body, Ctx, IfMatch, Tagged, Q};
 use crate::problem::{HandlerResult, Problem};
-
-const MAX_POLICY_BYTES: usize = 64 * 1024;
 
 #[utoipa::path(get, path = "/v1/orgs/{org}/roles", tag = "access",
     params(("org" = String, Path, description = "Organization name or id")),
@@ -229,12 +227,6 @@ fn policy_target(p: &Policy) -> Target {
 }
 
 fn check_policy(name_: &str, body: &str) -> Result<(), ApiError> {
-    if body.len() > MAX_POLICY_BYTES {
-        return Err(ApiError::bad_request(
-            "invalid_policy",
-            format!("policy text over {MAX_POLICY_BYTES} bytes"),
-        ));
-    }
     Authorizer::parse_custom(name_, body).map(|_| ())
 }
 
@@ -366,35 +358,28 @@ pub async fn test_policy(
         org_mfa_roles: org.mfa_required_roles.clone(),
         org: Some(org.clone()),
     };
-    let target = match b.resource.split_once(':') {
-        None if b.resource == "org" => Target::org(&org.id, &org.name),
-        Some(("project", n)) => {
-            let p = ctx.project(n).await?;
+    let target = match b.resource.parse::<TestResource>()? {
+        TestResource::Org => Target::org(&org.id, &org.name),
+        TestResource::Project(n) => {
+            let p = ctx.project(&n).await?;
             Target::project(&org.id, &p.id, &p.name)
         }
-        Some(("user", n)) => {
-            let p = ctx.principal(PrincipalKind::User, n).await?;
+        TestResource::User(n) => {
+            let p = ctx.principal(PrincipalKind::User, &n).await?;
             Target::principal(&org.id, p.kind, &p.id, &p.name)
         }
-        Some(("service-account", n)) => {
-            let p = ctx.principal(PrincipalKind::ServiceAccount, n).await?;
+        TestResource::ServiceAccount(n) => {
+            let p = ctx.principal(PrincipalKind::ServiceAccount, &n).await?;
             Target::principal(&org.id, p.kind, &p.id, &p.name)
         }
-        Some(("group", n)) => {
+        TestResource::Group(n) => {
             let g = ctx
                 .state
                 .store
-                .group_get(&org.id, n)
+                .group_get(&org.id, &n)
                 .await?
-                .ok_or_else(|| ApiError::not_found("group", n))?;
+                .ok_or_else(|| ApiError::not_found("group", &n))?;
             Target::in_org("Group", &org.id, &g.id, &g.name)
-        }
-        _ => {
-            return Err(ApiError::bad_request(
-                "invalid_resource",
-                "resource must be org, project:<name>, user:<name>, service-account:<name> or group:<name>",
-            )
-            .into())
         }
     };
     let source_ip = b.source_ip.unwrap_or_else(|| "127.0.0.1".to_string());

@@ -290,3 +290,143 @@ async fn custom_cedar_policies_forbid_wins_and_the_tester_explains() {
     assert_eq!(r.status, 403);
     s.shutdown().await;
 }
+
+/// A member of a group reads and changes that group and its members: the
+/// group is then both the principal's parent and the resource, which made
+/// the authorizer build one Cedar entity twice (500 `duplicate entity
+/// entry`).
+#[tokio::test]
+async fn a_member_of_a_group_reads_and_changes_it() {
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/groups",
+            &owner,
+            Some(json!({"name": "ops"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/groups/ops/members",
+            &owner,
+            Some(json!({"principal": "user:owner"})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    for path in [
+        "/v1/orgs/acme/groups/ops",
+        "/v1/orgs/acme/groups/ops/members",
+    ] {
+        let r = s.t(Method::GET, path, &owner, None).await;
+        assert_eq!(r.status, 200, "GET {path}: {}", r.text);
+    }
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/groups/ops/members",
+            &owner,
+            None,
+        )
+        .await;
+    assert!(r.text.contains("owner"), "{}", r.text);
+    let r = s
+        .t(
+            Method::PATCH,
+            "/v1/orgs/acme/groups/ops",
+            &owner,
+            Some(json!({"description": "on call"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    // A member without a role is still refused, not failed.
+    let nina = s.user("acme", &owner, "nina", None).await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/groups/ops/members",
+            &owner,
+            Some(json!({"principal": "user:nina"})),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let r = s
+        .t(Method::GET, "/v1/orgs/acme/groups/ops", &nina, None)
+        .await;
+    assert_eq!(r.status, 403, "{}", r.text);
+    s.shutdown().await;
+}
+
+/// Deeply nested policy texts and JSON bodies are refused with a precise
+/// error; the server (every tenant's) keeps answering.
+#[tokio::test]
+async fn deep_inputs_are_refused_and_the_server_stays_up() {
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    let deep = |open: &str, close: &str, n: usize| {
+        format!(
+            "permit(principal, action, resource) when {{ {}true{} }};",
+            open.repeat(n),
+            close.repeat(n)
+        )
+    };
+    let texts = [
+        deep("(", ")", 128),
+        deep("[", "]", 5_000),
+        format!(
+            "permit(principal, action, resource) when {{ {}true }};",
+            "true && ".repeat(4_000)
+        ),
+    ];
+    for (i, body) in texts.iter().enumerate() {
+        let r = s
+            .t(
+                Method::POST,
+                "/v1/orgs/acme/policies",
+                &owner,
+                Some(json!({"name": format!("deep-{i}"), "body": body})),
+            )
+            .await;
+        assert_eq!((r.status, r.code()), (400, "invalid_policy"), "{}", r.text);
+    }
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/policies",
+            &owner,
+            Some(json!({"name": "ok", "body": "forbid(principal, action, resource) when { false };"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::PATCH,
+            "/v1/orgs/acme/policies/ok",
+            &owner,
+            Some(json!({"body": texts[0]})),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_policy"), "{}", r.text);
+
+    // a JSON body nested far deeper than any schema: a 400, not a crash
+    let body = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let r = s
+        .http
+        .post(format!("{}/v1/orgs/acme/policy-test", s.tenant))
+        .bearer_auth(&owner)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = s
+        .t(Method::GET, "/v1/orgs/acme/projects", &owner, None)
+        .await;
+    assert_eq!(r.status, 200, "the server still answers");
+    s.shutdown().await;
+}
