@@ -20,6 +20,7 @@ use nuage_kms::{KeyUse, Purpose};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+use crate::idempotency::{Check, Checks};
 use crate::observe::{AuditSlot, RequestId, SourceAddr};
 use crate::problem::Failure;
 use crate::state::AppState;
@@ -51,20 +52,25 @@ pub async fn authenticate(State(state): State<AppState>, mut req: Request, next:
     };
     match state.authn.authenticate(&token, state.realm).await {
         Ok(subject) => {
-            slot.update(|a| {
-                a.principal_id = Some(subject.principal.id.clone());
-                a.principal_name = subject.principal.name.clone();
-                a.log_id = Some(if subject.principal.org_id.is_empty() {
-                    PLATFORM_LOG.to_string()
-                } else {
-                    subject.principal.org_id.clone()
-                });
-            });
+            note_subject(&slot, &subject);
             req.extensions_mut().insert(subject);
             next.run(req).await
         }
         Err(e) => Failure(e).into_response(),
     }
+}
+
+/// Names the caller in the request's audit entry, in its organization's log.
+pub fn note_subject(slot: &AuditSlot, subject: &Subject) {
+    slot.update(|a| {
+        a.principal_id = Some(subject.principal.id.clone());
+        a.principal_name = subject.principal.name.clone();
+        a.log_id = Some(if subject.principal.org_id.is_empty() {
+            PLATFORM_LOG.to_string()
+        } else {
+            subject.principal.org_id.clone()
+        });
+    });
 }
 
 /// Route layer of the agent routes: authenticates a node's credential (an
@@ -107,7 +113,10 @@ pub struct NodeCaller(pub nuage_store::NodeRow);
 pub struct NodeCtx {
     pub state: AppState,
     pub node: nuage_store::NodeRow,
+    pub request_id: String,
+    pub source: String,
     slot: AuditSlot,
+    checks: Option<Checks>,
 }
 
 impl FromRequestParts<AppState> for NodeCtx {
@@ -125,11 +134,22 @@ impl FromRequestParts<AppState> for NodeCtx {
         Ok(NodeCtx {
             state: state.clone(),
             node: node.0,
+            request_id: parts
+                .extensions
+                .get::<RequestId>()
+                .map(|r| r.0.clone())
+                .unwrap_or_default(),
+            source: parts
+                .extensions
+                .get::<SourceAddr>()
+                .map(|s| s.0.clone())
+                .unwrap_or_default(),
             slot: parts
                 .extensions
                 .get::<AuditSlot>()
                 .cloned()
                 .unwrap_or_default(),
+            checks: parts.extensions.get::<Checks>().cloned(),
         })
     }
 }
@@ -137,6 +157,11 @@ impl FromRequestParts<AppState> for NodeCtx {
 impl NodeCtx {
     /// A node acts only on itself: the route decides, the entry says so.
     pub fn allow_self(&self, action: &str) {
+        if let Some(c) = &self.checks {
+            c.push(Check::Node {
+                action: action.to_string(),
+            });
+        }
         let resource = format!("node:{}", self.node.name);
         self.slot.update(|a| {
             a.action = Some(action.to_string());
@@ -199,6 +224,8 @@ pub struct Ctx {
     pub request_id: String,
     pub source: String,
     slot: AuditSlot,
+    /// Filled when the request may be replayed (see [`crate::idempotency`]).
+    checks: Option<Checks>,
 }
 
 impl FromRequestParts<AppState> for Ctx {
@@ -232,6 +259,7 @@ impl FromRequestParts<AppState> for Ctx {
                 .get::<AuditSlot>()
                 .cloned()
                 .unwrap_or_default(),
+            checks: parts.extensions.get::<Checks>().cloned(),
         })
     }
 }
@@ -268,6 +296,9 @@ impl Ctx {
             a.policies = decision.policies.clone();
         });
         if decision.allowed {
+            if let Some(c) = &self.checks {
+                c.push(Check::cedar(action, target));
+            }
             Ok(())
         } else {
             Err(ApiError::forbidden(format!(
@@ -280,6 +311,12 @@ impl Ctx {
 
     /// For operator routes: every operator may act on the platform.
     pub fn allow_operator(&self, action: &str, resource: &str) {
+        if let Some(c) = &self.checks {
+            c.push(Check::Operator {
+                action: action.to_string(),
+                resource: resource.to_string(),
+            });
+        }
         self.slot.update(|a| {
             a.action = Some(action.to_string());
             a.resource = Some(resource.to_string());

@@ -11,6 +11,8 @@ pub struct StoredResponse {
     pub request_hash: String,
     pub status: u16,
     pub body: String,
+    /// What the first request was authorized by (JSON; empty for none).
+    pub checks: String,
 }
 
 impl Store {
@@ -20,7 +22,7 @@ impl Store {
         key: &str,
     ) -> ApiResult<Option<StoredResponse>> {
         let row = sqlx::query(
-            "SELECT request_hash, status, body FROM idempotency_keys WHERE principal_id = $1 AND idem_key = $2",
+            "SELECT request_hash, status, body, checks FROM idempotency_keys WHERE principal_id = $1 AND idem_key = $2",
         )
         .bind(principal_id)
         .bind(key)
@@ -33,6 +35,7 @@ impl Store {
                 request_hash: r.try_get("request_hash")?,
                 status: u16::try_from(r.try_get::<i64, _>("status")?).unwrap_or(500),
                 body: r.try_get("body")?,
+                checks: r.try_get("checks")?,
             })
         };
         decode().map(Some).map_err(db_err)
@@ -47,14 +50,15 @@ impl Store {
         now: i64,
     ) -> ApiResult<()> {
         let r = sqlx::query(
-            "INSERT INTO idempotency_keys (principal_id, idem_key, request_hash, status, body, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
+            "INSERT INTO idempotency_keys (principal_id, idem_key, request_hash, status, body, checks, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(principal_id)
         .bind(key)
         .bind(&resp.request_hash)
         .bind(i64::from(resp.status))
         .bind(&resp.body)
+        .bind(&resp.checks)
         .bind(now)
         .execute(&self.write)
         .await;

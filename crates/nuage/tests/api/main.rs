@@ -7,6 +7,7 @@ mod cli;
 mod common;
 mod compute;
 mod flow;
+mod idempotency;
 mod instances;
 mod isolation;
 mod kms;
