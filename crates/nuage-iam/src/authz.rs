@@ -373,6 +373,41 @@ impl Authorizer {
         Ok(decision)
     }
 
+    /// The principal, the resource and the entities of one request. The
+    /// same entity can be reached several ways (a group the principal is in
+    /// is also the resource, a principal acts on itself, an organization or
+    /// a project is the resource), so they are merged by uid: Cedar rejects
+    /// a set holding one uid twice, which answered members of a group 500.
+    fn entities(
+        &self,
+        subject: &Subject,
+        target: &Target,
+    ) -> ApiResult<(EntityUid, EntityUid, Entities)> {
+        let mut set = EntitySet::default();
+        let org = self.uid("Org", &target.org_id)?;
+        set.add(org.clone(), None, []);
+        let mut groups = vec![org.clone()];
+        for g in &subject.group_ids {
+            let g = self.uid("Group", g)?;
+            set.add(g.clone(), None, [org.clone()]);
+            groups.push(g);
+        }
+        let principal = self.uid(
+            principal_type(subject.principal.kind),
+            &subject.principal.id,
+        )?;
+        set.add(principal.clone(), Some(&subject.principal.name), groups);
+        let resource = self.uid(target.kind, &target.id)?;
+        let mut parents = vec![org];
+        if let Some(p) = &target.project_id {
+            let p = self.uid("Project", p)?;
+            set.add(p.clone(), None, parents.clone());
+            parents.push(p);
+        }
+        set.add(resource.clone(), Some(&target.name), parents);
+        Ok((principal, resource, set.build()?))
+    }
+
     fn evaluate(
         &self,
         subject: &Subject,
@@ -382,54 +417,7 @@ impl Authorizer {
         set: &PolicySet,
     ) -> ApiResult<Decision> {
         let roles = &key.roles;
-        let org = self.uid("Org", &target.org_id)?;
-        let mut entities = vec![Entity::new_no_attrs(org.clone(), HashSet::new())];
-        let mut groups = HashSet::new();
-        for g in &subject.group_ids {
-            let g = self.uid("Group", g)?;
-            entities.push(Entity::new_no_attrs(
-                g.clone(),
-                HashSet::from([org.clone()]),
-            ));
-            groups.insert(g);
-        }
-        groups.insert(org.clone());
-        let principal = self.uid(
-            principal_type(subject.principal.kind),
-            &subject.principal.id,
-        )?;
-        let pattrs = HashMap::from([(
-            "name".to_string(),
-            RestrictedExpression::new_string(subject.principal.name.clone()),
-        )]);
-        entities.push(
-            Entity::new(principal.clone(), pattrs, groups)
-                .map_err(|e| ApiError::internal(e.to_string()))?,
-        );
-        let resource = self.uid(target.kind, &target.id)?;
-        if resource != principal && resource != org {
-            let mut parents = HashSet::from([org.clone()]);
-            if let Some(p) = &target.project_id {
-                let p = self.uid("Project", p)?;
-                if p != resource {
-                    entities.push(Entity::new_no_attrs(
-                        p.clone(),
-                        HashSet::from([org.clone()]),
-                    ));
-                    parents.insert(p);
-                }
-            }
-            let rattrs = HashMap::from([(
-                "name".to_string(),
-                RestrictedExpression::new_string(target.name.clone()),
-            )]);
-            entities.push(
-                Entity::new(resource.clone(), rattrs, parents)
-                    .map_err(|e| ApiError::internal(e.to_string()))?,
-            );
-        }
-        let entities = Entities::from_entities(entities, None)
-            .map_err(|e| ApiError::internal(e.to_string()))?;
+        let (principal, resource, entities) = self.entities(subject, target)?;
         let context = Context::from_pairs([
             (
                 "roles".to_string(),
@@ -488,5 +476,211 @@ impl Authorizer {
             policies,
             roles: roles.clone(),
         })
+    }
+}
+
+/// Entities by uid, each added as often as it is reached: attributes keep
+/// the first value given, parents are the union (never the entity itself).
+#[derive(Default)]
+struct EntitySet {
+    entities: HashMap<EntityUid, (Option<String>, HashSet<EntityUid>)>,
+}
+
+impl EntitySet {
+    fn add(
+        &mut self,
+        uid: EntityUid,
+        name: Option<&str>,
+        parents: impl IntoIterator<Item = EntityUid>,
+    ) {
+        let (n, p) = self.entities.entry(uid.clone()).or_default();
+        if n.is_none() {
+            *n = name.map(str::to_string);
+        }
+        p.extend(parents.into_iter().filter(|parent| *parent != uid));
+    }
+
+    fn build(self) -> ApiResult<Entities> {
+        let mut list = Vec::with_capacity(self.entities.len());
+        for (uid, (name, parents)) in self.entities {
+            let attrs: HashMap<String, RestrictedExpression> = name
+                .map(|n| ("name".to_string(), RestrictedExpression::new_string(n)))
+                .into_iter()
+                .collect();
+            list.push(
+                Entity::new(uid, attrs, parents).map_err(|e| ApiError::internal(e.to_string()))?,
+            );
+        }
+        Entities::from_entities(list, None).map_err(|e| ApiError::internal(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nuage_core::model::{Org, Principal, PrincipalRef, RoleBinding};
+    use nuage_store::StoreOptions;
+
+    /// Removes the test's database directory when dropped.
+    struct Dir(std::path::PathBuf);
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    async fn authorizer(tag: &str) -> (Dir, Authorizer) {
+        let dir = std::env::temp_dir().join(format!(
+            "nuage-iam-authz-{tag}-{}-{}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        std::fs::create_dir_all(&dir).expect("tempdir");
+        let dir = Dir(dir);
+        let url = format!("sqlite://{}?mode=rwc", dir.0.join("a.db").display());
+        let store = Store::open(&url, &StoreOptions::default())
+            .await
+            .expect("store");
+        // Organization `o1`, owned by `u0`; the subject `u1` holds no role.
+        let org = Org {
+            id: "o1".into(),
+            name: "acme".into(),
+            display_name: String::new(),
+            mfa_required_roles: Vec::new(),
+            max_projects: 10,
+            generation: 1,
+            created_at: 0,
+            updated_at: 0,
+        };
+        let owner = principal("u0", "owner");
+        let binding = RoleBinding {
+            id: "rb0".into(),
+            org_id: "o1".into(),
+            project_id: None,
+            subject: PrincipalRef {
+                id: "u0".into(),
+                kind: "user".into(),
+                name: "owner".into(),
+            },
+            role: "owner".into(),
+            created_at: 0,
+        };
+        store
+            .org_create(&org, &owner, None, &binding, None)
+            .await
+            .expect("org");
+        let authz = Authorizer::new(store, Arc::new(Registry::core())).expect("authorizer");
+        (dir, authz)
+    }
+
+    fn principal(id: &str, name: &str) -> Principal {
+        Principal {
+            id: id.into(),
+            org_id: "o1".into(),
+            kind: PrincipalKind::User,
+            name: name.into(),
+            display_name: String::new(),
+            email: String::new(),
+            description: String::new(),
+            mfa_enabled: false,
+            has_password: true,
+            locked_until: None,
+            generation: 1,
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn subject(groups: &[&str]) -> Subject {
+        Subject {
+            principal: principal("u1", "alice"),
+            group_ids: groups.iter().map(|g| g.to_string()).collect(),
+            token_id: "t1".into(),
+            mfa: false,
+            org_policy_generation: 0,
+            org_mfa_roles: Vec::new(),
+            org: None,
+        }
+    }
+
+    /// Every way the principal, its groups, the organization, a project
+    /// and the resource can coincide gives a decision, not an error: a
+    /// member of a group acting on that group was answered 500
+    /// `duplicate entity entry`.
+    #[tokio::test]
+    async fn no_target_makes_a_duplicate_entity() {
+        let (_dir, authz) = authorizer("dup").await;
+        let env = Env {
+            source_ip: "127.0.0.1".into(),
+            now_secs: 1_700_000_000,
+        };
+        let targets = [
+            Target::in_org("Group", "o1", "g1", "ops"),
+            Target::in_org("Group", "o1", "g2", "other"),
+            Target::principal("o1", PrincipalKind::User, "u1", "alice"),
+            Target::org("o1", "acme"),
+            Target::project("o1", "p1", "web"),
+            Target {
+                kind: "Bucket",
+                id: "b1".into(),
+                name: "logs".into(),
+                org_id: "o1".into(),
+                project_id: Some("p1".into()),
+            },
+        ];
+        for groups in [&[][..], &["g1"], &["g1", "g2"], &["g1", "g1"]] {
+            let s = subject(groups);
+            for t in &targets {
+                for action in ["group.get", "user.get", "project.get"] {
+                    let d = authz.decide(&s, action, t, &env).await;
+                    assert!(
+                        d.is_ok(),
+                        "{groups:?} {action} on {}: {:?}",
+                        t.label(),
+                        d.err().map(|e| e.detail)
+                    );
+                }
+            }
+        }
+        // Acting on itself still goes through the self-service policy.
+        let me = Target::principal("o1", PrincipalKind::User, "u1", "alice");
+        let d = authz
+            .decide(&subject(&["g1"]), "user.get", &me, &env)
+            .await
+            .expect("decision");
+        assert!(d.allowed && d.policies == ["self"], "{d:?}");
+    }
+
+    /// The merged group is both the principal's parent and the named
+    /// resource, so a custom policy can say "members may act on their
+    /// group".
+    #[tokio::test]
+    async fn a_group_resource_is_the_members_parent_and_has_its_name() {
+        let (_dir, authz) = authorizer("group").await;
+        let set = PolicySet::from_str(
+            r#"permit(principal, action, resource) when { principal in resource && resource.name == "ops" };"#,
+        )
+        .expect("policy");
+        for (groups, allowed) in [(&["g1"][..], true), (&[][..], false)] {
+            let target = Target::in_org("Group", "o1", "g1", "ops");
+            let (principal, resource, entities) =
+                authz.entities(&subject(groups), &target).expect("entities");
+            let request = Request::new(
+                principal,
+                authz.uid("Action", "group.get").expect("action"),
+                resource,
+                Context::empty(),
+                None,
+            )
+            .expect("request");
+            let response = authz.cedar.is_authorized(&request, &set, &entities);
+            assert_eq!(
+                response.decision() == CedarDecision::Allow,
+                allowed,
+                "{groups:?}: {:?}",
+                response.diagnostics().errors().collect::<Vec<_>>()
+            );
+        }
     }
 }
