@@ -647,25 +647,68 @@ impl Store {
         ))
     }
 
-    /// Sets a project's object storage quota (0: none).
+    /// Records the operator's object storage quota (0: none) for the
+    /// project named `project_name` in `org_id`, whether or not it exists:
+    /// it applies to the project holding the name now and to one created
+    /// later under it (see migration 0017). Says nothing of the project.
     pub async fn project_set_storage_quota(
         &self,
-        project_id: &str,
+        org_id: &str,
+        project_name: &str,
         bytes: i64,
         objects: i64,
     ) -> ApiResult<()> {
-        let done = sqlx::query(
-            "UPDATE projects SET storage_quota_bytes = $1, storage_quota_objects = $2 WHERE id = $3",
+        let mut tx = self.write.begin().await.map_err(db_err)?;
+        // The organization's row orders this with a project's creation,
+        // which takes it first (the project count): one of the two sees
+        // the other's write.
+        let org = sqlx::query("UPDATE orgs SET project_count = project_count WHERE id = $1")
+            .bind(org_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        if org.rows_affected() != 1 {
+            return Err(ApiError::not_found("organization", org_id));
+        }
+        if bytes == 0 && objects == 0 {
+            sqlx::query(
+                "DELETE FROM project_storage_quotas WHERE org_id = $1 AND project_name = $2",
+            )
+            .bind(org_id)
+            .bind(project_name)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        } else {
+            sqlx::query(
+                "INSERT INTO project_storage_quotas \
+                   (org_id, project_name, max_bytes, max_objects, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (org_id, project_name) DO UPDATE SET \
+                   max_bytes = excluded.max_bytes, max_objects = excluded.max_objects, \
+                   updated_at = excluded.updated_at",
+            )
+            .bind(org_id)
+            .bind(project_name)
+            .bind(bytes)
+            .bind(objects)
+            .bind(nuage_core::time::now_ms())
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        }
+        sqlx::query(
+            "UPDATE projects SET storage_quota_bytes = $1, storage_quota_objects = $2 \
+             WHERE org_id = $3 AND name = $4",
         )
         .bind(bytes)
         .bind(objects)
-        .bind(project_id)
-        .execute(&self.write)
+        .bind(org_id)
+        .bind(project_name)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
-        if done.rows_affected() != 1 {
-            return Err(ApiError::not_found("project", project_id));
-        }
+        tx.commit().await.map_err(db_err)?;
         Ok(())
     }
 

@@ -162,6 +162,7 @@ impl Store {
             "DELETE FROM policies WHERE org_id = $1",
             "DELETE FROM oidc_providers WHERE org_id = $1",
             "DELETE FROM kms_managers WHERE org_id = $1",
+            "DELETE FROM project_storage_quotas WHERE org_id = $1",
             "DELETE FROM orgs WHERE id = $1",
         ] {
             sqlx::query(sql).bind(id).execute(&mut *tx).await.map_err(db_err)?;

@@ -52,8 +52,14 @@ impl Store {
                 format!("the organization may hold at most {max_projects} projects"),
             ));
         }
+        // With the operator's storage quota recorded for this name, if any.
         sqlx::query(&format!(
-            "INSERT INTO projects ({COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+            "INSERT INTO projects ({COLS}, storage_quota_bytes, storage_quota_objects) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, \
+               COALESCE((SELECT q.max_bytes FROM project_storage_quotas q \
+                         WHERE q.org_id = $2 AND q.project_name = $3), 0), \
+               COALESCE((SELECT q.max_objects FROM project_storage_quotas q \
+                         WHERE q.org_id = $2 AND q.project_name = $3), 0))"
         ))
         .bind(&p.id)
         .bind(&p.org_id)

@@ -231,38 +231,38 @@ pub async fn update_org(
     Ok(Tagged(StatusCode::OK, o, g))
 }
 
-/// Set a project's object storage quota (bytes and objects over all its
-/// buckets; `{}` removes it). Writes that would exceed it are refused.
+/// Set the object storage quota of the organization's project named
+/// `project` (bytes and objects over all its buckets; `{}` removes it).
+/// Writes that would exceed it are refused. The quota is recorded for the
+/// name whether or not such a project exists, and applies to one created
+/// later under it: the answer, the quota as set, tells the operator nothing
+/// of the tenant's project (whether it exists, what it holds). The tenant
+/// reads its quota and usage at `GET /v1/orgs/{org}/projects/{project}/storage`.
 #[utoipa::path(put, path = "/admin/v1/orgs/{org}/projects/{project}/storage-quota", tag = "operator",
     request_body = nuage_objects::buckets::StorageQuota,
     params(("org" = String, Path, description = "Organization name or id"),
-        ("project" = String, Path, description = "Project name or id")),
-    responses((status = 200, body = crate::routes::buckets::ProjectStorage), (status = 400, body = Problem),
-        (status = 404, body = Problem)))]
+        ("project" = String, Path, description = "Project name (not id)")),
+    responses((status = 200, body = nuage_objects::buckets::StorageQuota, description = "The quota as set"),
+        (status = 400, body = Problem), (status = 404, body = Problem, description = "No such organization")))]
 pub async fn set_project_storage_quota(
     ctx: Ctx,
     Path((name, project)): Path<(String, String)>,
     Body(q): Body<nuage_objects::buckets::StorageQuota>,
-) -> HandlerResult<Json<crate::routes::buckets::ProjectStorage>> {
+) -> HandlerResult<Json<nuage_objects::buckets::StorageQuota>> {
     ctx.allow_operator(
         "project.update_storage_quota",
         &format!("org:{name}/project:{project}"),
     );
-    let o = org(&ctx, &name).await?;
-    let p = ctx
-        .state
-        .store
-        .project_get(&o.id, &project)
-        .await?
-        .ok_or_else(|| ApiError::not_found("project", &project))?;
+    name::validate("project", &project)?;
     let (bytes, objects) = q.to_stored()?;
+    let o = org(&ctx, &name).await?;
     ctx.state
         .store
-        .project_set_storage_quota(&p.id, bytes, objects)
+        .project_set_storage_quota(&o.id, &project, bytes, objects)
         .await?;
-    Ok(Json(
-        crate::routes::buckets::ProjectStorage::of(&ctx, &p.id).await?,
-    ))
+    Ok(Json(nuage_objects::buckets::StorageQuota::from_stored(
+        bytes, objects,
+    )))
 }
 
 /// Delete an organization that holds no project.

@@ -267,12 +267,7 @@ async fn orgs(ctx: &mut Ctx, cmd: AdminOrgCmd) -> Result<u8> {
             output::show(
                 ctx.json,
                 &s,
-                &[
-                    ("bytes", "usage.bytes"),
-                    ("objects", "usage.objects"),
-                    ("max bytes", "quota.max_bytes"),
-                    ("max objects", "quota.max_objects"),
-                ],
+                &[("max bytes", "max_bytes"), ("max objects", "max_objects")],
             );
             return Ok(exit::OK);
         }

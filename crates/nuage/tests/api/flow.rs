@@ -557,3 +557,96 @@ async fn operators_and_tenants_live_in_separate_realms() {
     assert_eq!(r.status, 200);
     s.shutdown().await;
 }
+
+/// The operator's storage quota on a tenant project tells the operator
+/// nothing of the project: the same answer, the quota as set, whether the
+/// project exists or not, and never its usage. A quota set before the
+/// project exists applies once the tenant creates it; the tenant reads its
+/// quota through its own API.
+#[tokio::test]
+async fn the_operators_storage_quota_reveals_nothing_of_the_project() {
+    let s = Srv::start().await;
+    let tok = s.org("acme").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &tok,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let quota = json!({"max_bytes": 1000, "max_objects": 7});
+    let mut answers = Vec::new();
+    for project in ["web", "ghost"] {
+        let r = s
+            .a(
+                Method::PUT,
+                &format!("/admin/v1/orgs/acme/projects/{project}/storage-quota"),
+                Some(quota.clone()),
+            )
+            .await;
+        answers.push((r.status, r.body));
+    }
+    assert_eq!(answers[0], (200, quota.clone()), "an existing project");
+    assert_eq!(answers[0], answers[1], "a missing project answers the same");
+    // the tenant sees the quota; one set before the project existed applies
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &tok,
+            Some(json!({"name": "ghost"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    for project in ["web", "ghost"] {
+        let r = s
+            .t(
+                Method::GET,
+                &format!("/v1/orgs/acme/projects/{project}/storage"),
+                &tok,
+                None,
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.body["quota"], quota, "{project}: {}", r.text);
+    }
+    // `{}` removes it
+    let r = s
+        .a(
+            Method::PUT,
+            "/admin/v1/orgs/acme/projects/web/storage-quota",
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!((r.status, &r.body), (200, &json!({})), "{}", r.text);
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/projects/web/storage",
+            &tok,
+            None,
+        )
+        .await;
+    assert_eq!(r.body["quota"], json!({}), "{}", r.text);
+    // a project is named by its name (ids are the tenant's); organizations
+    // are the operator's to know
+    let r = s
+        .a(
+            Method::PUT,
+            "/admin/v1/orgs/acme/projects/prj_0123/storage-quota",
+            Some(quota.clone()),
+        )
+        .await;
+    assert_eq!((r.status, r.code()), (400, "invalid_name"), "{}", r.text);
+    let r = s
+        .a(
+            Method::PUT,
+            "/admin/v1/orgs/nope/projects/web/storage-quota",
+            Some(quota.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    s.shutdown().await;
+}
