@@ -181,6 +181,36 @@ impl NodeCtx {
     pub fn record_use(&self, used: &KeyUse) {
         self.slot.update(|a| a.details.extend(used.details()));
     }
+
+    /// Writes an entry for this request in organization `org_id`'s own
+    /// audit log as well (what a node did with its data, such as receiving
+    /// its disk keys), before the answer leaves: when it cannot be written
+    /// the request fails (503) and the node gets nothing.
+    pub async fn record_in_org_log(
+        &self,
+        org_id: &str,
+        action: &str,
+        resource: &str,
+        (method, path): (&str, &str),
+        details: std::collections::BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let record = nuage_core::model::AuditRecord {
+            time: now_ms(),
+            request_id: self.request_id.clone(),
+            principal: self.node.id.clone(),
+            principal_name: format!("node:{}", self.node.name),
+            source: self.source.clone(),
+            method: method.to_string(),
+            path: path.to_string(),
+            action: action.to_string(),
+            resource: resource.to_string(),
+            decision: "allow".into(),
+            policies: vec!["node-self".to_string()],
+            status: 200,
+            details,
+        };
+        self.state.audit.record(org_id, record).await.map(|_| ())
+    }
 }
 
 /// Route layer for `/v1/orgs/{org}/…`: the caller's own organization or a

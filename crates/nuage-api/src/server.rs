@@ -81,6 +81,9 @@ pub struct ServerConfig {
     pub spare_disks: usize,
     /// CPU niceness of the VMs' QEMU (0–19).
     pub vm_nice: i32,
+    /// Whether making a compute node schedulable needs a second, different
+    /// operator to confirm it (the two-person rule).
+    pub two_person_node_schedule: bool,
 }
 
 /// The seal key file sits beside the data directory, never inside it:
@@ -121,6 +124,7 @@ impl ServerConfig {
             stop_timeout: Duration::from_secs(60),
             spare_disks: 2,
             vm_nice: 10,
+            two_person_node_schedule: false,
             data_dir,
         }
     }
@@ -394,6 +398,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     compute_cfg.stop_timeout = cfg.stop_timeout;
     compute_cfg.spare_disks = cfg.spare_disks;
     compute_cfg.vm_nice = cfg.vm_nice;
+    compute_cfg.two_person_schedule = cfg.two_person_node_schedule;
     let compute = nuage_compute::Compute::open(store.clone(), kms.clone(), compute_cfg).map_err(
         |source| StartError::DataDir {
             path: cfg.data_dir.join("compute"),

@@ -100,7 +100,8 @@ impl Compute {
             Some(s) => s,
             None => image_size,
         };
-        let node = crate::placement::place(&self.0.store, vcpus, memory_mib).await?;
+        let node =
+            crate::placement::place_for(&self.0.store, &project.org_id, vcpus, memory_mib).await?;
         let limits = crate::placement::limits(&node);
 
         let key = self.0.kms.default_key(project).await?;

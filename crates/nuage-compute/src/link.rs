@@ -344,13 +344,14 @@ impl Compute {
 
     /// The keys node `node_id` needs to open volumes of instance `id` (all
     /// of them held by it) and, for `seed`, the instance's user-data; with
-    /// the key uses, for the audit log.
+    /// the key uses and the instance, for the platform's and the tenant's
+    /// audit logs.
     pub async fn keys_for(
         &self,
         node_id: &str,
         id: &str,
         req: &KeysRequest,
-    ) -> ApiResult<(Keys, Vec<KeyUse>)> {
+    ) -> ApiResult<(Keys, Vec<KeyUse>, InstanceRow)> {
         let i = self.placed(node_id, id).await?;
         if req.volumes.len() > crate::agent::MAX_DISKS {
             return Err(ApiError::bad_request(
@@ -409,7 +410,7 @@ impl Compute {
         } else {
             None
         };
-        Ok((Keys { disks, user_data }, uses))
+        Ok((Keys { disks, user_data }, uses, i))
     }
 }
 
@@ -453,6 +454,6 @@ impl Link for LocalLink {
         self.compute
             .keys_for(&self.node_id, instance_id, req)
             .await
-            .map(|(k, _)| k)
+            .map(|(k, _, _)| k)
     }
 }

@@ -6,6 +6,17 @@
 //! node's overcommit ratios and define the instance types tenants choose
 //! from (`--type small`), so sizes are a platform decision, not a guess of
 //! each tenant.
+//!
+//! A node of its own receives its tenants' disk keys and user-data, so an
+//! operator credential alone must not make one: the enrollment's
+//! credential is not enough. Its agent proves it mounts the control
+//! plane's compute directory by reading back a fresh nonce the control
+//! plane wrote there ([`challenge`]); until then the node stays
+//! `enrolled` and is never placed on. And it takes no tenant workload
+//! until an operator makes it schedulable ([`schedule`]), approving the
+//! capacity it reported then: later reports count no further (under the
+//! two-person rule a second operator confirms). Organizations may also
+//! require nodes carrying a label they accept.
 
 use std::path::Path;
 
@@ -21,12 +32,27 @@ use utoipa::ToSchema;
 
 use crate::placement::check_request;
 
-/// Tenant actions on the instance type catalogue (registered at start).
-pub const ACTIONS: &[ActionDef] = &[ActionDef {
-    name: "compute.list_instance_types",
-    level: Level::Read,
-    also: &[],
-}];
+/// Tenant actions on the instance type catalogue and on the node labels
+/// an organization accepts (registered at start).
+pub const ACTIONS: &[ActionDef] = &[
+    ActionDef {
+        name: "compute.list_instance_types",
+        level: Level::Read,
+        also: &[],
+    },
+    ActionDef {
+        name: "compute.get_node_labels",
+        level: Level::Read,
+        also: &[],
+    },
+    // Where the organization's workloads (and so its keys) may go: an
+    // administrator's decision.
+    ActionDef {
+        name: "compute.set_node_labels",
+        level: Level::Admin,
+        also: &[],
+    },
+];
 
 /// Ratios a new node starts with: vCPUs are cheap to share, memory is not.
 pub const DEFAULT_CPU_OVERCOMMIT: f64 = 4.0;
@@ -119,6 +145,13 @@ pub async fn register_local(store: &Store, name: &str, compute_dir: &Path) -> Ap
         state: "ready".into(),
         heartbeat_at: now,
         created_at: now,
+        // The server's own host: its operator started it; an earlier
+        // `unschedule` survives a restart (the upsert keeps it).
+        schedulable: true,
+        schedule_requested_by: String::new(),
+        max_vcpus: 0,
+        max_memory_mib: 0,
+        labels: Vec::new(),
     };
     let row = store.node_upsert(&row).await?;
     tracing::info!(
@@ -168,6 +201,11 @@ pub async fn enroll(store: &Store, name: &str) -> ApiResult<(Node, String)> {
         state: STATE_ENROLLED.into(),
         heartbeat_at: 0,
         created_at: now,
+        schedulable: false,
+        schedule_requested_by: String::new(),
+        max_vcpus: 0,
+        max_memory_mib: 0,
+        labels: Vec::new(),
     };
     let row = store
         .node_enroll(&row, &nuage_iam::secret::hash_token(&token))
@@ -198,9 +236,11 @@ pub struct NodeReport {
     pub memory_mib: i64,
     /// Size of the filesystem holding the disks, bytes.
     pub disk_bytes: i64,
-    /// The id in the node's compute directory (`compute-id`): it must be
-    /// the control plane's own, shared, directory.
-    pub compute_id: String,
+    /// The nonce of the node's latest challenge, as the agent read it in
+    /// its compute directory: proves that directory is the control plane's.
+    /// Needed while the node is `enrolled`; a heartbeat may leave it out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub challenge: Option<String>,
 }
 
 impl NodeReport {
@@ -214,7 +254,7 @@ impl NodeReport {
             vcpus: cap.vcpus,
             memory_mib: cap.memory_mib,
             disk_bytes: cap.disk_bytes,
-            compute_id: crate::service::read_compute_id(compute_dir)?,
+            challenge: None,
         })
     }
 
@@ -238,33 +278,141 @@ impl NodeReport {
         if self.disk_bytes < 0 {
             return Err(bad("disk_bytes must not be negative".into()));
         }
+        if self.challenge.as_ref().is_some_and(|c| c.len() > 256) {
+            return Err(bad("challenge is longer than 256 bytes".into()));
+        }
         Ok(())
     }
 }
 
+/// How long a challenge may be answered after it was written.
+pub const CHALLENGE_TTL_MS: i64 = 5 * 60_000;
+
+/// Where the challenge of node `node_id` is written, relative to the
+/// compute directory.
+pub fn challenge_file(node_id: &str) -> String {
+    format!("nodes/{node_id}/challenge")
+}
+
+/// Whether `id` can be a node id (the agent builds a path from it).
+pub fn is_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Where an agent finds the nonce of its node's challenge.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct NodeChallenge {
+    /// The calling node's id.
+    pub node_id: String,
+    /// The nonce's file, relative to the compute directory
+    /// (`nodes/<node_id>/challenge`).
+    pub file: String,
+    /// Seconds left to answer it (with the node's next report).
+    pub expires_in_secs: i64,
+}
+
+/// Writes a fresh nonce for enrolled `node` in the control plane's compute
+/// directory `compute_dir` (replacing any earlier challenge; only its
+/// SHA-256 is stored). Its agent reads it back through the directory it
+/// mounted and answers with its report: whoever holds only the node's
+/// credential cannot.
+pub async fn challenge(
+    store: &Store,
+    compute_dir: &Path,
+    node: &NodeRow,
+) -> ApiResult<NodeChallenge> {
+    use std::io::Write;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    let nonce = zeroize::Zeroizing::new(nuage_iam::secret::new_token());
+    let rel = challenge_file(&node.id);
+    let file = compute_dir.join(&rel);
+    let dir = file
+        .parent()
+        .ok_or_else(|| ApiError::internal("challenge file has no directory"))?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(crate::service::io_err("challenge directory"))?;
+    let tmp = dir.join("challenge.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(crate::service::io_err("challenge file"))?;
+    f.write_all(format!("{}\n", nonce.as_str()).as_bytes())
+        .and_then(|()| f.sync_all())
+        .map_err(crate::service::io_err("challenge file"))?;
+    std::fs::rename(&tmp, &file).map_err(crate::service::io_err("challenge file"))?;
+    if !store
+        .node_set_challenge(&node.id, &nuage_iam::secret::hash_token(&nonce), now_ms())
+        .await?
+    {
+        let _ = std::fs::remove_file(&file);
+        return Err(ApiError::not_found("compute node", &node.name));
+    }
+    Ok(NodeChallenge {
+        node_id: node.id.clone(),
+        file: rel,
+        expires_in_secs: CHALLENGE_TTL_MS / 1000,
+    })
+}
+
+/// Removes what the control plane wrote for node `node_id` in its compute
+/// directory (best effort: a leftover nonce proves nothing once used).
+pub fn forget_challenge(compute_dir: &Path, node_id: &str) {
+    if is_node_id(node_id) {
+        let _ = std::fs::remove_dir_all(compute_dir.join("nodes").join(node_id));
+    }
+}
+
+fn mount_not_proven(node: &NodeRow) -> ApiError {
+    ApiError::conflict(
+        "compute_dir_not_shared",
+        format!(
+            "node {:?} has not proven that it mounts the control plane's compute directory: its \
+             agent reads the challenge the control plane writes there (POST \
+             /agent/v1/node/challenge) and answers with its report; mount the control plane's \
+             compute directory (shared storage) at the agent's --compute-dir",
+            node.name
+        ),
+    )
+}
+
 /// Records what the agent of `node` reported, as a heartbeat: the node is
-/// then live and takes instances. Refused (and nothing recorded) when the
-/// node's compute directory is not `compute_id`, the control plane's: its
-/// VMs would not find their disks.
+/// then live (and placed on once an operator made it schedulable).
+/// Refused (409, nothing recorded, nothing revealed) while the node has
+/// not answered a challenge of the control plane's compute directory
+/// `compute_dir` with the right nonce: its VMs would not find their disks,
+/// or its caller holds a credential and nothing else.
 pub async fn report(
     store: &Store,
     node: &NodeRow,
     r: &NodeReport,
-    compute_id: &str,
+    compute_dir: &Path,
 ) -> ApiResult<Node> {
     r.check()?;
-    if r.compute_id != compute_id {
-        return Err(ApiError::conflict(
-            "compute_dir_not_shared",
-            format!(
-                "node {:?} reports compute directory {:?}, not the control plane's {compute_id:?}: \
-                 mount the control plane's compute directory (shared storage) at the agent's \
-                 --compute-dir",
-                node.name, r.compute_id
-            ),
-        ));
-    }
     let now = now_ms();
+    match &r.challenge {
+        Some(answer) => {
+            let hash = nuage_iam::secret::hash_token(answer.trim());
+            if !store
+                .node_take_challenge(&node.id, &hash, now - CHALLENGE_TTL_MS)
+                .await?
+            {
+                return Err(mount_not_proven(node));
+            }
+            let _ = std::fs::remove_file(compute_dir.join(challenge_file(&node.id)));
+        }
+        None if node.state == STATE_ENROLLED => return Err(mount_not_proven(node)),
+        None => {}
+    }
     let row = NodeRow {
         accel: r.accel.clone(),
         accel_reason: r.accel_reason.clone(),
@@ -304,10 +452,11 @@ pub async fn rotate_credential(store: &Store, name: &str) -> ApiResult<(Node, St
     Ok((Node::of(&node, used_by(&usage, &node.id), now_ms()), token))
 }
 
-/// Removes node `name`, and with it the credential of its agent. Refused
-/// while instances are placed on it, and for a server's embedded node
-/// while that server is alive (it would register again at once).
-pub async fn remove(store: &Store, name: &str) -> ApiResult<()> {
+/// Removes node `name`, and with it the credential of its agent (and its
+/// challenge in the compute directory `compute_dir`). Refused while
+/// instances are placed on it, and for a server's embedded node while that
+/// server is alive (it would register again at once).
+pub async fn remove(store: &Store, compute_dir: &Path, name: &str) -> ApiResult<()> {
     let node = store
         .node_get(name)
         .await?
@@ -332,7 +481,207 @@ pub async fn remove(store: &Store, name: &str) -> ApiResult<()> {
             ),
         ));
     }
+    forget_challenge(compute_dir, &node.id);
     Ok(())
+}
+
+/// Make a node schedulable, approving the capacity placement may count.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleNode {
+    /// The most host vCPUs placement counts for the node (1 to 4096);
+    /// by default what the node reports now.
+    #[serde(default)]
+    pub max_vcpus: Option<i64>,
+    /// The most host memory placement counts for the node, MiB (64 to
+    /// 2^32); by default what the node reports now.
+    #[serde(default)]
+    pub max_memory_mib: Option<i64>,
+}
+
+/// How a schedule request ended.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct Scheduled {
+    pub node: Node,
+    /// False when the two-person rule holds the request until a second
+    /// operator confirms it.
+    pub done: bool,
+}
+
+/// Makes node `name` schedulable for operator `by`: placement may put
+/// tenant instances on it from now on, counting at most the capacity
+/// approved here (what the node reports now, or less). Refused while the
+/// node has not proven its mount (`enrolled`: its report is all there is
+/// to approve). With `two_person`, the first operator's request waits (and
+/// is shown on the node) until a different operator confirms it with the
+/// same bounds.
+pub async fn schedule(
+    store: &Store,
+    name: &str,
+    by: &str,
+    two_person: bool,
+    body: &ScheduleNode,
+) -> ApiResult<Scheduled> {
+    let node = store
+        .node_get(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    if node.state == STATE_ENROLLED {
+        return Err(ApiError::conflict(
+            "node_not_proven",
+            format!(
+                "node {:?} has not reported from the control plane's compute directory yet: \
+                 start its agent, then schedule it once it is ready",
+                node.name
+            ),
+        ));
+    }
+    let bad = |d: String| ApiError::bad_request("invalid_schedule", d);
+    let max_vcpus = body.max_vcpus.unwrap_or(node.vcpus);
+    let max_memory_mib = body.max_memory_mib.unwrap_or(node.memory_mib);
+    if !(1..=4096).contains(&max_vcpus) {
+        return Err(bad("max_vcpus must be between 1 and 4096".into()));
+    }
+    if !(64..=1 << 32).contains(&max_memory_mib) {
+        return Err(bad("max_memory_mib must be between 64 and 2^32".into()));
+    }
+    let confirms =
+        two_person && !node.schedule_requested_by.is_empty() && node.schedule_requested_by != by;
+    if two_person && !confirms {
+        if node.schedule_requested_by == by {
+            return Err(ApiError::conflict(
+                "second_operator_required",
+                format!(
+                    "the two-person rule is on: another operator confirms the schedule of \
+                     node {:?}",
+                    node.name
+                ),
+            ));
+        }
+        let row = store
+            .node_set_schedule(&node.id, node.schedulable, by, max_vcpus, max_memory_mib)
+            .await?
+            .ok_or_else(|| ApiError::not_found("compute node", name))?;
+        return Ok(Scheduled {
+            node: node_now(store, &row).await?,
+            done: false,
+        });
+    }
+    if confirms && (max_vcpus, max_memory_mib) != (node.max_vcpus, node.max_memory_mib) {
+        return Err(ApiError::conflict(
+            "schedule_mismatch",
+            format!(
+                "the pending request for node {:?} approves {} vCPUs and {} MiB: confirm those \
+                 (or unschedule and ask again)",
+                node.name, node.max_vcpus, node.max_memory_mib
+            ),
+        ));
+    }
+    let row = store
+        .node_set_schedule(&node.id, true, "", max_vcpus, max_memory_mib)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    Ok(Scheduled {
+        node: node_now(store, &row).await?,
+        done: true,
+    })
+}
+
+/// Cordons node `name`: placement puts nothing more on it (what runs
+/// there stays) and a pending schedule request is dropped.
+pub async fn unschedule(store: &Store, name: &str) -> ApiResult<Node> {
+    let node = store
+        .node_get(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    let row = store
+        .node_set_schedule(&node.id, false, "", node.max_vcpus, node.max_memory_mib)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    node_now(store, &row).await
+}
+
+/// The longest label, and the most labels a node or an organization has.
+pub const MAX_LABEL_LEN: usize = 63;
+pub const MAX_LABELS: usize = 16;
+
+/// Labels are short names: lower-case letters, digits, `-`, `.`, `_`,
+/// `=` and `/` (so `zone=fr-par-1` or `cert/secnumcloud` work), unique,
+/// at most [`MAX_LABELS`]; returned sorted.
+pub fn check_labels(labels: &[String]) -> ApiResult<Vec<String>> {
+    let bad = |d: String| ApiError::bad_request("invalid_label", d);
+    if labels.len() > MAX_LABELS {
+        return Err(bad(format!("at most {MAX_LABELS} labels")));
+    }
+    for l in labels {
+        let ok = !l.is_empty()
+            && l.len() <= MAX_LABEL_LEN
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-._=/".contains(&b));
+        if !ok {
+            return Err(bad(format!(
+                "label {l:?}: 1 to {MAX_LABEL_LEN} of a-z 0-9 - . _ = /"
+            )));
+        }
+    }
+    let mut v = labels.to_vec();
+    v.sort();
+    v.dedup();
+    Ok(v)
+}
+
+/// Set a node's labels (replacing them).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NodeLabels {
+    pub labels: Vec<String>,
+}
+
+/// Replaces node `name`'s labels.
+pub async fn set_labels(store: &Store, name: &str, labels: &[String]) -> ApiResult<Node> {
+    let labels = check_labels(labels)?;
+    let node = store
+        .node_get(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    let row = store
+        .node_set_labels(&node.id, &labels)
+        .await?
+        .ok_or_else(|| ApiError::not_found("compute node", name))?;
+    node_now(store, &row).await
+}
+
+/// The node labels an organization accepts: its instances run only on
+/// nodes carrying one of them (none: any node).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AcceptedNodeLabels {
+    pub accepted: Vec<String>,
+}
+
+/// The node labels organization `org_id` accepts.
+pub async fn accepted_labels(store: &Store, org_id: &str) -> ApiResult<AcceptedNodeLabels> {
+    Ok(AcceptedNodeLabels {
+        accepted: store.org_node_labels(org_id).await?.unwrap_or_default(),
+    })
+}
+
+/// Sets the node labels organization `org_id` accepts (an empty list lifts
+/// the requirement). Instances already placed stay where they are.
+pub async fn set_accepted_labels(
+    store: &Store,
+    org_id: &str,
+    labels: &[String],
+) -> ApiResult<AcceptedNodeLabels> {
+    let labels = check_labels(labels)?;
+    let set = (!labels.is_empty()).then_some(labels.as_slice());
+    store.org_node_labels_set(org_id, set, now_ms()).await?;
+    Ok(AcceptedNodeLabels { accepted: labels })
+}
+
+async fn node_now(store: &Store, row: &NodeRow) -> ApiResult<Node> {
+    let usage = store.node_usage().await?;
+    Ok(Node::of(row, used_by(&usage, &row.id), now_ms()))
 }
 
 /// An enrolled node and its credential, shown once.
@@ -375,9 +724,23 @@ pub struct Node {
     /// vCPUs and memory of the instances on the node.
     pub used_vcpus: i64,
     pub used_memory_mib: i64,
-    /// `ready` (takes new instances) or `enrolled` (enrolled for `nuage
-    /// agent`, which has not reported yet).
+    /// `ready` (its agent reported, from the control plane's compute
+    /// directory) or `enrolled` (enrolled for `nuage agent`, which has not
+    /// proven its mount yet).
     pub state: String,
+    /// Whether placement puts new instances on the node (an operator's
+    /// decision: `nuage admin node schedule`).
+    pub schedulable: bool,
+    /// Under the two-person rule, the operator whose request to schedule
+    /// the node waits for a second one.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub schedule_requested_by: String,
+    /// The capacity the operator approved (0: no bound): placement counts
+    /// the smaller of this and what the node reports.
+    pub max_vcpus: i64,
+    pub max_memory_mib: i64,
+    /// Labels an operator put on the node.
+    pub labels: Vec<String>,
     /// Seconds since the node's last heartbeat.
     pub heartbeat_age_secs: i64,
     /// False when the heartbeat is too old for placement to trust the node.
@@ -403,6 +766,11 @@ impl Node {
             used_vcpus: used.vcpus,
             used_memory_mib: used.memory_mib,
             state: r.state.clone(),
+            schedulable: r.schedulable,
+            schedule_requested_by: r.schedule_requested_by.clone(),
+            max_vcpus: r.max_vcpus,
+            max_memory_mib: r.max_memory_mib,
+            labels: r.labels.clone(),
             heartbeat_age_secs: age / 1000,
             live: age < HEARTBEAT_STALE_MS,
             created_at: r.created_at,
@@ -447,6 +815,18 @@ impl UpdateNode {
             ));
         }
         Ok(())
+    }
+}
+
+impl crate::Compute {
+    /// The control plane's compute directory (nodes of their own mount it).
+    pub fn dir(&self) -> &Path {
+        &self.0.cfg.dir
+    }
+
+    /// Whether scheduling a node needs a second operator's confirmation.
+    pub fn two_person_schedule(&self) -> bool {
+        self.0.cfg.two_person_schedule
     }
 }
 

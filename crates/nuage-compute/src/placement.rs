@@ -1,9 +1,13 @@
 //! Placement: which node a new instance runs on.
 //!
-//! Among the nodes that are `ready` and sent a heartbeat recently, the one
-//! with the most free memory that still has room, where room is the host's
-//! capacity times the operator's overcommit ratio minus what the instances
-//! already placed there use. Memory decides because it is the resource that
+//! Among the nodes that are `ready` (a node of its own proved it mounts
+//! the control plane's compute directory), that an operator made
+//! schedulable, that carry a label the tenant's organization accepts (when
+//! it requires one) and that sent a heartbeat recently, the one with the
+//! most free memory that still has room, where room is the host's
+//! capacity (never more than the operator approved when scheduling it:
+//! a node's own report is not trusted beyond that) times the operator's
+//! overcommit ratio minus what the instances already placed there use. Memory decides because it is the resource that
 //! cannot be shared; spreading by it keeps nodes evenly loaded. When
 //! nothing fits, the error says how much would fit, so the tenant can
 //! resize instead of guessing.
@@ -84,12 +88,23 @@ pub struct Candidate {
     pub used: NodeUsage,
 }
 
-/// What placement may hand out on `node` in all: (vCPUs, MiB), its
-/// capacity times the operator's overcommit ratios.
-pub fn limits(node: &NodeRow) -> (i64, i64) {
+/// The capacity placement counts for `node`: what it reports, bounded by
+/// what the operator approved (a bound of 0 is none).
+pub fn counted(node: &NodeRow) -> (i64, i64) {
+    let bound = |reported: i64, max: i64| if max > 0 { reported.min(max) } else { reported };
     (
-        (node.vcpus as f64 * node.cpu_overcommit).floor() as i64,
-        (node.memory_mib as f64 * node.memory_overcommit).floor() as i64,
+        bound(node.vcpus, node.max_vcpus),
+        bound(node.memory_mib, node.max_memory_mib),
+    )
+}
+
+/// What placement may hand out on `node` in all: (vCPUs, MiB), its
+/// counted capacity times the operator's overcommit ratios.
+pub fn limits(node: &NodeRow) -> (i64, i64) {
+    let (vcpus, memory_mib) = counted(node);
+    (
+        (vcpus as f64 * node.cpu_overcommit).floor() as i64,
+        (memory_mib as f64 * node.memory_overcommit).floor() as i64,
     )
 }
 
@@ -113,7 +128,14 @@ impl Candidate {
     }
 
     fn live(&self, now: i64) -> bool {
-        self.node.state == "ready" && now - self.node.heartbeat_at < HEARTBEAT_STALE_MS
+        self.node.state == "ready"
+            && self.node.schedulable
+            && now - self.node.heartbeat_at < HEARTBEAT_STALE_MS
+    }
+
+    /// Whether the node carries one of `accepted` (`None`: no requirement).
+    fn accepted_by(&self, accepted: Option<&[String]>) -> bool {
+        accepted.is_none_or(|a| self.node.labels.iter().any(|l| a.contains(l)))
     }
 
     fn fits(&self, vcpus: i64, memory_mib: i64) -> bool {
@@ -130,7 +152,22 @@ pub fn choose(
     vcpus: i64,
     memory_mib: i64,
 ) -> ApiResult<&Candidate> {
-    let live: Vec<&Candidate> = candidates.iter().filter(|c| c.live(now)).collect();
+    choose_for(candidates, None, now, vcpus, memory_mib)
+}
+
+/// [`choose`] for an organization that accepts only nodes carrying one of
+/// `accepted` (`None`: any node).
+pub fn choose_for<'a>(
+    candidates: &'a [Candidate],
+    accepted: Option<&[String]>,
+    now: i64,
+    vcpus: i64,
+    memory_mib: i64,
+) -> ApiResult<&'a Candidate> {
+    let live: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.live(now) && c.accepted_by(accepted))
+        .collect();
     if let Some(best) = live
         .iter()
         .filter(|c| c.fits(vcpus, memory_mib))
@@ -146,9 +183,16 @@ pub fn choose(
     }
     let wanted = format!("{vcpus} vCPUs and {memory_mib} MiB");
     if live.is_empty() {
+        let labels = match accepted {
+            Some(a) => format!(
+                " and carries a node label the organization accepts ({})",
+                a.join(", ")
+            ),
+            None => String::new(),
+        };
         return Err(insufficient(format!(
-            "no compute node can take {wanted}: none is ready with a heartbeat in the last \
-             {} s",
+            "no compute node can take {wanted}: none is ready and schedulable with a heartbeat \
+             in the last {} s{labels}",
             HEARTBEAT_STALE_MS / 1000
         )));
     }
@@ -166,12 +210,11 @@ pub fn choose(
         .map(|c| &c.node);
     let biggest = biggest
         .map(|n| {
+            let (v, m) = counted(n);
+            let (lv, lm) = limits(n);
             format!(
-                "the largest node has {} vCPUs and {} MiB ({} vCPUs and {} MiB with overcommit)",
-                n.vcpus,
-                n.memory_mib,
-                (n.vcpus as f64 * n.cpu_overcommit).floor() as i64,
-                (n.memory_mib as f64 * n.memory_overcommit).floor() as i64,
+                "the largest node has {v} vCPUs and {m} MiB ({lv} vCPUs and {lm} MiB with \
+                 overcommit)"
             )
         })
         .unwrap_or_default();
@@ -213,6 +256,20 @@ pub async fn place(store: &Store, vcpus: i64, memory_mib: i64) -> ApiResult<Node
     choose(&all, now_ms(), vcpus, memory_mib).map(|c| c.node.clone())
 }
 
+/// [`place`] for an instance of organization `org_id`: only on nodes
+/// carrying a label it accepts, when it requires one.
+pub async fn place_for(
+    store: &Store,
+    org_id: &str,
+    vcpus: i64,
+    memory_mib: i64,
+) -> ApiResult<NodeRow> {
+    check_request(vcpus, memory_mib)?;
+    let accepted = store.org_node_labels(org_id).await?;
+    let all = candidates(store).await?;
+    choose_for(&all, accepted.as_deref(), now_ms(), vcpus, memory_mib).map(|c| c.node.clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -232,6 +289,11 @@ mod tests {
                 state: "ready".into(),
                 heartbeat_at: 1_000_000,
                 created_at: 0,
+                schedulable: true,
+                schedule_requested_by: String::new(),
+                max_vcpus: 0,
+                max_memory_mib: 0,
+                labels: Vec::new(),
             },
             used: NodeUsage {
                 vcpus: used.0,

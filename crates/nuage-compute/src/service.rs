@@ -45,6 +45,9 @@ pub struct ComputeConfig {
     /// plane, so its API stays responsive on a node whose guests keep
     /// every core busy (guests only lose what the control plane uses).
     pub vm_nice: i32,
+    /// Whether making a node schedulable needs a second, different
+    /// operator to confirm it (the two-person rule).
+    pub two_person_schedule: bool,
 }
 
 impl ComputeConfig {
@@ -61,6 +64,7 @@ impl ComputeConfig {
             stop_timeout: std::time::Duration::from_secs(60),
             spare_disks: 2,
             vm_nice: 10,
+            two_person_schedule: false,
         }
     }
 }

@@ -135,6 +135,11 @@ fn node(name: &str, vcpus: i64, memory_mib: i64, state: &str, heartbeat_at: i64)
         state: state.into(),
         heartbeat_at,
         created_at: 1,
+        schedulable: true,
+        schedule_requested_by: String::new(),
+        max_vcpus: 0,
+        max_memory_mib: 0,
+        labels: Vec::new(),
     }
 }
 
@@ -391,6 +396,112 @@ async fn instance_types_are_seeded_once_and_replaced_in_place() {
         nodes::seed_types(&store).await.expect("seed");
         let all = store.instance_type_list("", 10).await.expect("list");
         assert_eq!(all.len(), 1, "{}", e.name);
+        store.close().await;
+    }
+}
+
+#[tokio::test]
+async fn only_schedulable_nodes_with_an_accepted_label_take_instances() {
+    for e in engines().await {
+        let (store, project) = seeded(&e.url).await;
+        let now = now_ms();
+        for n in [
+            node("a", 4, 8192, "ready", now),
+            node("b", 4, 4096, "ready", now),
+        ] {
+            store.node_upsert(&n).await.expect("node");
+        }
+        assert_eq!(placed(&store, 1, 512).await, "a", "{}", e.name);
+        // Cordoned: never placed on, however roomy.
+        let a = nodes::unschedule(&store, "a").await.expect("unschedule");
+        assert!(!a.schedulable);
+        assert_eq!(placed(&store, 1, 512).await, "b", "{}", e.name);
+        let err = placement::place(&store, 1, 6000)
+            .await
+            .expect_err("a cordoned");
+        assert_eq!(err.code, "insufficient_capacity", "{}", e.name);
+
+        // Two-person rule: the first operator's request waits, the same
+        // operator cannot confirm it, a second one does.
+        let body = nodes::ScheduleNode::default();
+        let first = nodes::schedule(&store, "a", "op_1", true, &body)
+            .await
+            .expect("request");
+        assert!(!first.done && !first.node.schedulable, "{}", e.name);
+        assert_eq!(first.node.schedule_requested_by, "op_1");
+        assert_eq!(placed(&store, 1, 512).await, "b", "{}", e.name);
+        let again = nodes::schedule(&store, "a", "op_1", true, &body)
+            .await
+            .expect_err("same operator");
+        assert_eq!(again.code, "second_operator_required", "{}", e.name);
+        let bounded = nodes::ScheduleNode {
+            max_vcpus: Some(1),
+            max_memory_mib: None,
+        };
+        let other = nodes::schedule(&store, "a", "op_2", true, &bounded)
+            .await
+            .expect_err("other bounds than requested");
+        assert_eq!(other.code, "schedule_mismatch", "{}", e.name);
+        let done = nodes::schedule(&store, "a", "op_2", true, &body)
+            .await
+            .expect("confirmed");
+        assert!(done.done && done.node.schedulable, "{}", e.name);
+        assert_eq!(
+            (done.node.max_vcpus, done.node.max_memory_mib),
+            (4, 8192),
+            "what a reported when asked"
+        );
+        assert_eq!(placed(&store, 1, 512).await, "a", "{}", e.name);
+
+        // Approved capacity bounds a node's own claim.
+        let one = nodes::ScheduleNode {
+            max_vcpus: Some(1),
+            max_memory_mib: Some(1024),
+        };
+        nodes::schedule(&store, "a", "op_1", false, &one)
+            .await
+            .expect("re-approve");
+        assert_eq!(placed(&store, 1, 2048).await, "b", "{}", e.name);
+
+        // An organization requiring an accepted label: only nodes carrying
+        // one.
+        let org = project.org_id.clone();
+        let here = |v: i64, m: i64| {
+            let store = store.clone();
+            let org = org.clone();
+            async move {
+                placement::place_for(&store, &org, v, m)
+                    .await
+                    .map(|n| n.name)
+            }
+        };
+        assert_eq!(here(1, 512).await.expect("any").as_str(), "b");
+        store
+            .org_node_labels_set(&org, Some(&["sovereign-fr".to_string()]), now)
+            .await
+            .expect("labels");
+        let err = here(1, 512).await.expect_err("no labelled node");
+        assert!(
+            err.detail.contains("sovereign-fr"),
+            "{}: {}",
+            e.name,
+            err.detail
+        );
+        nodes::set_labels(&store, "a", &["sovereign-fr".into(), "zone=1".into()])
+            .await
+            .expect("label");
+        assert_eq!(here(1, 512).await.expect("a").as_str(), "a", "{}", e.name);
+        let bad = nodes::set_labels(&store, "a", &["Bad Label".into()])
+            .await
+            .expect_err("bad label");
+        assert_eq!(bad.code, "invalid_label");
+        // Other organizations are not bound by it.
+        assert_eq!(placed(&store, 1, 512).await, "b", "{}", e.name);
+        store
+            .org_node_labels_set(&org, None, now)
+            .await
+            .expect("lift");
+        assert_eq!(here(1, 512).await.expect("b").as_str(), "b", "{}", e.name);
         store.close().await;
     }
 }

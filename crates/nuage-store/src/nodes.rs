@@ -27,6 +27,20 @@ pub struct NodeRow {
     /// Milliseconds since the epoch of the node's last sign of life.
     pub heartbeat_at: i64,
     pub created_at: i64,
+    /// Whether placement may put new instances on the node: an operator
+    /// decides (`nuage admin node schedule`); an enrolled node starts
+    /// without.
+    pub schedulable: bool,
+    /// Under the two-person rule, the operator who asked to make the node
+    /// schedulable and waits for a second one ('' when none).
+    pub schedule_requested_by: String,
+    /// What the operator approved for the node (0: no bound): placement
+    /// never counts more than this, whatever the node reports.
+    pub max_vcpus: i64,
+    pub max_memory_mib: i64,
+    /// Labels an operator put on the node (organizations may require one
+    /// they accept).
+    pub labels: Vec<String>,
 }
 
 /// What the instances placed on a node use (every state but `deleted`).
@@ -46,7 +60,12 @@ pub struct InstanceTypeRow {
 }
 
 const NODE_COLS: &str = "id, name, accel, accel_reason, vcpus, memory_mib, disk_bytes, \
-     cpu_overcommit, memory_overcommit, state, heartbeat_at, created_at";
+     cpu_overcommit, memory_overcommit, state, heartbeat_at, created_at, schedulable, \
+     schedule_requested_by, max_vcpus, max_memory_mib, labels";
+
+/// `$1, …, $17`: one parameter per column of [`NODE_COLS`].
+const NODE_PARAMS: &str =
+    "$1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17";
 
 const TYPE_COLS: &str = "name, vcpus, memory_mib, description, created_at";
 
@@ -64,14 +83,20 @@ fn row_to_node(r: &AnyRow) -> Result<NodeRow, sqlx::Error> {
         state: r.try_get("state")?,
         heartbeat_at: r.try_get("heartbeat_at")?,
         created_at: r.try_get("created_at")?,
+        schedulable: r.try_get::<i64, _>("schedulable")? != 0,
+        schedule_requested_by: r.try_get("schedule_requested_by")?,
+        max_vcpus: r.try_get("max_vcpus")?,
+        max_memory_mib: r.try_get("max_memory_mib")?,
+        labels: serde_json::from_str(&r.try_get::<String, _>("labels")?).unwrap_or_default(),
     })
 }
 
-/// Binds a node's columns, in the order of [`NODE_COLS`], as `$1`..`$12`.
+/// Binds a node's columns, in the order of [`NODE_COLS`], as `$1`..`$17`.
 fn bind_node<'q>(
     q: sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>,
     n: &'q NodeRow,
 ) -> sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>> {
+    let labels = serde_json::to_string(&n.labels).unwrap_or_else(|_| "[]".into());
     q.bind(&n.id)
         .bind(&n.name)
         .bind(&n.accel)
@@ -84,6 +109,11 @@ fn bind_node<'q>(
         .bind(&n.state)
         .bind(n.heartbeat_at)
         .bind(n.created_at)
+        .bind(i64::from(n.schedulable))
+        .bind(&n.schedule_requested_by)
+        .bind(n.max_vcpus)
+        .bind(n.max_memory_mib)
+        .bind(labels)
 }
 
 fn row_to_type(r: &AnyRow) -> Result<InstanceTypeRow, sqlx::Error> {
@@ -106,7 +136,7 @@ impl Store {
         bind_node(
             sqlx::query(&format!(
                 "INSERT INTO compute_nodes ({NODE_COLS}) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) \
+             VALUES ({NODE_PARAMS}) \
              ON CONFLICT (name) DO UPDATE SET accel = excluded.accel, \
              accel_reason = excluded.accel_reason, vcpus = excluded.vcpus, \
              memory_mib = excluded.memory_mib, disk_bytes = excluded.disk_bytes, \
@@ -146,7 +176,7 @@ impl Store {
         bind_node(
             sqlx::query(&format!(
                 "INSERT INTO compute_nodes ({NODE_COLS}, token_hash) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)"
+                 VALUES ({NODE_PARAMS}, $18)"
             )),
             n,
         )
@@ -158,10 +188,13 @@ impl Store {
     }
 
     /// Replaces an enrolled node's credential; false for a node that has
-    /// none (the server's embedded node) or no longer exists.
+    /// none (the server's embedded node) or no longer exists. The agent
+    /// with the new credential proves its mount again before the node takes
+    /// instances (it is `enrolled` until then).
     pub async fn node_set_token(&self, id: &str, token_hash: &str) -> ApiResult<bool> {
         let done = sqlx::query(
-            "UPDATE compute_nodes SET token_hash = $1 WHERE id = $2 AND token_hash IS NOT NULL",
+            "UPDATE compute_nodes SET token_hash = $1, state = 'enrolled', challenge_hash = NULL \
+             WHERE id = $2 AND token_hash IS NOT NULL",
         )
         .bind(token_hash)
         .bind(id)
@@ -232,6 +265,135 @@ impl Store {
         .map_err(db_err)?;
         if done.rows_affected() == 0 {
             return Err(ApiError::not_found("compute node", &n.id));
+        }
+        Ok(())
+    }
+
+    /// Records the challenge just written for enrolled node `id` (the
+    /// SHA-256 of its nonce, issued at `at`), replacing any earlier one;
+    /// false for a node without a credential.
+    pub async fn node_set_challenge(&self, id: &str, hash: &str, at: i64) -> ApiResult<bool> {
+        let done = sqlx::query(
+            "UPDATE compute_nodes SET challenge_hash = $1, challenge_at = $2 \
+             WHERE id = $3 AND token_hash IS NOT NULL",
+        )
+        .bind(hash)
+        .bind(at)
+        .bind(id)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Consumes the challenge of enrolled node `id` if its nonce hashes to
+    /// `hash` and it was issued at `not_before` or later: true once, for
+    /// the right answer only.
+    pub async fn node_take_challenge(
+        &self,
+        id: &str,
+        hash: &str,
+        not_before: i64,
+    ) -> ApiResult<bool> {
+        let done = sqlx::query(
+            "UPDATE compute_nodes SET challenge_hash = NULL \
+             WHERE id = $1 AND token_hash IS NOT NULL AND challenge_hash = $2 \
+             AND challenge_at >= $3",
+        )
+        .bind(id)
+        .bind(hash)
+        .bind(not_before)
+        .execute(&self.write)
+        .await
+        .map_err(db_err)?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Sets whether placement may use node `id`, who asked (two-person
+    /// rule: '' once decided) and the capacity the operator approved;
+    /// `None` when the node is gone.
+    pub async fn node_set_schedule(
+        &self,
+        id: &str,
+        schedulable: bool,
+        requested_by: &str,
+        max_vcpus: i64,
+        max_memory_mib: i64,
+    ) -> ApiResult<Option<NodeRow>> {
+        let row = sqlx::query(&format!(
+            "UPDATE compute_nodes SET schedulable = $1, schedule_requested_by = $2, \
+             max_vcpus = $3, max_memory_mib = $4 WHERE id = $5 RETURNING {NODE_COLS}"
+        ))
+        .bind(i64::from(schedulable))
+        .bind(requested_by)
+        .bind(max_vcpus)
+        .bind(max_memory_mib)
+        .bind(id)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_node(&r)).transpose().map_err(db_err)
+    }
+
+    /// Replaces node `id`'s labels; `None` when the node is gone.
+    pub async fn node_set_labels(&self, id: &str, labels: &[String]) -> ApiResult<Option<NodeRow>> {
+        let json = serde_json::to_string(labels).map_err(|e| ApiError::internal(e.to_string()))?;
+        let row = sqlx::query(&format!(
+            "UPDATE compute_nodes SET labels = $1 WHERE id = $2 RETURNING {NODE_COLS}"
+        ))
+        .bind(json)
+        .bind(id)
+        .fetch_optional(&self.write)
+        .await
+        .map_err(db_err)?;
+        row.map(|r| row_to_node(&r)).transpose().map_err(db_err)
+    }
+
+    /// The node labels organization `org_id` accepts (`None`: it requires
+    /// none, any node will do).
+    pub async fn org_node_labels(&self, org_id: &str) -> ApiResult<Option<Vec<String>>> {
+        let labels: Option<String> =
+            sqlx::query_scalar("SELECT labels FROM org_node_labels WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_optional(&self.read)
+                .await
+                .map_err(db_err)?;
+        labels
+            .map(|l| serde_json::from_str(&l).map_err(|e| ApiError::internal(e.to_string())))
+            .transpose()
+    }
+
+    /// Sets the node labels organization `org_id` accepts; `None` lifts
+    /// the requirement.
+    pub async fn org_node_labels_set(
+        &self,
+        org_id: &str,
+        labels: Option<&[String]>,
+        now_ms: i64,
+    ) -> ApiResult<()> {
+        match labels {
+            Some(l) => {
+                let json =
+                    serde_json::to_string(l).map_err(|e| ApiError::internal(e.to_string()))?;
+                sqlx::query(
+                    "INSERT INTO org_node_labels (org_id, labels, updated_at) VALUES ($1, $2, $3) \
+                     ON CONFLICT (org_id) DO UPDATE SET labels = excluded.labels, \
+                     updated_at = excluded.updated_at",
+                )
+                .bind(org_id)
+                .bind(json)
+                .bind(now_ms)
+                .execute(&self.write)
+                .await
+                .map_err(db_err)?;
+            }
+            None => {
+                sqlx::query("DELETE FROM org_node_labels WHERE org_id = $1")
+                    .bind(org_id)
+                    .execute(&self.write)
+                    .await
+                    .map_err(db_err)?;
+            }
         }
         Ok(())
     }

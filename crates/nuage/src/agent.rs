@@ -10,9 +10,13 @@
 //! and what it saw goes back to the control plane as reports.
 //!
 //! The disks are files of the control plane's compute directory, which
-//! this host mounts (shared storage) at `--compute-dir`; the agent refuses
-//! to start on a directory that is not that one. Stopping the agent (or
-//! restarting it) leaves the VMs running; the next agent re-attaches.
+//! this host mounts (shared storage) at `--compute-dir`. At every start the
+//! agent proves it: it asks for a challenge (`POST
+//! /agent/v1/node/challenge`), reads the fresh nonce the control plane
+//! wrote there for its node and sends it with its first report; the
+//! control plane takes no report (and places nothing) before that, so its
+//! credential alone makes no node. Stopping the agent (or restarting it)
+//! leaves the VMs running; the next agent re-attaches.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -100,10 +104,11 @@ async fn serve(a: AgentArgs) -> Result<(), String> {
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
 
-    // The first report says who this node is; keep trying until the
-    // control plane answers (it may start after its nodes).
+    // The first report says who this node is, with the answer to a fresh
+    // challenge; keep trying until the control plane answers (it may start
+    // after its nodes).
     let node = loop {
-        match report(&link, &a).await {
+        match prove(&link, &a).await {
             Ok(node) => break node,
             Err(Report::Refused(e)) => return Err(e),
             Err(Report::Failed(e)) => {
@@ -121,6 +126,10 @@ async fn serve(a: AgentArgs) -> Result<(), String> {
         state = %node["state"], "node reported to the control plane");
     if node_id.is_empty() {
         return Err("the control plane's answer names no node".into());
+    }
+    if node["schedulable"] != true {
+        tracing::warn!(node = %node["name"],
+            "the node takes no instance until an operator runs `nuage admin node schedule`");
     }
 
     let mut cfg = ComputeConfig::for_dir(a.compute_dir.clone());
@@ -166,10 +175,73 @@ enum Report {
     Failed(String),
 }
 
+/// Asks for a challenge, reads its nonce in the compute directory and
+/// answers it with a report.
+async fn prove(link: &HttpLink, a: &AgentArgs) -> Result<serde_json::Value, Report> {
+    let r = link
+        .http
+        .post(link.url("/agent/v1/node/challenge"))
+        .bearer_auth(&link.token)
+        .send()
+        .await
+        .map_err(|e| Report::Failed(e.to_string()))?;
+    let status = r.status();
+    let v: serde_json::Value = r.json().await.unwrap_or_default();
+    if !status.is_success() {
+        let detail = v["detail"].as_str().unwrap_or("no detail");
+        return Err(if matches!(status.as_u16(), 401 | 404) {
+            Report::Refused(format!(
+                "the control plane refused this node ({status}): {detail}"
+            ))
+        } else {
+            Report::Failed(format!("{status}: {detail}"))
+        });
+    }
+    // The path is built here from the node id, never taken as given: the
+    // agent reads nothing of its host but its own challenge.
+    let node_id = v["node_id"].as_str().unwrap_or_default();
+    if !nuage_compute::nodes::is_node_id(node_id) {
+        return Err(Report::Refused(format!(
+            "the control plane's challenge names no node: {v}"
+        )));
+    }
+    let file = a
+        .compute_dir
+        .join(nuage_compute::nodes::challenge_file(node_id));
+    let nonce = read_small(&file).map_err(|e| {
+        Report::Refused(format!(
+            "the challenge the control plane wrote in its compute directory is not readable \
+             at {} ({e}): mount the control plane's compute directory (shared storage) at \
+             --compute-dir",
+            file.display()
+        ))
+    })?;
+    report_with(link, a, Some(nonce.trim().to_string())).await
+}
+
+/// A file of at most 1 KiB.
+fn read_small(file: &std::path::Path) -> std::io::Result<zeroize::Zeroizing<String>> {
+    use std::io::Read;
+    let mut s = zeroize::Zeroizing::new(String::new());
+    std::fs::File::open(file)?
+        .take(1024)
+        .read_to_string(&mut s)?;
+    Ok(s)
+}
+
 async fn report(link: &HttpLink, a: &AgentArgs) -> Result<serde_json::Value, Report> {
-    let body = NodeReport::of_this_host(&a.compute_dir)
+    report_with(link, a, None).await
+}
+
+async fn report_with(
+    link: &HttpLink,
+    a: &AgentArgs,
+    challenge: Option<String>,
+) -> Result<serde_json::Value, Report> {
+    let mut body = NodeReport::of_this_host(&a.compute_dir)
         .await
         .map_err(|e| Report::Refused(e.detail))?;
+    body.challenge = challenge;
     let r = link
         .http
         .put(link.url("/agent/v1/node"))

@@ -98,6 +98,10 @@ struct ServerArgs {
     /// responsive when guests keep every core busy.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
     vm_nice: i32,
+    /// Making a compute node schedulable needs a second, different
+    /// operator to confirm it (`nuage admin node schedule` by both).
+    #[arg(long, env = "NUAGE_TWO_PERSON_NODE_SCHEDULE")]
+    two_person_node_schedule: bool,
     /// Log as JSON lines instead of text.
     #[arg(long)]
     log_json: bool,
@@ -228,6 +232,7 @@ async fn serve(a: ServerArgs) -> ExitCode {
     cfg.kms.cache_ttl = Duration::from_secs(a.key_cache_seconds);
     cfg.spare_disks = a.spare_disks;
     cfg.vm_nice = a.vm_nice;
+    cfg.two_person_node_schedule = a.two_person_node_schedule;
     if a.seal == "passphrase" {
         let passphrase = if a.unseal_from_stdin {
             let mut line = zeroize::Zeroizing::new(String::new());

@@ -3,7 +3,11 @@
 //! placed on its node, the keys to open their disks, and what it saw.
 //! Each route is scoped to the calling node; another node's instances and
 //! volumes are a 404. Every call is in the audit log as `node:<name>`,
-//! key releases with the keys used.
+//! key releases with the keys used; a key release is in the tenant's own
+//! audit log too, so a tenant sees which node received its disk keys, and
+//! when. A node proves it mounts the control plane's compute directory by
+//! answering a challenge written there, never by naming anything an error
+//! could reveal.
 
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::WebSocketUpgrade;
@@ -12,7 +16,7 @@ use axum::response::Response;
 use axum::Json;
 use http::StatusCode;
 use nuage_compute::link::{InstanceReport, Keys, KeysRequest, WorkList};
-use nuage_compute::nodes::{self, Node, NodeReport};
+use nuage_compute::nodes::{self, Node, NodeChallenge, NodeReport};
 use nuage_core::ApiError;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
@@ -21,14 +25,31 @@ use crate::ctx::{Body, NodeCtx, Q};
 use crate::problem::{HandlerResult, Problem};
 
 /// An agent reports what it measured on its host; also its heartbeat.
-/// Refused when the node's compute directory is not the control plane's.
+/// Refused (409) until it answered a challenge with the nonce written in
+/// the control plane's compute directory.
 #[utoipa::path(put, path = "/agent/v1/node", tag = "agent", request_body = NodeReport,
     responses((status = 200, body = Node), (status = 400, body = Problem), (status = 401, body = Problem), (status = 409, body = Problem)))]
 pub async fn report_node(ctx: NodeCtx, Body(b): Body<NodeReport>) -> HandlerResult<Json<Node>> {
     ctx.allow_self("compute.report_node");
-    let compute_id = ctx.state.compute.compute_id();
+    if b.challenge.is_some() {
+        ctx.record_detail("challenge", "answered");
+    }
+    let dir = ctx.state.compute.dir();
     Ok(Json(
-        nodes::report(&ctx.state.store, &ctx.node, &b, compute_id).await?,
+        nodes::report(&ctx.state.store, &ctx.node, &b, dir).await?,
+    ))
+}
+
+/// A fresh challenge: the control plane writes a nonce for the calling
+/// node in its compute directory and says where; the agent reads it
+/// through the directory it mounted and sends it with its next report.
+#[utoipa::path(post, path = "/agent/v1/node/challenge", tag = "agent",
+    responses((status = 200, body = NodeChallenge), (status = 401, body = Problem)))]
+pub async fn node_challenge(ctx: NodeCtx) -> HandlerResult<Json<NodeChallenge>> {
+    ctx.allow_self("compute.node_challenge");
+    let dir = ctx.state.compute.dir();
+    Ok(Json(
+        nodes::challenge(&ctx.state.store, dir, &ctx.node).await?,
     ))
 }
 
@@ -110,7 +131,8 @@ pub async fn settle_attachment(
 }
 
 /// The keys of volumes an instance of the calling node holds, and (for
-/// its seed) its user-data. Each key use is in this call's audit entry.
+/// its seed) its user-data. Each key use is in this call's audit entry,
+/// and the release in the tenant organization's audit log too.
 #[utoipa::path(post, path = "/agent/v1/instances/{instance}/keys", tag = "agent",
     request_body = KeysRequest,
     params(("instance" = String, Path, description = "Instance id")),
@@ -123,7 +145,7 @@ pub async fn instance_keys(
     ctx.allow_self("compute.node_keys");
     ctx.record_detail("instance", &instance);
     ctx.record_detail("volumes", &b.volumes.join(","));
-    let (keys, uses) = ctx
+    let (keys, uses, placed) = ctx
         .state
         .compute
         .keys_for(&ctx.node.id, &instance, &b)
@@ -143,6 +165,28 @@ pub async fn instance_keys(
     };
     ctx.record_detail("key_ids", &all("key_id"));
     ctx.record_detail("data_keys", &all("data_key"));
+    // The tenant's own log: which node received its keys, and when.
+    let details = [
+        ("node", ctx.node.name.clone()),
+        ("node_id", ctx.node.id.clone()),
+        ("instance", placed.id.clone()),
+        ("project_id", placed.project_id.clone()),
+        ("volumes", b.volumes.join(",")),
+        ("user_data", (keys.user_data.is_some()).to_string()),
+        ("key_ids", all("key_id")),
+        ("data_keys", all("data_key")),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    ctx.record_in_org_log(
+        &placed.org_id,
+        "compute.node_keys",
+        &format!("instance:{}", placed.name),
+        ("POST", &format!("/agent/v1/instances/{instance}/keys")),
+        details,
+    )
+    .await?;
     Ok(Json(keys))
 }
 

@@ -44,6 +44,10 @@ use crate::state::AppState;
 fn tenant_org_scoped() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(orgs::get_org, orgs::update_org))
+        .routes(routes!(
+            nodes::get_accepted_labels,
+            nodes::set_accepted_labels
+        ))
         .routes(routes!(projects::list, projects::create))
         .routes(routes!(projects::get, projects::update, projects::delete))
         .routes(routes!(buckets::list, buckets::create))
@@ -204,6 +208,9 @@ fn admin_authenticated() -> OpenApiRouter<AppState> {
         .routes(routes!(nodes::list_nodes, nodes::enroll_node))
         .routes(routes!(nodes::update_node, nodes::delete_node))
         .routes(routes!(nodes::rotate_node_credential))
+        .routes(routes!(nodes::schedule_node))
+        .routes(routes!(nodes::unschedule_node))
+        .routes(routes!(nodes::label_node))
         .routes(routes!(instance_types::admin_list))
         .routes(routes!(instance_types::put, instance_types::delete))
 }
@@ -219,6 +226,7 @@ fn admin_public() -> OpenApiRouter<AppState> {
 fn agent_routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(agent::report_node))
+        .routes(routes!(agent::node_challenge))
         .routes(routes!(agent::work))
         .routes(routes!(agent::report_instance))
         .routes(routes!(agent::settle_attachment))

@@ -1,5 +1,7 @@
-//! Compute nodes, for operators: what each host offers and uses, and the
-//! overcommit ratios placement applies to it.
+//! Compute nodes, for operators: what each host offers and uses, the
+//! overcommit ratios placement applies to it, and whether placement may
+//! use it at all (a node enrolled for `nuage agent` takes no tenant
+//! workload until an operator schedules it).
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
@@ -33,6 +35,23 @@ pub enum NodeCmd {
     },
     /// Remove a node that holds no instance, and its agent's credential.
     Delete { name: String },
+    /// Let placement put tenant instances on a node, counting at most the
+    /// capacity it reports now (or the bounds given). Under the two-person
+    /// rule a second, different operator runs the same command to confirm.
+    Schedule {
+        name: String,
+        /// The most host vCPUs placement counts for the node.
+        #[arg(long)]
+        max_vcpus: Option<i64>,
+        /// The most host memory placement counts for the node, e.g. 64G.
+        #[arg(long)]
+        max_memory: Option<String>,
+    },
+    /// Cordon a node: placement puts nothing more on it (its instances stay).
+    Unschedule { name: String },
+    /// Replace a node's labels (organizations may require nodes carrying
+    /// one they accept); no label clears them.
+    Label { name: String, labels: Vec<String> },
     /// Set how many vCPUs (at most 16 per host CPU) and how much memory (at
     /// most 4 × the host's) placement may hand out on a node.
     SetOvercommit {
@@ -49,6 +68,7 @@ pub enum NodeCmd {
 const COLUMNS: &[Field] = &[
     ("NAME", "name"),
     ("STATE", "state"),
+    ("SCHEDULABLE", "schedulable"),
     ("ACCEL", "accel"),
     ("VCPUS", "vcpus"),
     ("USED", "used_vcpus"),
@@ -63,6 +83,11 @@ const FIELDS: &[Field] = &[
     ("id", "id"),
     ("name", "name"),
     ("state", "state"),
+    ("schedulable", "schedulable"),
+    ("schedule requested by", "schedule_requested_by"),
+    ("max vcpus", "max_vcpus"),
+    ("max memory (MiB)", "max_memory_mib"),
+    ("labels", "labels"),
     ("live", "live"),
     ("accel", "accel"),
     ("accel reason", "accel_reason"),
@@ -95,6 +120,44 @@ pub async fn run(ctx: &mut Ctx, cmd: NodeCmd) -> Result<u8> {
         NodeCmd::RotateCredential { name, token_file } => {
             issue_credential(ctx, &name, token_file.as_deref(), true).await?
         }
+        NodeCmd::Schedule {
+            name,
+            max_vcpus,
+            max_memory,
+        } => {
+            let mut body = serde_json::Map::new();
+            if let Some(v) = max_vcpus {
+                body.insert("max_vcpus".into(), json!(v));
+            }
+            if let Some(m) = max_memory {
+                body.insert("max_memory_mib".into(), json!(parse_mib(&m)?));
+            }
+            let s = api
+                .post(&[&base[..], &[name.as_str(), "schedule"]].concat(), &body)
+                .await?;
+            output::show(ctx.json, &s["node"], FIELDS);
+            if !ctx.json && s["done"] == false {
+                eprintln!(
+                    "The two-person rule is on: node {name} becomes schedulable once another \
+                     operator runs `nuage admin node schedule {name}` too."
+                );
+            }
+        }
+        NodeCmd::Unschedule { name } => {
+            let n = api
+                .post_empty(&[&base[..], &[name.as_str(), "unschedule"]].concat())
+                .await?;
+            output::show(ctx.json, &n, FIELDS);
+        }
+        NodeCmd::Label { name, labels } => {
+            let n = api
+                .put(
+                    &[&base[..], &[name.as_str(), "labels"]].concat(),
+                    &json!({ "labels": labels }),
+                )
+                .await?;
+            output::show(ctx.json, &n, FIELDS);
+        }
         NodeCmd::SetOvercommit { node, cpu, memory } => {
             if cpu.is_none() && memory.is_none() {
                 bail!("give --cpu, --memory or both");
@@ -113,6 +176,27 @@ pub async fn run(ctx: &mut Ctx, cmd: NodeCmd) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// `64G`, `512M`, `2048` (MiB) → MiB.
+fn parse_mib(s: &str) -> Result<i64> {
+    let t = s.trim();
+    let (digits, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: i64 = digits
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--max-memory {s:?}: write it as 64G, 512M or 2048 (MiB)"))?;
+    let factor = match unit
+        .trim_end_matches(['i', 'B', 'b'])
+        .to_ascii_uppercase()
+        .as_str()
+    {
+        "" | "M" => 1,
+        "G" => 1024,
+        "T" => 1024 * 1024,
+        _ => bail!("--max-memory {s:?}: write it as 64G, 512M or 2048 (MiB)"),
+    };
+    n.checked_mul(factor)
+        .ok_or_else(|| anyhow::anyhow!("--max-memory {s:?} is too large"))
 }
 
 /// A new file for a secret (it must not exist yet), readable by its owner only.

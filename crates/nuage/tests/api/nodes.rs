@@ -6,7 +6,8 @@
 use http::Method;
 use serde_json::json;
 
-use crate::common::Srv;
+use crate::common::{Resp, Srv};
+use crate::compute::{qemu_present, raw_disk};
 
 #[tokio::test]
 async fn the_server_registers_its_host_and_operators_tune_it() {
@@ -354,7 +355,7 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
         .trim()
         .to_string();
     let report = json!({"accel": "tcg", "accel_reason": "test", "vcpus": 2,
-        "memory_mib": 1024, "disk_bytes": 1, "compute_id": compute_id});
+        "memory_mib": 1024, "disk_bytes": 1});
     let url = format!("{}/agent/v1/node", s.admin);
     let r = s
         .req(Method::PUT, &url, Some(&s.bootstrap), Some(report.clone()))
@@ -386,19 +387,32 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
         "{}",
         r.text
     );
-    // A node whose compute directory is not the control plane's would not
-    // find its disks: refused, and nothing recorded.
-    let mut elsewhere = report.clone();
-    elsewhere["compute_id"] = json!("cmp_somewhere_else");
-    let r = s
-        .req(Method::PUT, &url, Some(&token), Some(elsewhere))
-        .await;
-    assert_eq!(
-        (r.status, r.code()),
-        (409, "compute_dir_not_shared"),
-        "{}",
-        r.text
-    );
+    // A node that has not proven it mounts the control plane's compute
+    // directory would not find its disks (or its caller holds a credential
+    // and nothing else): refused, nothing recorded, nothing revealed.
+    let mut naming = report.clone();
+    naming["compute_id"] = json!("cmp_somewhere_else");
+    let r = s.req(Method::PUT, &url, Some(&token), Some(naming)).await;
+    assert_eq!(r.status, 400, "an id proves nothing: {}", r.text);
+    assert!(!r.text.contains(&compute_id), "{}", r.text);
+    for answer in [None, Some("nuage_guessed")] {
+        let mut unproven = report.clone();
+        if let Some(a) = answer {
+            unproven["challenge"] = json!(a);
+        }
+        let r = s.req(Method::PUT, &url, Some(&token), Some(unproven)).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "compute_dir_not_shared"),
+            "{}",
+            r.text
+        );
+        assert!(
+            !r.text.contains(&compute_id),
+            "the refusal reveals the compute id: {}",
+            r.text
+        );
+    }
     let r = s.a(Method::GET, "/admin/v1/nodes", None).await;
     let edge = |r: &crate::common::Resp| {
         r.body["items"]
@@ -525,10 +539,28 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
         .req(Method::PUT, &url, Some(&token), Some(report.clone()))
         .await;
     assert_eq!(r.status, 401, "the old credential still works: {}", r.text);
+    // The new credential's agent proves the mount again before its node
+    // counts.
     let r = s
         .req(Method::PUT, &url, Some(&rotated), Some(report.clone()))
         .await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "compute_dir_not_shared"),
+        "{}",
+        r.text
+    );
+    assert_eq!(
+        edge(&s.a(Method::GET, "/admin/v1/nodes", None).await)["state"],
+        "enrolled"
+    );
+    let r = prove(&s, &rotated, &report).await;
     assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["state"], "ready", "{}", r.text);
+    let r = s
+        .req(Method::PUT, &url, Some(&rotated), Some(report.clone()))
+        .await;
+    assert_eq!(r.status, 200, "a heartbeat of a proven node: {}", r.text);
     let r = s
         .a(Method::POST, "/admin/v1/nodes/host-a/credential", None)
         .await;
@@ -561,6 +593,569 @@ async fn an_enrolled_host_reports_through_nuage_agent() {
         Some(1),
         "{}",
         r.text
+    );
+    s.shutdown().await;
+}
+
+/// What `nuage agent` does at start, by hand: asks for a challenge, reads
+/// its nonce in the control plane's compute directory (this test shares
+/// the machine, as a mount would) and reports with it.
+async fn prove(s: &Srv, token: &str, report: &serde_json::Value) -> Resp {
+    let r = s
+        .req(
+            Method::POST,
+            &format!("{}/agent/v1/node/challenge", s.admin),
+            Some(token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let file = s
+        .data_dir
+        .join("compute")
+        .join(r.body["file"].as_str().expect("file"));
+    let nonce = std::fs::read_to_string(&file).expect("the challenge is in the compute directory");
+    assert!(
+        !r.text.contains(nonce.trim()),
+        "the challenge's answer gives its nonce away: {}",
+        r.text
+    );
+    let mut body = report.clone();
+    body["challenge"] = json!(nonce.trim());
+    s.req(
+        Method::PUT,
+        &format!("{}/agent/v1/node", s.admin),
+        Some(token),
+        Some(body),
+    )
+    .await
+}
+
+/// The attack of issue 21, item 2, with an operator token only: enroll a
+/// node and claim a huge capacity. Its credential makes no node: no
+/// refusal reveals the compute directory's id, a node that never answered
+/// the challenge written in the compute directory is never placed on, an
+/// unscheduled node never receives a tenant instance, and once an operator
+/// schedules it placement counts no more than the capacity approved. Each
+/// key release to it is in the tenant's own audit log, naming the node.
+#[tokio::test]
+async fn an_operator_token_alone_makes_no_node_that_gets_tenant_keys() {
+    if !qemu_present() {
+        return;
+    }
+    let s = Srv::start_with(|c| c.node_name = "host-a".into()).await;
+    let a = s.org("acme").await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &a,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let base = "/v1/orgs/acme/projects/web";
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/images"),
+            &a,
+            Some(json!({"name": "disk"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .http
+        .put(format!("{}{base}/images/disk/file", s.tenant))
+        .bearer_auth(&a)
+        .header("content-type", "application/octet-stream")
+        .body(raw_disk(b"x"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(crate::common::into_resp(r).await.status, 200);
+    // The server's own node stays schedulable, but takes nothing more.
+    let r = s
+        .a(
+            Method::PATCH,
+            "/admin/v1/nodes/host-a",
+            Some(json!({"memory_overcommit": 0.001})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["schedulable"], true, "{}", r.text);
+    let instances = format!("{base}/instances");
+    let create = |name: &str, memory: &str| {
+        s.t(
+            Method::POST,
+            &instances,
+            &a,
+            Some(json!({"name": name, "image": "disk", "vcpus": 1, "memory": memory})),
+        )
+    };
+    let edge = |r: &Resp| {
+        r.body["items"]
+            .as_array()
+            .and_then(|a| a.iter().find(|n| n["name"] == "edge-1").cloned())
+            .expect("edge-1 listed")
+    };
+
+    let r = s
+        .a(
+            Method::POST,
+            "/admin/v1/nodes",
+            Some(json!({"name": "edge-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.body["node"]["schedulable"], false, "{}", r.text);
+    let token = r.body["token"].as_str().expect("token").to_string();
+    let compute_id = std::fs::read_to_string(s.data_dir.join("compute/compute-id"))
+        .expect("compute id")
+        .trim()
+        .to_string();
+    let url = format!("{}/agent/v1/node", s.admin);
+    let huge = json!({"accel": "kvm", "accel_reason": "claimed", "vcpus": 4096,
+        "memory_mib": 1u64 << 32, "disk_bytes": 1u64 << 50});
+
+    // Naming the compute directory, or guessing, proves nothing and the
+    // refusals reveal nothing.
+    let mut named = huge.clone();
+    named["compute_id"] = json!("cmp_wrong");
+    let r = s.req(Method::PUT, &url, Some(&token), Some(named)).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    assert!(!r.text.contains(&compute_id), "{}", r.text);
+    let r = s
+        .req(
+            Method::POST,
+            &format!("{url}/challenge"),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(!r.text.contains(&compute_id), "{}", r.text);
+    for guess in [None, Some(compute_id.clone()), Some("nuage_x".to_string())] {
+        let mut body = huge.clone();
+        if let Some(g) = guess {
+            body["challenge"] = json!(g);
+        }
+        let r = s.req(Method::PUT, &url, Some(&token), Some(body)).await;
+        assert_eq!(
+            (r.status, r.code()),
+            (409, "compute_dir_not_shared"),
+            "{}",
+            r.text
+        );
+        assert!(!r.text.contains(&compute_id), "{}", r.text);
+    }
+    let n = edge(&s.a(Method::GET, "/admin/v1/nodes", None).await);
+    assert_eq!(
+        (n["state"].clone(), n["vcpus"].clone()),
+        (json!("enrolled"), json!(0)),
+        "{n}"
+    );
+    // Not schedulable before it proved its mount; nothing placed on it.
+    let r = s
+        .a(Method::POST, "/admin/v1/nodes/edge-1/schedule", None)
+        .await;
+    assert_eq!((r.status, r.code()), (409, "node_not_proven"), "{}", r.text);
+    let r = create("vm0", "256M").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "insufficient_capacity"),
+        "{}",
+        r.text
+    );
+
+    // The agent proves its mount: ready, live, but not schedulable.
+    let r = prove(&s, &token, &huge).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        (r.body["state"].clone(), r.body["schedulable"].clone()),
+        (json!("ready"), json!(false)),
+        "{}",
+        r.text
+    );
+    let r = create("vm0", "256M").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "insufficient_capacity"),
+        "an unscheduled node took a tenant instance: {}",
+        r.text
+    );
+    assert_eq!(
+        edge(&s.a(Method::GET, "/admin/v1/nodes", None).await)["used_memory_mib"],
+        0
+    );
+
+    // An operator schedules it, approving less than it claims: placement
+    // counts no more.
+    let r = s
+        .a(
+            Method::POST,
+            "/admin/v1/nodes/edge-1/schedule",
+            Some(json!({"max_vcpus": 2, "max_memory_mib": 1024})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["done"], true, "{}", r.text);
+    assert_eq!(r.body["node"]["schedulable"], true, "{}", r.text);
+    assert_eq!(r.body["node"]["max_memory_mib"], 1024, "{}", r.text);
+    let r = create("vm1", "256M").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["id"].as_str().expect("id").to_string();
+    assert_eq!(
+        edge(&s.a(Method::GET, "/admin/v1/nodes", None).await)["used_memory_mib"],
+        256
+    );
+    let r = create("vm2", "2G").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "insufficient_capacity"),
+        "the node's own claim counted beyond what was approved: {}",
+        r.text
+    );
+
+    // Its keys go to edge-1, and the tenant sees that in its own log.
+    let r = s
+        .req(
+            Method::GET,
+            &format!("{}/agent/v1/work", s.admin),
+            Some(&token),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let boot = r.body["instances"][0]["boot_volume_id"]
+        .as_str()
+        .expect("boot volume")
+        .to_string();
+    let r = s
+        .req(
+            Method::POST,
+            &format!("{}/agent/v1/instances/{id}/keys", s.admin),
+            Some(&token),
+            Some(json!({"volumes": [boot], "seed": true})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/audit/entries?action=compute.node_keys",
+            &a,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["items"].as_array().cloned().unwrap_or_default();
+    assert_eq!(entries.len(), 1, "{}", r.text);
+    let rec = &entries[0]["record"];
+    assert_eq!(rec["principal_name"], "node:edge-1", "{rec}");
+    assert_eq!(rec["details"]["node"], "edge-1", "{rec}");
+    assert_eq!(rec["details"]["instance"], id.as_str(), "{rec}");
+    assert_eq!(rec["resource"], "instance:vm1", "{rec}");
+    assert!(rec["time"].is_string(), "{rec}");
+    assert!(
+        rec["details"]["data_keys"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{rec}"
+    );
+
+    // Cordoned: nothing more goes there; both decisions are audited.
+    let r = s
+        .a(Method::POST, "/admin/v1/nodes/edge-1/unschedule", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["schedulable"], false, "{}", r.text);
+    let r = create("vm3", "256M").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "insufficient_capacity"),
+        "{}",
+        r.text
+    );
+    for action in ["compute.schedule_node", "compute.unschedule_node"] {
+        let r = s
+            .a(
+                Method::GET,
+                &format!("/admin/v1/audit/entries?action={action}"),
+                None,
+            )
+            .await;
+        assert!(
+            r.body["items"].as_array().is_some_and(|e| e
+                .iter()
+                .any(|e| e["record"]["status"] == 200 && e["record"]["resource"] == "node:edge-1")),
+            "{action} not audited: {}",
+            r.text
+        );
+    }
+    s.shutdown().await;
+}
+
+/// An organization can require that its workloads run only on nodes
+/// carrying a label it accepts: an administrator of the organization says
+/// which, an operator labels nodes, and placement honours both.
+#[tokio::test]
+async fn an_organization_requires_node_labels_it_accepts() {
+    if !qemu_present() {
+        return;
+    }
+    let s = Srv::start_with(|c| c.node_name = "host-a".into()).await;
+    let a = s.org("acme").await;
+    let path = "/v1/orgs/acme/node-labels";
+    let r = s.t(Method::GET, path, &a, None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["accepted"], json!([]), "{}", r.text);
+    for bad in [json!({"accepted": ["Not Valid"]}), json!({"labels": []})] {
+        let r = s.t(Method::PUT, path, &a, Some(bad.clone())).await;
+        assert_eq!(r.status, 400, "{bad}: {}", r.text);
+    }
+    let viewer = s.user("acme", &a, "vic", Some("viewer")).await;
+    let r = s
+        .t(
+            Method::PUT,
+            path,
+            &viewer,
+            Some(json!({"accepted": ["anything"]})),
+        )
+        .await;
+    assert_eq!(r.status, 403, "a viewer moved the workloads: {}", r.text);
+    let r = s
+        .t(
+            Method::PUT,
+            path,
+            &a,
+            Some(json!({"accepted": ["sovereign-fr", "cert/secnumcloud"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(
+        r.body["accepted"],
+        json!(["cert/secnumcloud", "sovereign-fr"]),
+        "{}",
+        r.text
+    );
+
+    let base = "/v1/orgs/acme/projects/web";
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            &a,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/images"),
+            &a,
+            Some(json!({"name": "disk"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .http
+        .put(format!("{}{base}/images/disk/file", s.tenant))
+        .bearer_auth(&a)
+        .header("content-type", "application/octet-stream")
+        .body(raw_disk(b"x"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(crate::common::into_resp(r).await.status, 200);
+    let instances = format!("{base}/instances");
+    let create = |name: &str| {
+        s.t(
+            Method::POST,
+            &instances,
+            &a,
+            Some(json!({"name": name, "image": "disk", "vcpus": 1, "memory": "64M"})),
+        )
+    };
+    let r = create("vm1").await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "insufficient_capacity"),
+        "placed on a node without an accepted label: {}",
+        r.text
+    );
+    assert!(r.text.contains("sovereign-fr"), "{}", r.text);
+    let r = s
+        .a(
+            Method::PUT,
+            "/admin/v1/nodes/host-a/labels",
+            Some(json!({"labels": ["sovereign-fr"]})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["labels"], json!(["sovereign-fr"]), "{}", r.text);
+    let r = create("vm1").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/audit/entries?action=compute.set_node_labels",
+            &a,
+            None,
+        )
+        .await;
+    assert!(
+        r.body["items"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["record"]["decision"] == "deny")
+                && e.iter().any(|e| e["record"]["status"] == 200)),
+        "{}",
+        r.text
+    );
+    s.shutdown().await;
+}
+
+/// A second operator, logged in with a password and a second factor.
+async fn second_operator(s: &Srv, name: &str) -> String {
+    let r = s
+        .a(
+            Method::POST,
+            "/admin/v1/operators",
+            Some(json!({"name": name, "password": crate::common::PW})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let enrolling = r.body["enrollment_token"]["secret"]
+        .as_str()
+        .expect("enrollment token")
+        .to_string();
+    let me = |p: &str| format!("{}/admin/v1/me/mfa{p}", s.admin);
+    let r = s.req(Method::POST, &me(""), Some(&enrolling), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let secret = r.body["secret"].as_str().expect("secret").to_string();
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let code = nuage_iam::totp::current(&secret, now()).expect("code");
+    let r = s
+        .req(
+            Method::POST,
+            &me("/confirm"),
+            Some(&enrolling),
+            Some(json!({ "code": code })),
+        )
+        .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+    let code = nuage_iam::totp::current(&secret, now()).expect("code");
+    let r = s
+        .req(
+            Method::POST,
+            &format!("{}/admin/v1/login", s.admin),
+            None,
+            Some(json!({"name": name, "password": crate::common::PW, "totp": code})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.body["token"]["secret"]
+        .as_str()
+        .expect("session")
+        .to_string()
+}
+
+/// With the two-person rule on (`--two-person-node-schedule`), one
+/// operator's schedule request leaves the node unschedulable until a
+/// different operator confirms it; both steps are audited.
+#[tokio::test]
+async fn the_two_person_rule_needs_a_second_operator_to_schedule_a_node() {
+    let s = Srv::start_with(|c| {
+        c.node_name = "host-a".into();
+        c.two_person_node_schedule = true;
+    })
+    .await;
+    let r = s
+        .a(
+            Method::POST,
+            "/admin/v1/nodes",
+            Some(json!({"name": "edge-1"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = r.body["token"].as_str().expect("token").to_string();
+    let report = json!({"accel": "tcg", "accel_reason": "test", "vcpus": 2,
+        "memory_mib": 1024, "disk_bytes": 1});
+    let r = prove(&s, &token, &report).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let path = "/admin/v1/nodes/edge-1/schedule";
+    let r = s.a(Method::POST, path, None).await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    assert_eq!(
+        (
+            r.body["done"].clone(),
+            r.body["node"]["schedulable"].clone()
+        ),
+        (json!(false), json!(false)),
+        "{}",
+        r.text
+    );
+    let first = r.body["node"]["schedule_requested_by"]
+        .as_str()
+        .expect("requested by")
+        .to_string();
+    let r = s.a(Method::POST, path, None).await;
+    assert_eq!(
+        (r.status, r.code()),
+        (409, "second_operator_required"),
+        "{}",
+        r.text
+    );
+    let other = second_operator(&s, "ops-2").await;
+    let r = s
+        .req(
+            Method::POST,
+            &format!("{}{path}", s.admin),
+            Some(&other),
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["done"], true, "{}", r.text);
+    assert_eq!(r.body["node"]["schedulable"], true, "{}", r.text);
+    assert!(r.body["node"].get("schedule_requested_by").is_none());
+    let r = s
+        .a(
+            Method::GET,
+            "/admin/v1/audit/entries?action=compute.schedule_node",
+            None,
+        )
+        .await;
+    let steps: Vec<(String, String)> = r.body["items"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|e| e["record"]["status"] != 409)
+                .map(|e| {
+                    (
+                        e["record"]["principal"].as_str().unwrap_or("").to_string(),
+                        e["record"]["details"]["two_person"]
+                            .as_str()
+                            .unwrap_or("")
+                            .to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(steps.len(), 2, "{}", r.text);
+    assert!(
+        steps.contains(&(first.clone(), "requested".into()))
+            && steps
+                .iter()
+                .any(|(who, step)| who != &first && step == "confirmed"),
+        "{steps:?}"
     );
     s.shutdown().await;
 }

@@ -5,7 +5,8 @@
 //! snapshotted while it runs, unplugged → the agent restarts and the VM
 //! keeps running → stop (ACPI) → start → delete leaves nothing → the
 //! volume moves to a VM on the server's own node with its data. Another
-//! node learns nothing of that VM and gets none of its keys.
+//! node learns nothing of that VM and gets none of its keys; the tenant's
+//! own audit log names the node that received them.
 
 use std::path::Path;
 use std::time::Duration;
@@ -124,10 +125,21 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
     }
     let n = node(&s, "edge-1").await;
     assert_eq!(
-        (n["live"].clone(), n["state"].clone()),
-        (json!(true), json!("ready")),
+        (
+            n["live"].clone(),
+            n["state"].clone(),
+            n["schedulable"].clone()
+        ),
+        (json!(true), json!("ready"), json!(false)),
         "{n}"
     );
+    // It proved its mount; the operator looks at what it reports and lets
+    // placement use it.
+    let r = s
+        .a(Method::POST, "/admin/v1/nodes/edge-1/schedule", None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.body["node"]["schedulable"], true, "{}", r.text);
 
     // With edge-1's agent stopped (its node still live for a while), an
     // instance placed there waits: only that agent runs it.
@@ -187,6 +199,25 @@ async fn a_node_of_its_own_runs_vms_through_nuage_agent() {
         entries
             .iter()
             .all(|e| e.to_string().contains("node:edge-1")),
+        "{}",
+        r.text
+    );
+    // The tenant's own log says which node received its keys.
+    let r = s
+        .t(
+            Method::GET,
+            "/v1/orgs/acme/audit/entries?action=compute.node_keys",
+            &a,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let entries = r.body["items"].as_array().cloned().unwrap_or_default();
+    assert!(
+        !entries.is_empty()
+            && entries
+                .iter()
+                .all(|e| e["record"]["details"]["node"] == "edge-1"),
         "{}",
         r.text
     );
