@@ -351,8 +351,11 @@ impl AuditLog {
     /// newest checkpoint covers, each with its inclusion proof (a checkpoint
     /// is signed first if entries are not covered yet).
     pub async fn export(&self, log_id: &str, f: &AuditFilter) -> ApiResult<String> {
-        let Some(cp) = self.checkpoint_now(log_id).await? else {
-            return Err(ApiError::not_found("audit log", log_id));
+        // A log with no entry yet (a new organization) exports as the empty
+        // tree: a valid export, signed like any other, that verifies.
+        let cp = match self.checkpoint_now(log_id).await? {
+            Some(cp) => cp,
+            None => self.without_queue().empty(log_id)?,
         };
         let size = cp.size as u64;
         let complete = f.since.is_none()
@@ -435,6 +438,26 @@ impl SignerHandle {
         self.sign(log_id, size, &frontier)
             .await
             .map(|c| Some(to_api(c)))
+    }
+
+    /// A signed checkpoint of the empty tree, not stored: every later tree
+    /// is consistent with it, so there is nothing to keep.
+    fn empty(&self, log_id: &str) -> ApiResult<AuditCheckpoint> {
+        let cp = Checkpoint {
+            origin: origin(&self.origin_prefix, log_id),
+            size: 0,
+            root: merkle::empty_root(),
+        };
+        let note = cp
+            .sign(&self.signer)
+            .map_err(|e| ApiError::internal(format!("cannot sign checkpoint: {e}")))?;
+        Ok(to_api(StoredCheckpoint {
+            log_id: log_id.to_string(),
+            size: 0,
+            root: base64_std(&cp.root),
+            note,
+            created_at: now_ms(),
+        }))
     }
 
     async fn sign(&self, log_id: &str, size: i64, frontier: &str) -> ApiResult<StoredCheckpoint> {
@@ -784,5 +807,36 @@ mod tests {
                 String::from_utf8_lossy(&generic(r))
             );
         }
+    }
+
+    /// A log with no entry yet (a new organization's) exports as a signed
+    /// empty tree that verifies as complete, rather than a 404.
+    #[tokio::test]
+    async fn an_empty_log_exports_and_verifies() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let url = format!("sqlite://{}?mode=rwc", dir.path().join("a.db").display());
+        let store = Store::open(&url, &nuage_store::StoreOptions::default())
+            .await
+            .expect("store");
+        let cfg = AuditConfig {
+            origin_prefix: "test".into(),
+            checkpoint_every: Duration::from_secs(3600),
+            retention: Duration::from_secs(3600),
+        };
+        let signer = NoteSigner::generate("test/audit").expect("signer");
+        let verifier = signer.verifier();
+        let (log, tasks) = AuditLog::start(store.clone(), signer, cfg);
+        let text = log
+            .export("org_new", &AuditFilter::default())
+            .await
+            .expect("export");
+        let report = crate::verify::verify_export(text.as_bytes(), &verifier).expect("verifies");
+        assert!(report.is_clean(), "{:?}", report.problems);
+        assert!(report.complete);
+        assert_eq!((report.checkpoint.size, report.entries_checked), (0, 0));
+        assert_eq!(report.checkpoint.origin, log.origin("org_new"));
+        drop(log);
+        tasks.shutdown().await;
+        store.close().await;
     }
 }

@@ -1192,3 +1192,65 @@ async fn instances_volumes_and_snapshots_from_the_cli() {
     assert!(names(&o.stdout).is_empty(), "{}", o.stdout);
     s.shutdown().await;
 }
+
+/// A new organization's first request is an export of its audit log, still
+/// empty: a 200 with a signed export that `nuage audit verify` accepts
+/// (it was a 404 until the first checkpoint).
+#[tokio::test]
+async fn a_new_organizations_first_export_verifies() {
+    let s = Srv::start().await;
+    let r = s
+        .a(
+            http::Method::POST,
+            "/admin/v1/orgs",
+            Some(serde_json::json!({"name": "acme", "owner": {"name": "owner"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let tok = r.body["owner_token"]["secret"]
+        .as_str()
+        .expect("owner token")
+        .to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let export = dir.path().join("audit.jsonl");
+    let r = s
+        .t(http::Method::GET, "/v1/orgs/acme/audit/export", &tok, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    std::fs::write(&export, &r.text).unwrap();
+    let r = s
+        .t(
+            http::Method::GET,
+            "/v1/orgs/acme/audit/public-key",
+            &tok,
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let key = r.body["verifier_key"].as_str().expect("key").to_string();
+    let o = nuage(
+        &dir.path().join("config"),
+        &[
+            "audit",
+            "verify",
+            "--json",
+            "--file",
+            export.to_str().unwrap(),
+            "--public-key",
+            &key,
+        ],
+        None,
+    )
+    .await;
+    assert_eq!(o.code, 0, "{} {}", o.stdout, o.stderr);
+    let report: serde_json::Value = serde_json::from_str(&o.stdout).expect("json");
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["complete"], true, "{report}");
+    // The export itself is now in the log: the next one holds it.
+    let r = s
+        .t(http::Method::GET, "/v1/orgs/acme/audit/export", &tok, None)
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.text.contains("/audit/export"), "{}", r.text);
+    s.shutdown().await;
+}
