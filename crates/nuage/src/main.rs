@@ -146,15 +146,27 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn init_logs(json: bool) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    // s3s, the S3 wire crate, logs every refused request (anonymous, badly
+    // signed, NoSuchKey …) at ERROR, some twice: anyone could flood the log.
+    // Every request is in the audit log and the S3 front end logs server
+    // errors itself, so s3s's ERROR and WARN lines are dropped unless
+    // RUST_LOG names s3s.
+    let wire_verbose = std::env::var("RUST_LOG").is_ok_and(|v| v.contains("s3s"));
+    let quiet_wire = tracing_subscriber::filter::filter_fn(move |m| {
+        let s3s = m.target() == "s3s" || m.target().starts_with("s3s::");
+        wire_verbose || !(s3s && m.is_event() && *m.level() <= tracing::Level::WARN)
+    });
     if json {
-        builder.json().init();
+        builder.json().finish().with(quiet_wire).init();
     } else {
-        builder.init();
+        builder.finish().with(quiet_wire).init();
     }
 }
 

@@ -2,7 +2,9 @@
 //! to check the signature; the principal behind the key is kept for the
 //! access check that follows, which hands the subject to the operations.
 //! Anonymous requests pass this check only to read an object: the
-//! operation then serves them from a public-read bucket alone.
+//! operation then serves them from a public-read bucket alone. A signed
+//! request must also still be fresh ([`super::freshness`]): judged here,
+//! after the signature, so its audit entry names the key's holder.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -12,7 +14,9 @@ use nuage_iam::{Authenticator, Subject};
 use s3s::access::{S3Access, S3AccessContext};
 use s3s::auth::{S3Auth, SecretKey};
 use s3s::{s3_error, S3Result};
+use time::OffsetDateTime;
 
+use super::freshness::signed_in_time;
 use super::front::ReqCtx;
 
 /// How long a looked-up principal waits for its access check.
@@ -93,14 +97,25 @@ impl S3Access for Access {
             .seen
             .get(&access_key)
             .ok_or_else(|| s3_error!(InvalidAccessKeyId))?;
+        // A POST form's policy carries its own expiration (checked by s3s).
+        let fresh = if cx.s3_op().name() == "PostObject" {
+            Ok(())
+        } else {
+            signed_in_time(cx.headers(), cx.uri().query(), OffsetDateTime::now_utc())
+        };
         if let Some(r) = cx.extensions_mut().get::<ReqCtx>() {
             r.slot.update(|a| {
                 a.principal_id = Some(subject.principal.id.clone());
                 a.principal_name = subject.principal.name.clone();
                 a.log_id = Some(subject.principal.org_id.clone());
                 a.details.insert("access_key".into(), access_key);
+                if let Err(e) = &fresh {
+                    a.details
+                        .insert("auth_error".into(), e.code().as_str().to_string());
+                }
             });
         }
+        fresh?;
         cx.extensions_mut().insert(subject);
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! The S3 listener's entry point. Like the REST pipeline it gives each
 //! request an id (returned as `x-amz-request-id`), answers 503 while the key
 //! service is sealed, and writes the audit entry before the response leaves:
-//! if the entry cannot be written the client gets a 503 instead.
+//! if the entry cannot be written the client gets a 503 instead. It also
+//! refuses, before the wire crate, XML bodies it would buffer too far and
+//! presigned URLs that would live over 7 days ([`super::freshness`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -16,6 +18,7 @@ use s3s::host::{S3Host, VirtualHost};
 use s3s::service::{S3Service, S3ServiceBuilder};
 
 use super::auth::{Access, Auth, Seen};
+use super::freshness::presigned_expiry;
 use super::ops::Objects;
 use crate::engine::Engine;
 use crate::settings::{BucketSettings, CorsRule};
@@ -106,6 +109,8 @@ impl S3Front {
         // Complete) stay well under 4 MiB.
         let mut limits = s3s::config::S3Config::default();
         limits.xml_max_body_size = MAX_XML_BODY;
+        // A presigned URL dated further ahead is refused (skew, like
+        // headers: see `freshness`).
         limits.presigned_url_max_skew_time_secs = 900;
         b.set_config(Arc::new(s3s::config::StaticConfigProvider::new(Arc::new(
             limits,
@@ -333,6 +338,17 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
                 &request_id,
             )
         }
+    } else if let Err(e) = presigned_expiry(req.uri().query()) {
+        // A presigned URL that would live over 7 days (or expired before
+        // it was made): refused before any key is looked up.
+        slot.update(|a| a.decision = Some("error"));
+        let status = e.status_code().unwrap_or(StatusCode::BAD_REQUEST);
+        xml_error(
+            status,
+            e.code().as_str(),
+            e.message().unwrap_or(""),
+            &request_id,
+        )
     } else if front.engine.kms().is_sealed() {
         slot.update(|a| a.decision = Some("error"));
         xml_error(
@@ -350,7 +366,30 @@ async fn handle(State(front): State<S3Front>, req: Request) -> Response {
         });
         let req = http::Request::from_parts(parts, s3s::Body::http_body_unsync(body));
         match front.service.call(req).await {
-            Ok(r) => r.map(axum::body::Body::new),
+            Ok(r) => {
+                // The wire crate's own log lines are filtered out (see the
+                // binary's `init_logs`): a server error is reported here.
+                // NotImplemented is the client's asking, anonymous or not.
+                let status = r.status();
+                if status.is_server_error() && status != StatusCode::NOT_IMPLEMENTED {
+                    tracing::error!(
+                        request_id = %request_id,
+                        status = status.as_u16(),
+                        %method,
+                        %path,
+                        "S3 request answered with a server error"
+                    );
+                } else if status.is_client_error() || status.is_server_error() {
+                    tracing::debug!(
+                        request_id = %request_id,
+                        status = status.as_u16(),
+                        %method,
+                        %path,
+                        "S3 request refused"
+                    );
+                }
+                r.map(axum::body::Body::new)
+            }
             Err(e) => {
                 tracing::error!(error = ?e, "S3 request failed");
                 xml_error(

@@ -5,6 +5,8 @@
 //! - [`front`]: the listener's entry point (request id, sealed mode, the
 //!   audit entry written before the response leaves);
 //! - [`auth`]: access keys to principals, anonymous requests refused;
+//! - [`freshness`]: how long a signature stays good (15 minutes of clock
+//!   skew, presigned URLs 7 days at most);
 //! - [`ops`]: the S3 operations, each authorized by the platform's
 //!   authorizer against the bucket's project; [`tagging`], [`copy`] and
 //!   [`bucket_settings`] hold more of them, [`conditions`] what requests say about bodies.
@@ -13,6 +15,7 @@ mod auth;
 mod bucket_settings;
 mod conditions;
 mod copy;
+mod freshness;
 mod front;
 mod ops;
 mod tagging;

@@ -8,7 +8,7 @@ use std::process::Output;
 use http::Method;
 use serde_json::{json, Value};
 
-use crate::common::{contains_bytes, files_under, pg_database, Srv};
+use crate::common::{contains_bytes, files_under, into_resp, pg_database, Resp, Srv};
 
 fn venv_bin(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -1557,4 +1557,452 @@ async fn images_import_from_objects() {
         .collect();
     assert_eq!(names, ["from-object"], "{}", r.text);
     s.shutdown().await;
+}
+
+/// SigV4 by hand, dated as the test chooses (real clients sign with the
+/// clock).
+struct V4 {
+    base: String,
+    host: String,
+    access_key: String,
+    secret: String,
+}
+
+fn hmac256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::Mac;
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key).unwrap();
+    m.update(data);
+    m.finalize().into_bytes().into()
+}
+
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// `YYYYMMDDTHHMMSSZ`.
+fn amz_date(t: time::OffsetDateTime) -> String {
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second()
+    )
+}
+
+/// The `<Code>` of an S3 error answer.
+fn s3_code(xml: &str) -> &str {
+    xml.split("<Code>")
+        .nth(1)
+        .and_then(|c| c.split("</Code>").next())
+        .unwrap_or("")
+}
+
+impl V4 {
+    fn new(s: &Srv, key: &Key) -> V4 {
+        V4 {
+            base: s.s3.clone(),
+            host: s.s3.trim_start_matches("http://").to_string(),
+            access_key: key.id.clone(),
+            secret: key.secret.clone(),
+        }
+    }
+
+    fn scope(date: &str) -> String {
+        format!("{}/us-east-1/s3/aws4_request", &date[..8])
+    }
+
+    fn signature(&self, date: &str, canonical: &str) -> String {
+        let to_sign = format!(
+            "AWS4-HMAC-SHA256\n{date}\n{}\n{}",
+            Self::scope(date),
+            sha256_hex(canonical.as_bytes())
+        );
+        hex::encode(hmac256(&self.key(date), to_sign.as_bytes()))
+    }
+
+    fn key(&self, date: &str) -> [u8; 32] {
+        let mut k = hmac256(
+            format!("AWS4{}", self.secret).as_bytes(),
+            &date.as_bytes()[..8],
+        );
+        for part in ["us-east-1", "s3", "aws4_request"] {
+            k = hmac256(&k, part.as_bytes());
+        }
+        k
+    }
+
+    /// `method` on `path` (plain characters only) signed in headers, dated
+    /// `date`, whose body hashes to `payload`; returns the request and the
+    /// seed signature.
+    fn request(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        path: &str,
+        date: &str,
+        payload: &str,
+        extra: &[(&str, String)],
+    ) -> (reqwest::RequestBuilder, String) {
+        let mut headers: Vec<(String, String)> = vec![
+            ("host".into(), self.host.clone()),
+            ("x-amz-content-sha256".into(), payload.into()),
+            ("x-amz-date".into(), date.into()),
+        ];
+        headers.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
+        headers.sort();
+        let canonical_headers: String = headers.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let signed: Vec<&str> = headers.iter().map(|(k, _)| k.as_str()).collect();
+        let signed = signed.join(";");
+        let canonical = format!("{method}\n{path}\n\n{canonical_headers}\n{signed}\n{payload}");
+        let signature = self.signature(date, &canonical);
+        let mut r = http.request(method, format!("{}{path}", self.base));
+        for (k, v) in headers.iter().filter(|(k, _)| k != "host") {
+            r = r.header(k, v);
+        }
+        let r = r.header(
+            "authorization",
+            format!(
+                "AWS4-HMAC-SHA256 Credential={}/{}, SignedHeaders={signed}, Signature={signature}",
+                self.access_key,
+                Self::scope(date)
+            ),
+        );
+        (r, signature)
+    }
+
+    async fn send(
+        &self,
+        http: &reqwest::Client,
+        method: Method,
+        path: &str,
+        date: &str,
+        body: &[u8],
+    ) -> Resp {
+        let (r, _) = self.request(http, method, path, date, &sha256_hex(body), &[]);
+        into_resp(r.body(body.to_vec()).send().await.unwrap()).await
+    }
+
+    /// A PUT of `body` as aws-chunked, every chunk signed.
+    async fn put_chunked(
+        &self,
+        http: &reqwest::Client,
+        path: &str,
+        date: &str,
+        body: &[u8],
+    ) -> Resp {
+        let extra = [
+            ("content-encoding", "aws-chunked".to_string()),
+            ("x-amz-decoded-content-length", body.len().to_string()),
+        ];
+        let (r, seed) = self.request(
+            http,
+            Method::PUT,
+            path,
+            date,
+            "STREAMING-AWS4-HMAC-SHA256-PAYLOAD",
+            &extra,
+        );
+        let mut prev = seed;
+        let mut encoded = Vec::new();
+        for chunk in body.chunks(1000).chain(std::iter::once(&[][..])) {
+            let to_sign = format!(
+                "AWS4-HMAC-SHA256-PAYLOAD\n{date}\n{}\n{prev}\n{}\n{}",
+                Self::scope(date),
+                sha256_hex(b""),
+                sha256_hex(chunk)
+            );
+            prev = hex::encode(hmac256(&self.key(date), to_sign.as_bytes()));
+            encoded.extend_from_slice(
+                format!("{:x};chunk-signature={prev}\r\n", chunk.len()).as_bytes(),
+            );
+            encoded.extend_from_slice(chunk);
+            encoded.extend_from_slice(b"\r\n");
+        }
+        into_resp(r.body(encoded).send().await.unwrap()).await
+    }
+
+    /// A presigned URL of `method` on `path`, dated `date`.
+    fn presign(&self, method: &Method, path: &str, date: &str, expires: &str) -> String {
+        let query = format!(
+            "X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential={}%2F{}&X-Amz-Date={date}\
+             &X-Amz-Expires={expires}&X-Amz-SignedHeaders=host",
+            self.access_key,
+            Self::scope(date).replace('/', "%2F")
+        );
+        let canonical = format!(
+            "{method}\n{path}\n{query}\nhost:{}\n\nhost\nUNSIGNED-PAYLOAD",
+            self.host
+        );
+        let signature = self.signature(date, &canonical);
+        format!("{}{path}?{query}&X-Amz-Signature={signature}", self.base)
+    }
+}
+
+/// A captured request must not replay forever: a request signed in headers
+/// (aws-chunked bodies included) is good for 15 minutes either way of the
+/// server's clock, a presigned URL for 7 days at most. Refusals store and
+/// delete nothing and are audited.
+#[tokio::test]
+async fn s3_signatures_expire() {
+    use time::{Duration, OffsetDateTime};
+    let s = Srv::start().await;
+    let owner = s.org("acme").await;
+    project(&s, "acme", &owner, "web").await;
+    let key = access_key(&s, "acme", &owner).await;
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/buckets",
+            &owner,
+            Some(json!({"name": "fresh"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let v4 = V4::new(&s, &key);
+    let http = &s.http;
+    let now = OffsetDateTime::now_utc();
+    let today = amz_date(now);
+
+    // dated now, and 10 minutes either way: accepted (the signer is right)
+    let r = v4
+        .send(http, Method::PUT, "/fresh/kept", &today, b"kept")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    for m in [-10, 10] {
+        let date = amz_date(now + Duration::minutes(m));
+        let r = v4
+            .send(
+                http,
+                Method::PUT,
+                &format!("/fresh/near{m}"),
+                &date,
+                b"near",
+            )
+            .await;
+        assert_eq!(r.status, 200, "{m} minutes: {}", r.text);
+        let r = v4
+            .put_chunked(http, &format!("/fresh/chunked{m}"), &date, &[7u8; 2500])
+            .await;
+        assert_eq!(r.status, 200, "chunked, {m} minutes: {}", r.text);
+    }
+    let r = v4
+        .send(http, Method::GET, "/fresh/chunked10", &today, b"")
+        .await;
+    assert_eq!((r.status, r.text.len()), (200, 2500));
+
+    // 1999, year 0, 9999, 20 minutes either way: too skewed, for every verb
+    let mut refused_ids = Vec::new();
+    for date in [
+        "19990101T000000Z".to_string(),
+        "00000101T000000Z".to_string(),
+        "99991231T235959Z".to_string(),
+        amz_date(now - Duration::minutes(20)),
+        amz_date(now + Duration::minutes(20)),
+    ] {
+        let r = v4
+            .send(http, Method::PUT, "/fresh/stale", &date, b"stale")
+            .await;
+        assert_eq!(
+            (r.status, s3_code(&r.text)),
+            (403, "RequestTimeTooSkewed"),
+            "PUT {date}: {}",
+            r.text
+        );
+        refused_ids.push(r.headers["x-amz-request-id"].to_str().unwrap().to_string());
+        let r = v4
+            .put_chunked(http, "/fresh/stale-chunked", &date, &[1u8; 2500])
+            .await;
+        assert_eq!(
+            (r.status, s3_code(&r.text)),
+            (403, "RequestTimeTooSkewed"),
+            "chunked PUT {date}: {}",
+            r.text
+        );
+        let r = v4.send(http, Method::GET, "/fresh/kept", &date, b"").await;
+        assert_eq!(
+            (r.status, s3_code(&r.text)),
+            (403, "RequestTimeTooSkewed"),
+            "GET {date}: {}",
+            r.text
+        );
+        assert!(!r.text.contains("kept"), "{}", r.text);
+        let r = v4
+            .send(http, Method::DELETE, "/fresh/kept", &date, b"")
+            .await;
+        assert_eq!(
+            (r.status, s3_code(&r.text)),
+            (403, "RequestTimeTooSkewed"),
+            "DELETE {date}: {}",
+            r.text
+        );
+    }
+    // a time that is no time (a day that is no day is s3s's to refuse)
+    let nonsense = format!("{}T256000Z", &today[..8]);
+    let r = v4
+        .send(http, Method::PUT, "/fresh/stale", &nonsense, b"stale")
+        .await;
+    assert_eq!(
+        (r.status, s3_code(&r.text)),
+        (403, "AccessDenied"),
+        "{}",
+        r.text
+    );
+
+    // nothing stored, nothing deleted
+    let r = v4.send(http, Method::GET, "/fresh/kept", &today, b"").await;
+    assert_eq!((r.status, r.text.as_str()), (200, "kept"));
+    for gone in ["/fresh/stale", "/fresh/stale-chunked"] {
+        let r = v4.send(http, Method::GET, gone, &today, b"").await;
+        assert_eq!(
+            (r.status, s3_code(&r.text)),
+            (404, "NoSuchKey"),
+            "{gone}: {}",
+            r.text
+        );
+    }
+
+    // every refusal is in the organization's log, with the key's holder
+    let entries = audit_entries(&s, "acme", &owner).await;
+    for id in &refused_ids {
+        let e = entries
+            .iter()
+            .find(|e| e["record"]["request_id"] == json!(id))
+            .unwrap_or_else(|| panic!("no audit entry for {id}"));
+        let rec = &e["record"];
+        assert_eq!(rec["status"], 403, "{rec}");
+        assert_eq!(rec["method"], "PUT", "{rec}");
+        assert_eq!(rec["principal_name"], "owner", "{rec}");
+        assert_eq!(
+            rec["details"]["auth_error"], "RequestTimeTooSkewed",
+            "{rec}"
+        );
+        assert_eq!(rec["details"]["access_key"], json!(key.id), "{rec}");
+    }
+
+    // presigned URLs: 7 days at most, expired ones refused
+    let get = |url: String| async move { into_resp(http.get(url).send().await.unwrap()).await };
+    let r = get(v4.presign(&Method::GET, "/fresh/kept", &today, "604800")).await;
+    assert_eq!((r.status, r.text.as_str()), (200, "kept"));
+    let r = get(v4.presign(&Method::GET, "/fresh/kept", &today, "604801")).await;
+    assert_eq!(
+        (r.status, s3_code(&r.text)),
+        (400, "AuthorizationQueryParametersError"),
+        "{}",
+        r.text
+    );
+    let r = get(v4.presign(&Method::GET, "/fresh/kept", &today, "-1")).await;
+    assert_eq!(
+        (r.status, s3_code(&r.text)),
+        (403, "AccessDenied"),
+        "{}",
+        r.text
+    );
+    let two_hours_ago = amz_date(now - Duration::hours(2));
+    let r = get(v4.presign(&Method::GET, "/fresh/kept", &two_hours_ago, "3600")).await;
+    assert_eq!(
+        (r.status, s3_code(&r.text)),
+        (403, "AccessDenied"),
+        "{}",
+        r.text
+    );
+    let ahead = amz_date(now + Duration::minutes(20));
+    let r = get(v4.presign(&Method::GET, "/fresh/kept", &ahead, "3600")).await;
+    assert_eq!(
+        (r.status, s3_code(&r.text)),
+        (403, "RequestTimeTooSkewed"),
+        "{}",
+        r.text
+    );
+    let url = v4.presign(&Method::PUT, "/fresh/long", &today, "604801");
+    let r = into_resp(http.put(url).body("long").send().await.unwrap()).await;
+    assert_eq!(r.status, 400, "{}", r.text);
+    let r = v4.send(http, Method::GET, "/fresh/long", &today, b"").await;
+    assert_eq!(r.status, 404, "{}", r.text);
+    s.shutdown().await;
+}
+
+/// Anyone can send refused S3 requests (anonymous, badly signed, for a
+/// missing bucket): the audit log has them, the server's log must not fill
+/// with ERROR lines for them. The real binary, with `RUST_LOG=info`.
+#[tokio::test]
+async fn s3_refusals_are_not_logged_as_errors() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (tp, ap, sp) = (port(), port(), port());
+    let log = dir.path().join("stderr");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args(["server", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .args([
+            "--listen",
+            &format!("127.0.0.1:{tp}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{ap}"),
+            "--s3-listen",
+            &format!("127.0.0.1:{sp}"),
+        ])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let c = reqwest::Client::new();
+    let start = std::time::Instant::now();
+    loop {
+        if let Ok(r) = c.get(format!("http://127.0.0.1:{tp}/readyz")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("server exited early: {status}");
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "server not ready"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let s3 = format!("http://127.0.0.1:{sp}");
+    let bad_sig = "AWS4-HMAC-SHA256 Credential=NKNOSUCHKEY/20261208/us-east-1/s3/aws4_request, \
+                   SignedHeaders=host;x-amz-date, Signature=00";
+    let requests = [
+        c.put(format!("{s3}/bucket/key")).body("x"),
+        c.get(format!("{s3}/bucket/key")),
+        c.delete(format!("{s3}/bucket/key")),
+        c.get(format!("{s3}/")),
+        c.put(format!("{s3}/bucket/key"))
+            .header("x-amz-date", "20261208T000000Z")
+            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+            .header("authorization", bad_sig)
+            .body("x"),
+    ];
+    for r in requests {
+        let r = r.send().await.unwrap();
+        assert!(r.status().is_client_error(), "{}", r.status());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let text = std::fs::read_to_string(&log).unwrap();
+    let errors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("ERROR") && (l.contains("s3s") || l.contains("S3")))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "refusals logged as errors:\n{}",
+        errors.join("\n")
+    );
 }
