@@ -331,8 +331,17 @@ impl Ctx {
             }
             Ok(())
         } else {
+            let roles = self.state.authz.registry().roles_granting(action);
+            let hint = if roles.is_empty() {
+                "no built-in role grants it; a custom policy may".to_string()
+            } else {
+                format!(
+                    "a binding to one of these roles allows it: {}",
+                    roles.join(", ")
+                )
+            };
             Err(ApiError::forbidden(format!(
-                "{} may not {action} on {}",
+                "{} may not {action} on {} ({hint})",
                 self.subject.principal.name,
                 target.label()
             )))

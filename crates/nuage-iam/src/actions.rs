@@ -190,6 +190,16 @@ impl Registry {
             .collect()
     }
 
+    /// The built-in roles that hold `action`, in [`ROLES`] order: what a
+    /// denial names as the way to be allowed.
+    pub fn roles_granting(&self, action: &str) -> Vec<&'static str> {
+        ROLES
+            .iter()
+            .map(|(r, _)| *r)
+            .filter(|r| self.role_actions(r).contains(&action))
+            .collect()
+    }
+
     pub fn is_role(&self, role: &str) -> bool {
         ROLES.iter().any(|(r, _)| *r == role)
     }
@@ -211,6 +221,12 @@ mod tests {
         assert!(admin.iter().all(|a| owner.contains(a)));
         assert!(viewer.contains(&"project.get") && !viewer.contains(&"project.create"));
         assert!(editor.contains(&"project.create") && !editor.contains(&"user.create"));
+        assert!(r.roles_granting("audit.read").contains(&"audit-reader"));
+        assert!(r.roles_granting("no.such").is_empty());
+        assert_eq!(
+            r.roles_granting("project.create"),
+            vec!["owner", "admin", "editor"]
+        );
         assert!(!admin.contains(&"role_binding.grant_owner"));
         assert_eq!(
             r.role_actions("audit-reader"),

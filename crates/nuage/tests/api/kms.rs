@@ -143,6 +143,15 @@ async fn key_lifecycle_with_separate_duties_and_audited_uses() {
     for tok in [&admin, &owner] {
         let r = encrypt(&s, tok, "billing", b"x").await;
         assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.text);
+        // the denial names what would allow it
+        assert!(
+            r.body["detail"]
+                .as_str()
+                .unwrap_or_default()
+                .ends_with("(a binding to one of these roles allows it: crypto-user)"),
+            "{}",
+            r.text
+        );
         let r = decrypt(&s, tok, "billing", &v1_ct).await;
         assert_eq!((r.status, r.code()), (403, "forbidden"), "{}", r.text);
     }
