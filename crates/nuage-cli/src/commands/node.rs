@@ -135,7 +135,11 @@ pub async fn run(ctx: &mut Ctx, cmd: NodeCmd) -> Result<u8> {
             let s = api
                 .post(&[&base[..], &[name.as_str(), "schedule"]].concat(), &body)
                 .await?;
-            output::show(ctx.json, &s["node"], FIELDS);
+            if ctx.json {
+                output::show(true, &s, &[]);
+            } else {
+                output::show(false, &s["node"], FIELDS);
+            }
             if !ctx.json && s["done"] == false {
                 eprintln!(
                     "The two-person rule is on: node {name} becomes schedulable once another \

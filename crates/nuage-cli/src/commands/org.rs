@@ -37,6 +37,13 @@ enum OrgCmd {
         #[command(flatten)]
         if_match: IfMatch,
     },
+    /// Show (or with --accept, set) the node labels the organization
+    /// accepts: its new instances run only on nodes carrying one of them.
+    NodeLabels {
+        /// Comma-separated labels (an empty string accepts any node).
+        #[arg(long, value_name = "LABEL,LABEL")]
+        accept: Option<String>,
+    },
 }
 
 pub const COLUMNS: &[Field] = &[
@@ -103,6 +110,19 @@ pub async fn run(ctx: &mut Ctx, args: OrgArgs) -> Result<u8> {
             }
             api.patch(&["v1", "orgs", &org], &body, if_match.if_match)
                 .await?
+        }
+        OrgCmd::NodeLabels { accept } => {
+            let org = ctx.org(&args.org.org)?;
+            let path = ["v1", "orgs", &org, "node-labels"];
+            let answer = match accept {
+                Some(list) => {
+                    api.put(&path, &serde_json::json!({ "accepted": split_list(&list) }))
+                        .await?
+                }
+                None => api.get(&path, &Query::new()).await?,
+            };
+            output::show(ctx.json, &answer, &[("accepted node labels", "accepted")]);
+            return Ok(exit::OK);
         }
     };
     output::show(ctx.json, &answer, FIELDS);

@@ -1159,3 +1159,153 @@ async fn the_two_person_rule_needs_a_second_operator_to_schedule_a_node() {
     );
     s.shutdown().await;
 }
+
+/// The real `nuage` binary with its own config directory: (exit code,
+/// stdout, stderr).
+async fn cli(config: &std::path::Path, args: &[&str], stdin: &str) -> (i32, String, String) {
+    use tokio::io::AsyncWriteExt;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_nuage"))
+        .args(args)
+        .env("NUAGE_CONFIG_DIR", config)
+        .env_remove("NUAGE_URL")
+        .env_remove("NUAGE_TOKEN")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("nuage runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin.as_bytes()).await.expect("stdin");
+    drop(input);
+    let out = child.wait_with_output().await.expect("nuage ends");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `nuage admin node schedule | unschedule | label` and `nuage org
+/// node-labels`, as an operator and a tenant run them.
+#[tokio::test]
+async fn scheduling_and_node_labels_from_the_cli() {
+    let s = Srv::start_with(|c| c.node_name = "cli-host".into()).await;
+    s.org("acme").await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (ops, tenant) = (dir.path().join("ops"), dir.path().join("tenant"));
+    let o = cli(
+        &ops,
+        &[
+            "login",
+            "--admin",
+            "--url",
+            &s.admin,
+            "--token",
+            &s.bootstrap,
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    let r = s
+        .a(
+            Method::POST,
+            "/admin/v1/nodes",
+            Some(json!({"name": "edge-cli"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let token = r.body["token"].as_str().expect("token").to_string();
+    let o = cli(&ops, &["admin", "node", "schedule", "edge-cli"], "").await;
+    assert_ne!(o.0, 0, "an unproven node was scheduled: {}", o.1);
+    assert!(o.2.contains("not reported"), "{}", o.2);
+    let report = json!({"accel": "tcg", "accel_reason": "test", "vcpus": 8,
+        "memory_mib": 16384, "disk_bytes": 1});
+    assert_eq!(prove(&s, &token, &report).await.status, 200);
+    let o = cli(
+        &ops,
+        &[
+            "admin",
+            "node",
+            "schedule",
+            "edge-cli",
+            "--max-vcpus",
+            "2",
+            "--max-memory",
+            "4G",
+            "--json",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    let v: serde_json::Value = serde_json::from_str(&o.1).expect("json");
+    assert_eq!(
+        (
+            v["done"].clone(),
+            v["node"]["schedulable"].clone(),
+            v["node"]["max_vcpus"].clone(),
+            v["node"]["max_memory_mib"].clone()
+        ),
+        (json!(true), json!(true), json!(2), json!(4096)),
+        "{v}"
+    );
+    let o = cli(
+        &ops,
+        &[
+            "admin",
+            "node",
+            "label",
+            "edge-cli",
+            "sovereign-fr",
+            "zone=1",
+        ],
+        "",
+    )
+    .await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    assert!(o.1.contains("sovereign-fr"), "{}", o.1);
+    let o = cli(&ops, &["admin", "node", "unschedule", "edge-cli"], "").await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    let o = cli(&ops, &["admin", "node", "list", "--json"], "").await;
+    let l: serde_json::Value = serde_json::from_str(&o.1).expect("json");
+    let edge = l["items"]
+        .as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == "edge-cli").cloned())
+        .expect("listed");
+    assert_eq!(
+        (edge["schedulable"].clone(), edge["labels"].clone()),
+        (json!(false), json!(["sovereign-fr", "zone=1"])),
+        "{edge}"
+    );
+
+    let o = cli(
+        &tenant,
+        &[
+            "login",
+            "--url",
+            &s.tenant,
+            "--org",
+            "acme",
+            "--user",
+            "owner",
+            "--password-stdin",
+        ],
+        &format!("{}\n", crate::common::PW),
+    )
+    .await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    let o = cli(
+        &tenant,
+        &["org", "node-labels", "--accept", "sovereign-fr", "--json"],
+        "",
+    )
+    .await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    let v: serde_json::Value = serde_json::from_str(&o.1).expect("json");
+    assert_eq!(v["accepted"], json!(["sovereign-fr"]), "{v}");
+    let o = cli(&tenant, &["org", "node-labels"], "").await;
+    assert_eq!(o.0, 0, "{}", o.2);
+    assert!(o.1.contains("sovereign-fr"), "{}", o.1);
+    s.shutdown().await;
+}
