@@ -474,7 +474,9 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .into()),
             Err(J::BytesRejection(e)) => {
                 let status = e.status();
-                if status == StatusCode::PAYLOAD_TOO_LARGE {
+                if crate::listener::is_body_stall(&e) {
+                    Err(stalled_body().into())
+                } else if status == StatusCode::PAYLOAD_TOO_LARGE {
                     Err(ApiError::new(
                         status,
                         "body_too_large",
@@ -488,6 +490,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             Err(e) => Err(ApiError::bad_request("invalid_body", e.body_text()).into()),
         }
     }
+}
+
+/// The problem of a request body that stopped arriving (the listener
+/// answers the same, see [`crate::listener`]).
+pub fn stalled_body() -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        "request_timeout",
+        "the request body stalled: no byte arrived within the body stall timeout",
+    )
 }
 
 /// Query parameters whose rejections are problems.

@@ -183,6 +183,9 @@ pub async fn idempotency(State(state): State<AppState>, mut req: Request, next: 
     let (parts, body) = req.into_parts();
     let bytes = match to_bytes(body, state.max_body_bytes).await {
         Ok(b) => b,
+        Err(e) if crate::listener::is_body_stall(&e) => {
+            return Failure(crate::ctx::stalled_body()).into_response()
+        }
         Err(_) => {
             return Failure(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -6,6 +6,7 @@
 
 pub mod ctx;
 pub mod idempotency;
+pub mod listener;
 pub mod metrics;
 pub mod observe;
 pub mod openapi;
@@ -15,4 +16,5 @@ pub mod routes;
 pub mod server;
 pub mod state;
 
+pub use listener::ConnectionLimits;
 pub use server::{start, RunningServer, ServerConfig};

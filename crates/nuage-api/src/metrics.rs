@@ -26,10 +26,18 @@ pub struct RouteLabels {
 
 type HistogramFamily = Family<RouteLabels, Histogram, fn() -> Histogram>;
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub listener: String,
+    /// `per_ip`, `header_read`, `idle`, `body_stall` or `send_stall`.
+    pub limit: String,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     requests: Family<RouteLabels, Counter>,
     latency: HistogramFamily,
+    limits: Family<LimitLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -53,10 +61,18 @@ impl Default for Metrics {
             "HTTP request latency by route and status",
             latency.clone(),
         );
+        let limits = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "http_limit_hits",
+            "Connections refused or closed, and requests ended, by a listener's \
+             connection limits (crate::listener)",
+            limits.clone(),
+        );
         Metrics {
             registry: Mutex::new(registry),
             requests,
             latency,
+            limits,
         }
     }
 }
@@ -72,6 +88,16 @@ impl Metrics {
     pub fn observe(&self, labels: RouteLabels, seconds: f64) {
         self.requests.get_or_create(&labels).inc();
         self.latency.get_or_create(&labels).observe(seconds);
+    }
+
+    /// A connection or request ended by one of a listener's limits.
+    pub fn limit_hit(&self, listener: &str, limit: &str) {
+        self.limits
+            .get_or_create(&LimitLabels {
+                listener: listener.to_string(),
+                limit: limit.to_string(),
+            })
+            .inc();
     }
 
     pub fn render(&self) -> String {

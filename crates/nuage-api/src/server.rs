@@ -1,12 +1,11 @@
 //! Starting and stopping a control plane: the store, the IAM and audit
-//! services, the first-start bootstrap and the two listeners.
+//! services, the first-start bootstrap and the listeners.
 
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::RustlsConfig;
 use axum_server::Handle;
 use nuage_audit::log::{AuditConfig, AuditLog, AuditTasks};
@@ -20,6 +19,7 @@ use nuage_kms::{Kms, KmsConfig};
 use nuage_store::{Store, StoreOptions};
 use tokio::task::JoinHandle;
 
+use crate::listener::{ConnectionLimits, Dialect, GuardAcceptor};
 use crate::metrics::Metrics;
 use crate::state::{AppState, AppStateInner};
 
@@ -59,6 +59,9 @@ pub struct ServerConfig {
     /// Serve plain HTTP on a non-loopback address anyway.
     pub allow_insecure_http: bool,
     pub max_body_bytes: usize,
+    /// Header, body stall and idle timeouts and the per-IP connection
+    /// limit of every listener.
+    pub connections: ConnectionLimits,
     pub checkpoint_every: Duration,
     pub audit_retention_days: u32,
     pub sqlite_sync_full: bool,
@@ -111,6 +114,7 @@ impl ServerConfig {
             tls_key: None,
             allow_insecure_http: false,
             max_body_bytes: 1024 * 1024,
+            connections: ConnectionLimits::default(),
             checkpoint_every: Duration::from_secs(5),
             audit_retention_days: 365,
             sqlite_sync_full: true,
@@ -477,10 +481,10 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
     let mut handles = Vec::new();
     let mut servers = Vec::new();
     let mut addrs = Vec::new();
-    for (addr, app) in [
-        (cfg.listen, tenant_app),
-        (cfg.admin_listen, admin_app),
-        (cfg.s3_listen, s3_app),
+    for (addr, app, name, dialect) in [
+        (cfg.listen, tenant_app, "tenant", Dialect::Rest),
+        (cfg.admin_listen, admin_app, "operator", Dialect::Rest),
+        (cfg.s3_listen, s3_app, "s3", Dialect::S3),
     ] {
         let listener =
             TcpListener::bind(addr).map_err(|source| StartError::Listen { addr, source })?;
@@ -493,13 +497,11 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
         addrs.push(local);
         let handle = Handle::new();
         let svc = app.into_make_service_with_connect_info::<SocketAddr>();
-        // TCP_NODELAY: a response whose body is streamed (S3 GET) is
-        // written in several pieces, and Nagle's algorithm would hold the
-        // later ones until the client acknowledges the first.
+        let guard = GuardAcceptor::new(cfg.connections, dialect, metrics.clone(), name);
         let task = match &tls {
             Some(t) => {
-                let acceptor = axum_server::tls_rustls::RustlsAcceptor::new(t.clone())
-                    .acceptor(NoDelayAcceptor::new());
+                let acceptor =
+                    axum_server::tls_rustls::RustlsAcceptor::new(t.clone()).acceptor(guard);
                 let server = axum_server::from_tcp(listener)
                     .acceptor(acceptor)
                     .handle(handle.clone());
@@ -507,7 +509,7 @@ pub async fn start(cfg: ServerConfig) -> Result<RunningServer, StartError> {
             }
             None => {
                 let server = axum_server::from_tcp(listener)
-                    .acceptor(NoDelayAcceptor::new())
+                    .acceptor(guard)
                     .handle(handle.clone());
                 tokio::spawn(async move { server.serve(svc).await })
             }

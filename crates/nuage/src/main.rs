@@ -74,6 +74,22 @@ struct ServerArgs {
     /// Largest accepted request body, in bytes.
     #[arg(long, default_value_t = 1024 * 1024)]
     max_body_bytes: usize,
+    /// Seconds a client has to send a request's headers (a new
+    /// connection's first request, TLS handshake included, from the accept).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    header_timeout_seconds: u64,
+    /// Seconds a request body may deliver no byte (and a client may leave
+    /// a response unread) before the request ends with a timeout; a large
+    /// upload is never cut while its bytes keep coming.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    body_stall_seconds: u64,
+    /// Seconds a keep-alive connection with no request in flight stays open.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    idle_timeout_seconds: u64,
+    /// Connections one client address (IPv6: one /64) may hold open on each
+    /// listener; 0 for no limit (behind a proxy every client has its address).
+    #[arg(long, default_value_t = 256)]
+    max_connections_per_ip: usize,
     /// Seconds between signed audit checkpoints.
     #[arg(long, default_value_t = 5)]
     checkpoint_seconds: u64,
@@ -234,6 +250,12 @@ async fn serve(a: ServerArgs) -> ExitCode {
     cfg.tls_key = a.tls_key;
     cfg.allow_insecure_http = a.insecure_http;
     cfg.max_body_bytes = a.max_body_bytes;
+    cfg.connections = nuage_api::ConnectionLimits {
+        header_read_timeout: Duration::from_secs(a.header_timeout_seconds),
+        body_stall_timeout: Duration::from_secs(a.body_stall_seconds),
+        idle_timeout: Duration::from_secs(a.idle_timeout_seconds),
+        max_connections_per_ip: a.max_connections_per_ip,
+    };
     cfg.checkpoint_every = Duration::from_secs(a.checkpoint_seconds.max(1));
     cfg.audit_retention_days = a.audit_retention_days;
     cfg.sqlite_sync_full = a.sqlite_sync == "full";

@@ -11,6 +11,7 @@ mod idempotency;
 mod instances;
 mod isolation;
 mod kms;
+mod limits;
 mod nodes;
 mod oidc;
 mod openapi;
