@@ -161,6 +161,7 @@ pub fn tenant_spec() -> utoipa::openapi::OpenApi {
             .merge(tenant_authenticated().merge(tenant_org_scoped()))
             .split_for_parts()
             .1,
+        &tenant_public().split_for_parts().1,
     )
 }
 
@@ -171,7 +172,7 @@ pub fn tenant(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(org_scoped)
         .route_layer(from_fn_with_state(state.clone(), authenticate));
     let (router, api) = tenant_public().merge(authenticated).split_for_parts();
-    let api = crate::openapi::finish(api);
+    let api = crate::openapi::finish(api, &tenant_public().split_for_parts().1);
     let spec = api.clone();
     let router = router
         .route(
@@ -237,11 +238,14 @@ fn agent_routes() -> OpenApiRouter<AppState> {
 
 /// The operator OpenAPI document, without starting anything.
 pub fn admin_spec() -> utoipa::openapi::OpenApi {
-    admin_public()
-        .merge(admin_authenticated())
-        .merge(agent_routes())
-        .split_for_parts()
-        .1
+    crate::openapi::finish(
+        admin_public()
+            .merge(admin_authenticated())
+            .merge(agent_routes())
+            .split_for_parts()
+            .1,
+        &admin_public().split_for_parts().1,
+    )
 }
 
 /// The operator API and its OpenAPI document.
@@ -253,7 +257,7 @@ pub fn admin(state: AppState) -> (Router, utoipa::openapi::OpenApi) {
         .merge(authenticated)
         .merge(agents)
         .split_for_parts();
-    let api = crate::openapi::finish(api);
+    let api = crate::openapi::finish(api, &admin_public().split_for_parts().1);
     let spec = api.clone();
     let metrics = state.metrics.clone();
     let router = router

@@ -12,7 +12,7 @@ use nuage_iam::Target;
 use crate::ctx::{Body, Ctx, IfMatch, Tagged, Q};
 use crate::problem::{HandlerResult, Problem};
 
-const MAX_LABELS: usize = 64;
+pub(crate) const MAX_LABELS: usize = 64;
 
 fn check_labels(labels: &std::collections::BTreeMap<String, String>) -> Result<(), ApiError> {
     if labels.len() > MAX_LABELS {

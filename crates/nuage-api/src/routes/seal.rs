@@ -13,7 +13,7 @@ use crate::ctx::Body;
 use crate::problem::{Failure, HandlerResult, Problem};
 use crate::state::AppState;
 
-const OPEN_WHILE_SEALED: &[&str] = &[
+pub(crate) const OPEN_WHILE_SEALED: &[&str] = &[
     "/healthz",
     "/readyz",
     "/admin/v1/seal-status",
