@@ -338,18 +338,28 @@ pub async fn challenge(
         .mode(0o700)
         .create(dir)
         .map_err(crate::service::io_err("challenge directory"))?;
-    let tmp = dir.join("challenge.tmp");
-    let _ = std::fs::remove_file(&tmp);
+    // A name of its own per request, so that two at once never trip on each
+    // other (the file and the stored hash may then come from different
+    // ones: the answer fails and the agent asks again).
+    let tmp = dir.join(format!("challenge.{}.tmp", uuid::Uuid::new_v4().simple()));
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(&tmp)
         .map_err(crate::service::io_err("challenge file"))?;
-    f.write_all(format!("{}\n", nonce.as_str()).as_bytes())
+    if let Err(e) = f
+        .write_all(nonce.as_bytes())
+        .and_then(|()| f.write_all(b"\n"))
         .and_then(|()| f.sync_all())
-        .map_err(crate::service::io_err("challenge file"))?;
-    std::fs::rename(&tmp, &file).map_err(crate::service::io_err("challenge file"))?;
+    {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::service::io_err("challenge file")(e));
+    }
+    if let Err(e) = std::fs::rename(&tmp, &file) {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(crate::service::io_err("challenge file")(e));
+    }
     if !store
         .node_set_challenge(&node.id, &nuage_iam::secret::hash_token(&nonce), now_ms())
         .await?
