@@ -1083,3 +1083,69 @@ async fn closing_a_sqlite_store_stops_the_checkpointer_and_leaves_no_wal() {
     assert!(again.org_get("acme").await.expect("read").is_some());
     again.close().await;
 }
+
+/// The operator's storage quota is kept by project name: set before the
+/// project exists it applies at creation, set later it changes the
+/// project's row, `0` removes it, and the organization's deletion takes
+/// the recorded quotas with it.
+#[tokio::test]
+async fn a_storage_quota_is_kept_by_project_name() {
+    for e in engines().await {
+        let (store, o, _) = seeded(&e.url).await;
+        store
+            .project_set_storage_quota(&o.id, "web", 1000, 7)
+            .await
+            .expect("quota before the project");
+        let web = project(&o, "web");
+        store.project_create(&web, 10).await.expect("create web");
+        let (_, _, bytes, objects) = store.project_storage(&web.id).await.expect("storage");
+        assert_eq!(
+            (bytes, objects),
+            (1000, 7),
+            "{}: applied at creation",
+            e.name
+        );
+        store
+            .project_set_storage_quota(&o.id, "web", 2000, 0)
+            .await
+            .expect("quota on the project");
+        let (_, _, bytes, objects) = store.project_storage(&web.id).await.expect("storage");
+        assert_eq!((bytes, objects), (2000, 0), "{}: changed", e.name);
+        store
+            .project_set_storage_quota(&o.id, "web", 0, 0)
+            .await
+            .expect("quota removed");
+        let (_, _, bytes, objects) = store.project_storage(&web.id).await.expect("storage");
+        assert_eq!((bytes, objects), (0, 0), "{}: removed", e.name);
+        let other = project(&o, "other");
+        store
+            .project_create(&other, 10)
+            .await
+            .expect("create other");
+        let (_, _, bytes, _) = store.project_storage(&other.id).await.expect("storage");
+        assert_eq!(bytes, 0, "{}: another name has none", e.name);
+        assert!(
+            store
+                .project_set_storage_quota("org_missing", "web", 1, 1)
+                .await
+                .is_err(),
+            "{}: a missing organization",
+            e.name
+        );
+        store
+            .project_set_storage_quota(&o.id, "ghost", 5, 5)
+            .await
+            .expect("quota for a name no project holds");
+        for p in [&web, &other] {
+            store
+                .project_delete(&o.id, &p.id, None)
+                .await
+                .expect("delete project");
+        }
+        store
+            .org_delete(&o.id)
+            .await
+            .unwrap_or_else(|err| panic!("{}: org delete: {}", e.name, err.detail));
+        store.close().await;
+    }
+}
