@@ -30,7 +30,7 @@ use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use axum::body::{Body, Bytes, HttpBody};
@@ -242,6 +242,20 @@ struct ConnState {
     in_flight: AtomicU64,
     /// The connection switched protocols (WebSocket).
     upgraded: AtomicBool,
+    /// The task reading the connection, woken when the last request in
+    /// flight ends: the HTTP machinery need not read again by itself, and
+    /// the idle deadline starts with a read.
+    reader: Mutex<Option<Waker>>,
+}
+
+impl ConnState {
+    fn set_reader(&self, waker: &Waker) {
+        let mut r = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        match &*r {
+            Some(w) if w.will_wake(waker) => {}
+            _ => *r = Some(waker.clone()),
+        }
+    }
 }
 
 /// Marks a request in flight until dropped: with the response body once
@@ -258,7 +272,17 @@ impl InFlight {
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+        if self.0.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let waker = self
+                .0
+                .reader
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+        }
     }
 }
 
@@ -339,6 +363,9 @@ impl<T: AsyncRead + Unpin> AsyncRead for GuardedStream<T> {
             Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
             Poll::Pending => {}
         }
+        // Registered before looking at the requests in flight, so the end
+        // of the last one cannot go unnoticed.
+        this.conn.set_reader(cx.waker());
         this.refresh();
         let limit = match this.phase {
             Phase::Busy | Phase::Upgraded => return Poll::Pending,

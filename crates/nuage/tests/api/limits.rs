@@ -237,6 +237,41 @@ fn signed_head(
     )
 }
 
+/// Project `web` of `acme` with bucket `bucket`, and an S3 access key
+/// (id, secret) of the holder of `owner`.
+async fn s3_bucket(s: &Srv, owner: &str, bucket: &str) -> (String, String) {
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            owner,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects/web/buckets",
+            owner,
+            Some(json!({"name": bucket})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/access-keys",
+            owner,
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let id = r.body["access_key"]["id"].as_str().unwrap().to_string();
+    let secret = r.body["secret_access_key"].as_str().unwrap().to_string();
+    (id, secret)
+}
+
 /// A body that stops arriving ends its request with a timeout answer (a
 /// 408 problem on the API, S3's RequestTimeout on S3, and no object
 /// stored), while a body that arrives slowly but steadily, over longer
@@ -306,35 +341,7 @@ async fn stalled_bodies_end_with_a_timeout_answer() {
     assert_eq!(status, 201, "{text}");
 
     // S3: a PUT whose body stops half-way.
-    let r = s
-        .t(
-            Method::POST,
-            "/v1/orgs/acme/projects",
-            &owner,
-            Some(json!({"name": "web"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = s
-        .t(
-            Method::POST,
-            "/v1/orgs/acme/projects/web/buckets",
-            &owner,
-            Some(json!({"name": "stalls"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = s
-        .t(
-            Method::POST,
-            "/v1/orgs/acme/access-keys",
-            &owner,
-            Some(json!({})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let id = r.body["access_key"]["id"].as_str().unwrap().to_string();
-    let secret = r.body["secret_access_key"].as_str().unwrap().to_string();
+    let (id, secret) = s3_bucket(&s, &owner, "stalls").await;
     let host_s = host(&s.s3).to_string();
     let mut c = connect(&s.s3).await;
     let head = signed_head(
@@ -413,5 +420,76 @@ async fn connections_over_the_per_ip_limit_are_refused() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    s.shutdown().await;
+}
+
+const BIG: usize = 24 << 20;
+
+/// Stores a [`BIG`]-byte object `/big/object` and returns a signer of
+/// requests to it: `signed(method)` is the request head.
+async fn big_object(s: &Srv) -> impl Fn(&str) -> String {
+    let owner = s.org("acme").await;
+    let (id, secret) = s3_bucket(s, &owner, "big").await;
+    let host_s = host(&s.s3).to_string();
+    let mut c = connect(&s.s3).await;
+    let head = signed_head(
+        "PUT",
+        "/big/object",
+        &host_s,
+        &id,
+        &secret,
+        &format!("Content-Length: {BIG}\r\n"),
+    );
+    c.write_all(head.as_bytes()).await.unwrap();
+    c.write_all(&vec![1u8; BIG]).await.unwrap();
+    let (status, body) = read_response(&mut c).await.expect("an S3 answer");
+    assert_eq!(status, 200, "{body}");
+    move |method| signed_head(method, "/big/object", &host_s, &id, &secret, "")
+}
+
+/// A large answer read late (the server waiting on a write, not a read,
+/// when it ends) still leaves an idle connection that is closed after the
+/// idle timeout.
+#[tokio::test]
+async fn connections_idle_after_a_slowly_read_answer_are_closed() {
+    let s = Srv::start_with(|c| {
+        c.connections = ConnectionLimits {
+            header_read_timeout: HEADER,
+            body_stall_timeout: Duration::from_secs(60),
+            idle_timeout: IDLE,
+            max_connections_per_ip: 64,
+        }
+    })
+    .await;
+    let signed = big_object(&s).await;
+    let mut c = connect(&s.s3).await;
+    c.write_all(signed("GET").as_bytes()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (closed, got) = closed_within(&mut c, IDLE + SLACK * 2).await;
+    assert!(got.len() > BIG, "the object was cut: {} bytes", got.len());
+    assert!(
+        closed.is_some(),
+        "idle after a slowly read answer, still open"
+    );
+    s.shutdown().await;
+}
+
+/// A client that stops reading a large answer loses its connection after
+/// the stall timeout instead of holding it (and the object's reader) open.
+#[tokio::test]
+async fn unread_answers_lose_their_connection() {
+    let s = server(64).await;
+    let signed = big_object(&s).await;
+    let mut c = connect(&s.s3).await;
+    c.write_all(signed("GET").as_bytes()).await.unwrap();
+    // Far more than the socket buffers hold stays unread past the timeout.
+    tokio::time::sleep(STALL + SLACK).await;
+    let (closed, got) = closed_within(&mut c, Duration::from_secs(20)).await;
+    assert!(closed.is_some(), "the answer was never cut");
+    assert!(
+        got.len() < BIG,
+        "the whole object arrived ({} bytes)",
+        got.len()
+    );
     s.shutdown().await;
 }
