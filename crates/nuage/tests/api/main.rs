@@ -16,6 +16,7 @@ mod nodes;
 mod oidc;
 mod openapi;
 mod process;
+mod readme;
 mod remote_node;
 mod s3;
 mod scale_out;
