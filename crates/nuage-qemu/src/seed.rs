@@ -53,22 +53,16 @@ impl Seed {
         Ok(())
     }
 
-    /// The `meta-data` document.
+    /// The `meta-data` document. SSH keys live here (`public-keys`), not
+    /// in the user-data: cloud-init merges them with whatever user-data the
+    /// tenant gives, so a user-data of one's own never drops them.
     pub fn meta_data(&self) -> String {
-        format!(
+        let mut s = format!(
             "instance-id: {}\nlocal-hostname: {}\n",
             self.instance_id, self.hostname
-        )
-    }
-
-    /// The `user-data` document.
-    pub fn user_data(&self) -> String {
-        if let Some(ud) = &self.user_data {
-            return ud.clone();
-        }
-        let mut s = format!("#cloud-config\nhostname: {}\n", self.hostname);
+        );
         if !self.ssh_keys.is_empty() {
-            s.push_str("ssh_authorized_keys:\n");
+            s.push_str("public-keys:\n");
             for k in &self.ssh_keys {
                 // Validated keys hold no quote or backslash; JSON string
                 // syntax is YAML double-quoted syntax for them.
@@ -76,6 +70,15 @@ impl Seed {
             }
         }
         s
+    }
+
+    /// The `user-data` document: the tenant's, or a `#cloud-config` with
+    /// the hostname.
+    pub fn user_data(&self) -> String {
+        match &self.user_data {
+            Some(ud) => ud.clone(),
+            None => format!("#cloud-config\nhostname: {}\n", self.hostname),
+        }
     }
 
     /// Writes the seed ISO to `out` (which must not exist yet); its
@@ -207,13 +210,18 @@ mod tests {
         assert!(check_ssh_key("ssh-dss AAAAB3NzaC1kc3MAAACBAP").is_err());
         assert!(check_ssh_key(&format!("{k}\nhostname: evil")).is_err());
         assert!(check_ssh_key("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAA \"x").is_err());
-        let s = Seed {
+        let mut s = Seed {
             instance_id: "i-1".into(),
             hostname: "web".into(),
             ssh_keys: vec![k.into()],
             ..Default::default()
         };
-        assert!(s.user_data().contains(&format!("  - \"{k}\"\n")));
-        assert_eq!(s.meta_data(), "instance-id: i-1\nlocal-hostname: web\n");
+        let meta = format!("instance-id: i-1\nlocal-hostname: web\npublic-keys:\n  - \"{k}\"\n");
+        assert_eq!(s.meta_data(), meta);
+        assert_eq!(s.user_data(), "#cloud-config\nhostname: web\n");
+        // the tenant's own user-data passes through; the keys stay
+        s.user_data = Some("#cloud-config\npackages: [htop]\n".into());
+        assert_eq!(s.user_data(), "#cloud-config\npackages: [htop]\n");
+        assert_eq!(s.meta_data(), meta);
     }
 }

@@ -1006,6 +1006,9 @@ async fn instances_volumes_and_snapshots_from_the_cli() {
     assert_eq!(json(&o)["state"], "available");
     let pubkey = dir.path().join("id_ed25519.pub");
     std::fs::write(&pubkey, format!("{SSH_KEY}\n")).unwrap();
+    // A user-data of the tenant's own must not drop the key.
+    let user_data = dir.path().join("cloud-config.yaml");
+    std::fs::write(&user_data, "#cloud-config\npackages: []\n").unwrap();
 
     // Created and waited for: running when the command returns; nothing
     // on stderr off a terminal.
@@ -1021,6 +1024,8 @@ async fn instances_volumes_and_snapshots_from_the_cli() {
         "256M",
         "--ssh-key",
         pubkey.to_str().unwrap(),
+        "--user-data",
+        user_data.to_str().unwrap(),
         "--wait",
         "--json",
     ])
