@@ -631,6 +631,41 @@ async fn prove(s: &Srv, token: &str, report: &serde_json::Value) -> Resp {
     .await
 }
 
+/// Project `web` of `acme` with image `disk` uploaded (a raw disk): where
+/// the placement tests put their instances. Returns the project's path.
+async fn web_project_with_disk(s: &Srv, owner: &str) -> &'static str {
+    let base = "/v1/orgs/acme/projects/web";
+    let r = s
+        .t(
+            Method::POST,
+            "/v1/orgs/acme/projects",
+            owner,
+            Some(json!({"name": "web"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .t(
+            Method::POST,
+            &format!("{base}/images"),
+            owner,
+            Some(json!({"name": "disk"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = s
+        .http
+        .put(format!("{}{base}/images/disk/file", s.tenant))
+        .bearer_auth(owner)
+        .header("content-type", "application/octet-stream")
+        .body(raw_disk(b"x"))
+        .send()
+        .await
+        .expect("upload");
+    assert_eq!(crate::common::into_resp(r).await.status, 200);
+    base
+}
+
 /// The attack of issue 21, item 2, with an operator token only: enroll a
 /// node and claim a huge capacity. Its credential makes no node: no
 /// refusal reveals the compute directory's id, a node that never answered
@@ -645,35 +680,7 @@ async fn an_operator_token_alone_makes_no_node_that_gets_tenant_keys() {
     }
     let s = Srv::start_with(|c| c.node_name = "host-a".into()).await;
     let a = s.org("acme").await;
-    let r = s
-        .t(
-            Method::POST,
-            "/v1/orgs/acme/projects",
-            &a,
-            Some(json!({"name": "web"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let base = "/v1/orgs/acme/projects/web";
-    let r = s
-        .t(
-            Method::POST,
-            &format!("{base}/images"),
-            &a,
-            Some(json!({"name": "disk"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = s
-        .http
-        .put(format!("{}{base}/images/disk/file", s.tenant))
-        .bearer_auth(&a)
-        .header("content-type", "application/octet-stream")
-        .body(raw_disk(b"x"))
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(crate::common::into_resp(r).await.status, 200);
+    let base = web_project_with_disk(&s, &a).await;
     // The server's own node stays schedulable, but takes nothing more.
     let r = s
         .a(
@@ -940,35 +947,7 @@ async fn an_organization_requires_node_labels_it_accepts() {
         r.text
     );
 
-    let base = "/v1/orgs/acme/projects/web";
-    let r = s
-        .t(
-            Method::POST,
-            "/v1/orgs/acme/projects",
-            &a,
-            Some(json!({"name": "web"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = s
-        .t(
-            Method::POST,
-            &format!("{base}/images"),
-            &a,
-            Some(json!({"name": "disk"})),
-        )
-        .await;
-    assert_eq!(r.status, 201, "{}", r.text);
-    let r = s
-        .http
-        .put(format!("{}{base}/images/disk/file", s.tenant))
-        .bearer_auth(&a)
-        .header("content-type", "application/octet-stream")
-        .body(raw_disk(b"x"))
-        .send()
-        .await
-        .expect("upload");
-    assert_eq!(crate::common::into_resp(r).await.status, 200);
+    let base = web_project_with_disk(&s, &a).await;
     let instances = format!("{base}/instances");
     let create = |name: &str| {
         s.t(
